@@ -1,0 +1,145 @@
+//! The aggregate model: an [`Aggregate`] is rebuilt by applying its events ([`Apply`]), and
+//! decides on commands ([`HandleCommand`]) by returning new events or a business error. The
+//! macros implement these traits; every trait can also be implemented by hand.
+
+use crate::error::BoxError;
+
+/// An event-sourced aggregate. Implemented by `#[aggregate]`.
+///
+/// State is rebuilt by applying the entity's events, in order, to `Self::default()` (or to a
+/// restored snapshot). Applying must not fail: events are facts that already happened.
+pub trait Aggregate: Default + Send + Sync + 'static {
+    /// The entity type name under which events are stored, e.g. `"Order"`.
+    const ENTITY_TYPE: &'static str;
+
+    /// Take a snapshot every this many events (`None`: never).
+    const SNAPSHOT_EVERY: Option<u64> = None;
+
+    /// Version of the snapshot format; snapshots written under another version are ignored.
+    const SNAPSHOT_VERSION: u32 = 1;
+
+    /// The closed set of events this aggregate emits, usually an enum with `#[derive(Events)]`.
+    type Event: EventSet;
+
+    /// Applies one event to the state.
+    fn apply(&mut self, event: &Self::Event);
+
+    /// Serializes the state for a snapshot. `None` when the aggregate takes no snapshots.
+    fn to_snapshot(&self) -> Option<Result<String, serde_json::Error>> {
+        None
+    }
+
+    /// Restores the state from a snapshot. `None` when the aggregate takes no snapshots.
+    fn from_snapshot(_snapshot: &str) -> Option<Result<Self, serde_json::Error>> {
+        None
+    }
+}
+
+/// Why a stored event could not be turned into an [`EventSet`] value.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The type name is not one of the set's events.
+    UnknownType,
+    /// The payload does not decode into the event's type.
+    Json(serde_json::Error),
+}
+
+/// A closed set of event types (an enum with one variant per event struct), with each event's
+/// type name and its JSON encoding. Implemented by `#[derive(Events)]`.
+///
+/// An event's type name is the name of its struct (`OrderCreated`), not of the enum variant,
+/// so that a subscriber in another service can declare its own `OrderCreated` struct.
+pub trait EventSet: Sized + Send + Sync + 'static {
+    /// Every type name in the set.
+    const EVENT_TYPES: &'static [&'static str];
+
+    /// This event's type name.
+    fn event_type(&self) -> &'static str;
+
+    /// The payload as JSON text.
+    fn encode(&self) -> Result<String, serde_json::Error>;
+
+    /// Decodes a stored event by its type name.
+    fn decode(event_type: &str, payload: &str) -> Result<Self, DecodeError>;
+}
+
+/// Applies events of type `E` to the aggregate. Implemented for each `#[apply]` method.
+#[diagnostic::on_unimplemented(
+    message = "aggregate `{Self}` has no `#[apply]` method for event `{E}`",
+    label = "`{E}` cannot be applied to `{Self}`",
+    note = "add `#[apply] fn on_event(&mut self, event: &{E}) {{ .. }}` to the aggregate's \
+            `#[command_handler]` impl, or list the event in `#[aggregate(ignore(..))]`"
+)]
+pub trait Apply<E> {
+    /// Applies the event.
+    fn apply(&mut self, event: &E);
+}
+
+/// Routes every event of a set to the aggregate's [`Apply`] impls. Implemented by
+/// `#[derive(Events)]` for every aggregate that can apply all of the set's events.
+#[diagnostic::on_unimplemented(
+    message = "aggregate `{A}` cannot apply every event of `{Self}`",
+    note = "each event type of `{Self}` needs an `#[apply]` method on `{A}`"
+)]
+pub trait ApplyAll<A> {
+    /// Applies `self` to the aggregate.
+    fn apply_to(&self, aggregate: &mut A);
+}
+
+/// Marks `Self` as one of the events of the set `S`. Implemented by `#[derive(Events)]`; used to
+/// check at compile time that a subscriber's handlers take events of the entity it subscribes to.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event of `{S}`",
+    label = "this event type does not belong to the subscribed aggregate",
+    note = "a handler of a subscriber with `subscribe = Aggregate` may only take that \
+            aggregate's events; use `subscribe = \"Name\"` to match events by type name instead"
+)]
+pub trait EventOf<S: EventSet> {}
+
+/// Decides on a command of type `C`. Implemented for each method of a `#[command_handler]` impl.
+#[diagnostic::on_unimplemented(
+    message = "aggregate `{Self}` has no command handler for `{C}`",
+    label = "`{Self}` cannot process `{C}`",
+    note = "add `fn handle(&self, command: {C}) -> Result<Event, Error>` to a \
+            `#[command_handler] impl {Self}` block"
+)]
+pub trait HandleCommand<C>: Aggregate {
+    /// The business error of the handler.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Processes the command against the current state, returning the new events. Must not
+    /// mutate state; the repository may call it again on a concurrency conflict.
+    fn handle(&self, command: &C) -> Result<Vec<Self::Event>, Self::Error>;
+}
+
+/// A command for aggregate `A`: any `C` for which `A: HandleCommand<C>`. Lets the repository be
+/// called as `repo.update::<Order>(id, cmd)` without naming the command type.
+pub trait Command<A: Aggregate>: Send + Sync + 'static {
+    /// The command's type name, for metadata and errors.
+    fn command_type(&self) -> &'static str;
+
+    /// Runs the aggregate's handler.
+    fn process(&self, aggregate: &A) -> Result<Vec<A::Event>, BoxError>;
+}
+
+impl<A, C> Command<A> for C
+where
+    A: HandleCommand<C>,
+    C: Send + Sync + 'static,
+{
+    fn command_type(&self) -> &'static str {
+        short_type_name::<C>()
+    }
+
+    fn process(&self, aggregate: &A) -> Result<Vec<A::Event>, BoxError> {
+        aggregate.handle(self).map_err(|e| Box::new(e) as BoxError)
+    }
+}
+
+/// The last path segment of a type's name (`my_app::orders::CreateOrder` -> `CreateOrder`).
+pub fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}

@@ -1,0 +1,4 @@
+//! TODO
+/// stub
+#[derive(Debug)]
+pub struct AggregateFixture;

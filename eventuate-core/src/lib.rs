@@ -1,0 +1,102 @@
+//! # eventuate-core
+//!
+//! Event-sourced aggregates and durable subscribers for Rust, declared with attributes on
+//! plain structs and impl blocks. See the repository README for the full guide.
+//!
+//! The layout follows the concepts:
+//! - [`aggregate`]: the aggregate model ([`Aggregate`], [`EventSet`], [`Apply`],
+//!   [`HandleCommand`]);
+//! - [`envelope`]: what is stored ([`EventEnvelope`], [`EventMetadata`], [`Position`]);
+//! - [`store`]: the [`EventStore`] contract; [`memory`]: the in-memory store;
+//! - [`repository`]: create, update and load aggregates by command;
+//! - [`subscriber`]: the [`Subscriber`] contract and the [`EventContext`] of a delivery;
+//! - [`runtime`]: the dispatcher that feeds subscribers ([`Eventuate`]), over any store that
+//!   also implements [`runtime::SubscriptionStore`];
+//! - [`fixture`]: given/when/then tests for aggregates;
+//! - [`name`]: what names are acceptable; [`error`]: the one error type.
+
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod envelope;
+pub mod error;
+pub mod fixture;
+pub mod memory;
+pub mod name;
+pub mod repository;
+pub mod runtime;
+pub mod store;
+pub mod subscriber;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use aggregate::{
+    Aggregate, Apply, ApplyAll, Command, DecodeError, EventOf, EventSet, HandleCommand,
+};
+pub use envelope::{EventEnvelope, EventMetadata, NewEvent, Position};
+pub use error::{BoxError, Error, Result};
+pub use fixture::AggregateFixture;
+pub use memory::InMemoryEventStore;
+pub use repository::{CommandOptions, Committed, Loaded, Repository, RepositoryOptions};
+pub use runtime::Eventuate;
+pub use store::{
+    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, Partition, Snapshot,
+    StreamFilter,
+};
+pub use subscriber::{
+    EventContext, HandlerError, RetryPolicy, StartFrom, Subscriber, Subscription,
+};
+
+pub use eventuate_macros::{Events, aggregate, command_handler, event_handler};
+
+/// Everything an application needs in scope: `use eventuate_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Aggregate, AggregateFixture, CommandOptions, Error, EventContext, EventStore, Events,
+        Eventuate, HandlerError, InMemoryEventStore, Repository, StartFrom, Subscriber, aggregate,
+        command_handler, event_handler,
+    };
+}
+
+/// Items used by the code the macros generate. Not a public API: may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::aggregate::{
+        Aggregate, Apply, ApplyAll, DecodeError, EventOf, EventSet, HandleCommand,
+    };
+    pub use crate::envelope::EventEnvelope;
+    pub use crate::subscriber::{EventContext, HandlerError, StartFrom, Subscriber, Subscription};
+    pub use serde_json;
+    pub use std::boxed::Box;
+    pub use std::string::String;
+    pub use std::vec;
+    pub use std::vec::Vec;
+
+    /// Decodes the delivered event for a handler; a payload that does not decode is a
+    /// permanent failure (retrying cannot fix it), naming entity, position and type.
+    pub fn decode_for_handler<T: serde::de::DeserializeOwned>(
+        ctx: &EventContext,
+    ) -> Result<T, HandlerError> {
+        let event = ctx.event();
+        serde_json::from_str(&event.payload).map_err(|source| {
+            HandlerError::permanent(crate::Error::Handler {
+                subscriber: ctx.subscriber_id().to_owned(),
+                entity_type: event.entity_type.clone(),
+                entity_id: event.entity_id.clone(),
+                event_type: event.event_type.clone(),
+                position: event.position,
+                source: Box::new(source),
+            })
+        })
+    }
+
+    /// Encodes one event struct as JSON text.
+    pub fn encode<T: serde::Serialize>(event: &T) -> Result<String, serde_json::Error> {
+        serde_json::to_string(event)
+    }
+
+    /// Decodes one event struct from JSON text.
+    pub fn decode<T: serde::de::DeserializeOwned>(payload: &str) -> Result<T, DecodeError> {
+        serde_json::from_str(payload).map_err(DecodeError::Json)
+    }
+}

@@ -1,0 +1,4 @@
+//! TODO
+/// stub
+#[derive(Debug, Default)]
+pub struct InMemoryEventStore;

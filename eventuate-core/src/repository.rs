@@ -1,0 +1,423 @@
+//! The aggregate repository: create and update aggregates by command (load -> decide ->
+//! append, retried on a concurrency conflict), load them (from the latest snapshot plus later
+//! events), and take snapshots by policy.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::aggregate::{Aggregate, Command, DecodeError, EventSet};
+use crate::store::{AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey};
+use crate::{Error, EventEnvelope, EventMetadata, NewEvent, Position, Result, Snapshot};
+
+/// Repository settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepositoryOptions {
+    /// How many times a command is processed before a run of concurrency conflicts is given
+    /// up as [`Error::RetriesExhausted`].
+    pub max_attempts: u32,
+}
+
+impl Default for RepositoryOptions {
+    fn default() -> Self {
+        RepositoryOptions { max_attempts: 10 }
+    }
+}
+
+/// Where a command comes from: ids for cause tracing, headers, and the idempotency key of a
+/// command sent by a subscriber. [`Default`] is an external command with fresh ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandOptions {
+    /// The command's id (a fresh one when `None`); recorded on its events.
+    pub command_id: Option<Uuid>,
+    /// The event whose handler sent the command (`None` for an external command).
+    pub causation_id: Option<Uuid>,
+    /// The correlation id of the chain (the command id when `None`: it starts a chain).
+    pub correlation_id: Option<Uuid>,
+    /// Headers copied onto every event.
+    pub headers: BTreeMap<String, String>,
+    /// Makes the append idempotent (set by [`crate::EventContext`]).
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+impl CommandOptions {
+    /// Options with a caller-chosen command id (for example an HTTP idempotency key), which
+    /// also starts the correlation chain.
+    pub fn with_command_id(command_id: Uuid) -> Self {
+        CommandOptions {
+            command_id: Some(command_id),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// The result of a command.
+#[derive(Debug)]
+pub struct Committed<A: Aggregate> {
+    /// The entity's id.
+    pub entity_id: String,
+    /// The entity's version after the command.
+    pub version: u64,
+    /// The state after the command.
+    pub state: A,
+    /// The events the command produced (empty when it decided nothing needed to happen, or
+    /// when it was a duplicate).
+    pub events: Vec<A::Event>,
+    /// Ids of the stored events.
+    pub event_ids: Vec<Uuid>,
+    /// Positions of the stored events.
+    pub positions: Vec<Position>,
+    /// True when the command had already been applied for the same triggering event, so this
+    /// call wrote nothing.
+    pub duplicate: bool,
+}
+
+/// An aggregate as loaded from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded<A> {
+    /// The entity's id.
+    pub entity_id: String,
+    /// Its version (number of events).
+    pub version: u64,
+    /// Its state.
+    pub state: A,
+}
+
+/// Creates, updates and loads aggregates on an [`EventStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Repository {
+    store: Arc<dyn EventStore>,
+    options: RepositoryOptions,
+}
+
+impl fmt::Debug for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repository {
+    /// A repository over a store.
+    pub fn new(store: impl EventStore) -> Self {
+        Self::from_arc(Arc::new(store))
+    }
+
+    /// A repository over a shared store.
+    pub fn from_arc(store: Arc<dyn EventStore>) -> Self {
+        Repository {
+            store,
+            options: RepositoryOptions::default(),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: RepositoryOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Creates an aggregate with a fresh UUID id from a command.
+    pub async fn create<A: Aggregate>(&self, command: impl Command<A>) -> Result<Committed<A>> {
+        self.create_with(None, command, CommandOptions::default())
+            .await
+    }
+
+    /// Creates an aggregate with the given id from a command; [`Error::EntityExists`] if it
+    /// exists.
+    pub async fn create_with_id<A: Aggregate>(
+        &self,
+        entity_id: impl Into<String>,
+        command: impl Command<A>,
+    ) -> Result<Committed<A>> {
+        self.create_with(Some(entity_id.into()), command, CommandOptions::default())
+            .await
+    }
+
+    /// Creates an aggregate, with full control over ids and idempotency.
+    pub async fn create_with<A: Aggregate>(
+        &self,
+        entity_id: Option<String>,
+        command: impl Command<A>,
+        options: CommandOptions,
+    ) -> Result<Committed<A>> {
+        let entity_id = entity_id.unwrap_or_else(|| Uuid::new_v4().to_string());
+        crate::name::validate_entity_id(&entity_id)?;
+        let state = A::default();
+        let events = command.process(&state).map_err(|source| Error::Rejected {
+            entity_type: A::ENTITY_TYPE.to_owned(),
+            entity_id: entity_id.clone(),
+            command: command.command_type(),
+            source,
+        })?;
+        if events.is_empty() {
+            return Err(Error::EmptyAppend {
+                entity_type: A::ENTITY_TYPE.to_owned(),
+                entity_id,
+            });
+        }
+        self.commit(
+            entity_id,
+            state,
+            0,
+            events,
+            command.command_type(),
+            &options,
+        )
+        .await
+    }
+
+    /// Processes a command on an existing aggregate: load, decide, append with optimistic
+    /// concurrency, retried on conflict.
+    pub async fn update<A: Aggregate>(
+        &self,
+        entity_id: &str,
+        command: impl Command<A>,
+    ) -> Result<Committed<A>> {
+        self.update_with(entity_id, command, CommandOptions::default())
+            .await
+    }
+
+    /// [`Repository::update`] with full control over ids and idempotency.
+    pub async fn update_with<A: Aggregate>(
+        &self,
+        entity_id: &str,
+        command: impl Command<A>,
+        mut options: CommandOptions,
+    ) -> Result<Committed<A>> {
+        // Conflict retries must reuse one command id: it is the command's identity.
+        options.command_id.get_or_insert_with(Uuid::new_v4);
+        let attempts = self.options.max_attempts.max(1);
+        for _ in 0..attempts {
+            let loaded = self.load::<A>(entity_id).await?;
+            let events = command
+                .process(&loaded.state)
+                .map_err(|source| Error::Rejected {
+                    entity_type: A::ENTITY_TYPE.to_owned(),
+                    entity_id: entity_id.to_owned(),
+                    command: command.command_type(),
+                    source,
+                })?;
+            if events.is_empty() {
+                return Ok(Committed {
+                    entity_id: entity_id.to_owned(),
+                    version: loaded.version,
+                    state: loaded.state,
+                    events,
+                    event_ids: Vec::new(),
+                    positions: Vec::new(),
+                    duplicate: false,
+                });
+            }
+            match self
+                .commit(
+                    entity_id.to_owned(),
+                    loaded.state,
+                    loaded.version,
+                    events,
+                    command.command_type(),
+                    &options,
+                )
+                .await
+            {
+                Err(Error::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::RetriesExhausted {
+            entity_type: A::ENTITY_TYPE.to_owned(),
+            entity_id: entity_id.to_owned(),
+            attempts,
+        })
+    }
+
+    async fn commit<A: Aggregate>(
+        &self,
+        entity_id: String,
+        mut state: A,
+        version: u64,
+        events: Vec<A::Event>,
+        command_type: &'static str,
+        options: &CommandOptions,
+    ) -> Result<Committed<A>> {
+        let command_id = options.command_id.unwrap_or_else(Uuid::new_v4);
+        let metadata = EventMetadata {
+            timestamp: std::time::SystemTime::now(),
+            command_id: Some(command_id),
+            command_type: Some(command_type.to_owned()),
+            causation_id: options.causation_id,
+            correlation_id: Some(options.correlation_id.unwrap_or(command_id)),
+            headers: options.headers.clone(),
+        };
+        let mut new_events = Vec::with_capacity(events.len());
+        for event in &events {
+            let payload = event.encode().map_err(|source| Error::Encode {
+                what: event.event_type().to_owned(),
+                source,
+            })?;
+            new_events.push(NewEvent {
+                event_id: Uuid::new_v4(),
+                event_type: event.event_type().to_owned(),
+                payload,
+                metadata: metadata.clone(),
+            });
+        }
+        let event_ids = new_events.iter().map(|e| e.event_id).collect();
+        let request = AppendRequest {
+            entity_type: A::ENTITY_TYPE.to_owned(),
+            entity_id: entity_id.clone(),
+            expected: if version == 0 {
+                ExpectedVersion::New
+            } else {
+                ExpectedVersion::Exactly(version)
+            },
+            events: new_events,
+            idempotency: options.idempotency.clone(),
+        };
+        match self.store.append(request).await? {
+            AppendOutcome::Appended {
+                version: new_version,
+                positions,
+            } => {
+                for event in &events {
+                    state.apply(event);
+                }
+                self.maybe_snapshot(&entity_id, &state, version, new_version)
+                    .await;
+                Ok(Committed {
+                    entity_id,
+                    version: new_version,
+                    state,
+                    events,
+                    event_ids,
+                    positions,
+                    duplicate: false,
+                })
+            }
+            AppendOutcome::Duplicate => {
+                let loaded = self.load::<A>(&entity_id).await?;
+                Ok(Committed {
+                    entity_id,
+                    version: loaded.version,
+                    state: loaded.state,
+                    events: Vec::new(),
+                    event_ids: Vec::new(),
+                    positions: Vec::new(),
+                    duplicate: true,
+                })
+            }
+        }
+    }
+
+    async fn maybe_snapshot<A: Aggregate>(&self, entity_id: &str, state: &A, from: u64, to: u64) {
+        let Some(every) = A::SNAPSHOT_EVERY.filter(|n| *n > 0) else {
+            return;
+        };
+        if from / every == to / every {
+            return;
+        }
+        let payload = match state.to_snapshot() {
+            Some(Ok(payload)) => payload,
+            Some(Err(e)) => {
+                tracing::warn!(entity_type = A::ENTITY_TYPE, entity_id, error = %e, "snapshot not taken: state does not serialize");
+                return;
+            }
+            None => return,
+        };
+        let snapshot = Snapshot {
+            entity_type: A::ENTITY_TYPE.to_owned(),
+            entity_id: entity_id.to_owned(),
+            entity_version: to,
+            snapshot_version: A::SNAPSHOT_VERSION,
+            payload,
+        };
+        // A snapshot is an optimisation: failing to write one never fails the command.
+        if let Err(e) = self.store.save_snapshot(snapshot).await {
+            tracing::warn!(entity_type = A::ENTITY_TYPE, entity_id, error = %e, "snapshot not saved");
+        }
+    }
+
+    /// Loads an aggregate; [`Error::EntityNotFound`] if it has no events.
+    pub async fn load<A: Aggregate>(&self, entity_id: &str) -> Result<Loaded<A>> {
+        self.find::<A>(entity_id)
+            .await?
+            .ok_or_else(|| Error::EntityNotFound {
+                entity_type: A::ENTITY_TYPE.to_owned(),
+                entity_id: entity_id.to_owned(),
+            })
+    }
+
+    /// Loads an aggregate, `None` if it has no events: the latest usable snapshot (if the
+    /// aggregate takes snapshots) plus the events after it.
+    pub async fn find<A: Aggregate>(&self, entity_id: &str) -> Result<Option<Loaded<A>>> {
+        crate::name::validate_entity_id(entity_id)?;
+        let (mut state, mut version) = (A::default(), 0);
+        if A::SNAPSHOT_EVERY.is_some() {
+            if let Some(snapshot) = self
+                .store
+                .load_snapshot(A::ENTITY_TYPE, entity_id, A::SNAPSHOT_VERSION)
+                .await?
+            {
+                match A::from_snapshot(&snapshot.payload) {
+                    Some(Ok(restored)) => {
+                        state = restored;
+                        version = snapshot.entity_version;
+                    }
+                    // An unreadable snapshot costs a full replay, never a wrong state.
+                    Some(Err(e)) => tracing::warn!(
+                        entity_type = A::ENTITY_TYPE,
+                        entity_id,
+                        version = snapshot.entity_version,
+                        error = %e,
+                        "ignoring snapshot that does not decode"
+                    ),
+                    None => {}
+                }
+            }
+        }
+        let envelopes = self.store.load(A::ENTITY_TYPE, entity_id, version).await?;
+        for envelope in &envelopes {
+            let event = decode_event::<A::Event>(envelope)?;
+            state.apply(&event);
+            version = envelope.entity_version;
+        }
+        Ok((version > 0).then(|| Loaded {
+            entity_id: entity_id.to_owned(),
+            version,
+            state,
+        }))
+    }
+}
+
+/// Decodes a stored event into an event set, with errors naming entity, version and type.
+pub fn decode_event<E: EventSet>(envelope: &EventEnvelope) -> Result<E> {
+    E::decode(&envelope.event_type, &envelope.payload).map_err(|e| match e {
+        DecodeError::UnknownType => Error::UnknownEventType {
+            entity_type: envelope.entity_type.clone(),
+            entity_id: envelope.entity_id.clone(),
+            version: envelope.entity_version,
+            event_type: envelope.event_type.clone(),
+        },
+        DecodeError::Json(source) => Error::Decode {
+            entity_type: envelope.entity_type.clone(),
+            entity_id: envelope.entity_id.clone(),
+            version: envelope.entity_version,
+            event_type: envelope.event_type.clone(),
+            source,
+        },
+    })
+}

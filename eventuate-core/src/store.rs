@@ -1,0 +1,254 @@
+//! The [`EventStore`] contract every store implements (in-memory, PostgreSQL): atomic appends
+//! with optimistic concurrency and idempotency keys, entity loads, reading the global stream in
+//! batches, and snapshots.
+//!
+//! The trait returns boxed futures so that it is dyn-compatible: handler contexts and the
+//! runtime hold an `Arc<dyn EventStore>` and user code never becomes generic over the store.
+//! One allocation per call is noise next to a database round trip.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::{EventEnvelope, NewEvent, Position, Result};
+
+/// What the writer believes the entity's version is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// The entity must not exist yet: this append creates it.
+    New,
+    /// The entity must be at exactly this version (>= 1).
+    Exactly(u64),
+}
+
+/// Identifies a command sent by a subscriber in reaction to an event, so that re-delivering the
+/// event cannot apply the command twice: the store records the key in the same transaction as
+/// the events, and a second append with the same key is reported as
+/// [`AppendOutcome::Duplicate`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    /// The subscriber that handled the event.
+    pub subscriber_id: String,
+    /// The event it handled.
+    pub triggering_event_id: Uuid,
+    /// Index of the command among those the handler sent for this event (0, 1, ...).
+    pub sequence: u32,
+}
+
+/// One atomic append.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    /// Entity type, e.g. `Order`.
+    pub entity_type: String,
+    /// Entity id.
+    pub entity_id: String,
+    /// Optimistic-concurrency expectation.
+    pub expected: ExpectedVersion,
+    /// The events, in order; must not be empty.
+    pub events: Vec<NewEvent>,
+    /// Set when the append is the effect of handling an event.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// What an append did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The events were stored.
+    Appended {
+        /// The entity's version after the append.
+        version: u64,
+        /// The positions assigned to the events, in order.
+        positions: Vec<Position>,
+    },
+    /// An append with the same idempotency key was stored before; nothing was written.
+    Duplicate,
+}
+
+/// Which part of the global stream to read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamFilter {
+    /// Entity types to read; empty reads every type.
+    pub entity_types: Vec<String>,
+    /// Read only entities of one partition (see [`crate::name::partition_of`]).
+    pub partition: Option<Partition>,
+}
+
+/// A slice of the entity-id space: entities whose hash modulo `count` is `index`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Partition {
+    /// This partition, `0..count`.
+    pub index: u32,
+    /// Number of partitions.
+    pub count: u32,
+}
+
+impl StreamFilter {
+    /// Every event of the given entity types.
+    pub fn entity_types<I, S>(types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        StreamFilter {
+            entity_types: types.into_iter().map(Into::into).collect(),
+            partition: None,
+        }
+    }
+
+    /// Whether an event passes the filter (the reference semantics every store implements).
+    pub fn matches(&self, entity_type: &str, entity_id: &str) -> bool {
+        (self.entity_types.is_empty() || self.entity_types.iter().any(|t| t == entity_type))
+            && self
+                .partition
+                .is_none_or(|p| crate::name::partition_of(entity_id, p.count) == p.index)
+    }
+}
+
+/// A stored snapshot of an aggregate's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Entity type.
+    pub entity_type: String,
+    /// Entity id.
+    pub entity_id: String,
+    /// The entity version the state includes.
+    pub entity_version: u64,
+    /// The aggregate's snapshot format version ([`crate::Aggregate::SNAPSHOT_VERSION`]).
+    pub snapshot_version: u32,
+    /// The state as JSON text.
+    pub payload: String,
+}
+
+/// An event store. See the module docs for why the futures are boxed.
+///
+/// Guarantees every implementation gives, checked by the shared behaviour suite
+/// (`eventuate_core::testing::store_suite`):
+/// - an append is atomic: all of its events are stored, or none;
+/// - `ExpectedVersion` is enforced; a lost race is [`crate::Error::Conflict`];
+/// - creating an existing entity is [`crate::Error::EntityExists`];
+/// - a repeated [`IdempotencyKey`] is [`AppendOutcome::Duplicate`] and writes nothing;
+/// - [`EventStore::read_stream`] never skips a committed event: reading after the last
+///   position handled, repeatedly, yields every event exactly once, in an order that keeps
+///   each entity's versions ascending;
+/// - bad input (empty append, invalid names, invalid or oversized payloads) is a typed error
+///   and leaves the store unchanged.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends events to one entity, atomically.
+    fn append(&self, request: AppendRequest) -> BoxFuture<'_, Result<AppendOutcome>>;
+
+    /// Loads an entity's events with a version greater than `after_version`, in order.
+    /// An unknown entity yields an empty list.
+    fn load<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        after_version: u64,
+    ) -> BoxFuture<'a, Result<Vec<EventEnvelope>>>;
+
+    /// Reads up to `limit` events after `after` in stream order.
+    fn read_stream<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<EventEnvelope>>>;
+
+    /// The position of the last event a reader can see now ([`Position::START`] when empty).
+    fn head(&self) -> BoxFuture<'_, Result<Position>>;
+
+    /// Stores a snapshot (replacing an older one of the same entity).
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<()>>;
+
+    /// The latest snapshot of an entity written with `snapshot_version`, if any.
+    fn load_snapshot<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        snapshot_version: u32,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>>>;
+}
+
+impl<S: EventStore + ?Sized> EventStore for Arc<S> {
+    fn append(&self, request: AppendRequest) -> BoxFuture<'_, Result<AppendOutcome>> {
+        (**self).append(request)
+    }
+    fn load<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        after_version: u64,
+    ) -> BoxFuture<'a, Result<Vec<EventEnvelope>>> {
+        (**self).load(entity_type, entity_id, after_version)
+    }
+    fn read_stream<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<EventEnvelope>>> {
+        (**self).read_stream(after, filter, limit)
+    }
+    fn head(&self) -> BoxFuture<'_, Result<Position>> {
+        (**self).head()
+    }
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<()>> {
+        (**self).save_snapshot(snapshot)
+    }
+    fn load_snapshot<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        snapshot_version: u32,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>>> {
+        (**self).load_snapshot(entity_type, entity_id, snapshot_version)
+    }
+}
+
+/// Checks what every store must refuse before touching storage: names, empty appends and
+/// event type names. Stores call it first so that bad input never reaches the database.
+pub fn validate_append(request: &AppendRequest) -> Result<()> {
+    crate::name::validate_entity_type(&request.entity_type)?;
+    crate::name::validate_entity_id(&request.entity_id)?;
+    if request.events.is_empty() {
+        return Err(crate::Error::EmptyAppend {
+            entity_type: request.entity_type.clone(),
+            entity_id: request.entity_id.clone(),
+        });
+    }
+    if let ExpectedVersion::Exactly(0) = request.expected {
+        return Err(crate::Error::Config(format!(
+            "append to {} `{}` expects version 0; use ExpectedVersion::New to create an entity",
+            request.entity_type, request.entity_id
+        )));
+    }
+    for event in &request.events {
+        crate::name::validate_event_type(&event.event_type)?;
+    }
+    if let Some(key) = &request.idempotency {
+        crate::name::validate_subscriber_id(&key.subscriber_id)?;
+    }
+    Ok(())
+}
+
+/// Checks one payload: valid JSON and at most `max` bytes.
+pub fn validate_payload(request: &AppendRequest, event: &NewEvent, max: usize) -> Result<()> {
+    if event.payload.len() > max {
+        return Err(crate::Error::PayloadTooLarge {
+            entity_type: request.entity_type.clone(),
+            entity_id: request.entity_id.clone(),
+            event_type: event.event_type.clone(),
+            size: event.payload.len(),
+            max,
+        });
+    }
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&event.payload) {
+        return Err(crate::Error::InvalidPayload {
+            entity_type: request.entity_type.clone(),
+            entity_id: request.entity_id.clone(),
+            event_type: event.event_type.clone(),
+            reason: e.to_string(),
+        });
+    }
+    Ok(())
+}
