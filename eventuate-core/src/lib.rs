@@ -27,6 +27,7 @@ pub mod repository;
 pub mod runtime;
 pub mod store;
 pub mod subscriber;
+pub mod subscription_store;
 #[cfg(feature = "testing")]
 pub mod testing;
 

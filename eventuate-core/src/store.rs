@@ -167,6 +167,26 @@ pub trait EventStore: Send + Sync + 'static {
         entity_id: &'a str,
         snapshot_version: u32,
     ) -> BoxFuture<'a, Result<Option<Snapshot>>>;
+
+    /// How many events follow `after` in the filtered stream (a subscriber's lag). The default
+    /// reads the stream; stores override it with a cheaper count.
+    fn count_after<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let (mut count, mut cursor) = (0u64, after);
+            loop {
+                let batch = self.read_stream(cursor, filter, 1000).await?;
+                let Some(last) = batch.last() else {
+                    return Ok(count);
+                };
+                cursor = last.position;
+                count += batch.len() as u64;
+            }
+        })
+    }
 }
 
 impl<S: EventStore + ?Sized> EventStore for Arc<S> {
@@ -202,6 +222,13 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         snapshot_version: u32,
     ) -> BoxFuture<'a, Result<Option<Snapshot>>> {
         (**self).load_snapshot(entity_type, entity_id, snapshot_version)
+    }
+    fn count_after<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+    ) -> BoxFuture<'a, Result<u64>> {
+        (**self).count_after(after, filter)
     }
 }
 

@@ -1,1 +1,797 @@
-//! TODO
+//! The shared behaviour suite that every [`EventStore`] must pass (feature `testing`). The
+//! in-memory store and the PostgreSQL store run the same cases, so they cannot drift apart.
+//!
+//! In a store's test crate:
+//!
+//! ```ignore
+//! eventuate_core::store_behaviour_suite!(async { MyStore::connect(..).await.unwrap() });
+//! ```
+//!
+//! Each case gets a fresh store from the expression and is its own `#[tokio::test]`. Stores
+//! must be built with the default maximum payload (1 MiB).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::store::{
+    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, Partition,
+    StreamFilter,
+};
+use crate::{Error, EventEnvelope, EventMetadata, NewEvent, Position, Snapshot};
+
+/// Generates one `#[tokio::test]` per suite case, each on a fresh store from `$factory`
+/// (an expression evaluating to a future of the store).
+#[macro_export]
+macro_rules! store_behaviour_suite {
+    ($factory:expr) => {
+        $crate::store_behaviour_suite!(@cases $factory;
+            append_and_load, create_existing_entity_fails, expected_version_is_enforced,
+            update_of_missing_entity_fails, bad_input_is_rejected_and_changes_nothing,
+            idempotent_appends, concurrent_appends_one_winner, concurrent_idempotent_appends,
+            stream_order_filter_and_partitions, head_and_count, snapshots,
+            concurrent_writers_reader_sees_everything_once);
+    };
+    (@cases $factory:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = $factory.await;
+                $crate::testing::$case(&store).await;
+            }
+        )*
+    };
+}
+
+/// An event with a JSON payload `{"n": n}`.
+pub fn event(event_type: &str, n: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: event_type.to_owned(),
+        payload: format!("{{\"n\":{n}}}"),
+        metadata: EventMetadata {
+            command_id: Some(Uuid::new_v4()),
+            command_type: Some("Test".into()),
+            causation_id: Some(Uuid::new_v4()),
+            correlation_id: Some(Uuid::new_v4()),
+            headers: BTreeMap::from([("user".to_owned(), "ann".to_owned())]),
+            ..EventMetadata::default()
+        },
+    }
+}
+
+/// An append request.
+pub fn request(
+    entity_type: &str,
+    entity_id: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> AppendRequest {
+    AppendRequest {
+        entity_type: entity_type.to_owned(),
+        entity_id: entity_id.to_owned(),
+        expected,
+        events,
+        idempotency: None,
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4().simple())
+}
+
+async fn read_all(
+    store: &dyn EventStore,
+    filter: &StreamFilter,
+    batch: usize,
+) -> Vec<EventEnvelope> {
+    let (mut out, mut after) = (Vec::new(), Position::START);
+    loop {
+        let events = store
+            .read_stream(after, filter, batch)
+            .await
+            .expect("read_stream");
+        assert!(
+            events.len() <= batch,
+            "read_stream returned more than the limit"
+        );
+        let Some(last) = events.last() else {
+            return out;
+        };
+        after = last.position;
+        out.extend(events);
+    }
+}
+
+async fn snapshot_of_store(store: &dyn EventStore) -> Vec<EventEnvelope> {
+    read_all(store, &StreamFilter::default(), 1000).await
+}
+
+/// Create, append, load: versions, ids, payloads and metadata come back as written.
+pub async fn append_and_load(store: &dyn EventStore) {
+    let id = unique("o");
+    let first = vec![event("OrderCreated", 1), event("OrderNoted", 2)];
+    let outcome = store
+        .append(request("Order", &id, ExpectedVersion::New, first.clone()))
+        .await
+        .expect("create");
+    let AppendOutcome::Appended { version, positions } = outcome else {
+        panic!("create reported a duplicate")
+    };
+    assert_eq!(version, 2);
+    assert_eq!(positions.len(), 2);
+    assert!(
+        positions[0] < positions[1],
+        "positions ascend within an append"
+    );
+    let second = vec![event("OrderApproved", 3)];
+    let outcome = store
+        .append(request(
+            "Order",
+            &id,
+            ExpectedVersion::Exactly(2),
+            second.clone(),
+        ))
+        .await
+        .expect("append");
+    assert!(matches!(
+        outcome,
+        AppendOutcome::Appended { version: 3, .. }
+    ));
+
+    let loaded = store.load("Order", &id, 0).await.expect("load");
+    assert_eq!(loaded.len(), 3);
+    for (i, (stored, written)) in loaded.iter().zip(first.iter().chain(&second)).enumerate() {
+        assert_eq!(stored.entity_version, i as u64 + 1);
+        assert_eq!(stored.entity_type, "Order");
+        assert_eq!(stored.entity_id, id);
+        assert_eq!(stored.event_id, written.event_id);
+        assert_eq!(stored.event_type, written.event_type);
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&stored.payload).expect("stored payload is JSON"),
+            serde_json::from_str(&written.payload).expect("payload is JSON"),
+        );
+        assert_eq!(a, b);
+        assert_eq!(stored.metadata.command_id, written.metadata.command_id);
+        assert_eq!(stored.metadata.causation_id, written.metadata.causation_id);
+        assert_eq!(
+            stored.metadata.correlation_id,
+            written.metadata.correlation_id
+        );
+        assert_eq!(stored.metadata.headers, written.metadata.headers);
+    }
+    assert_eq!(loaded[0].position, positions[0]);
+    let after = store.load("Order", &id, 2).await.expect("load after");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].entity_version, 3);
+    assert!(
+        store
+            .load("Order", &unique("none"), 0)
+            .await
+            .expect("load")
+            .is_empty()
+    );
+    assert!(
+        store
+            .load("Customer", &id, 0)
+            .await
+            .expect("load")
+            .is_empty(),
+        "types are separate"
+    );
+}
+
+/// Creating an entity that exists is `EntityExists`, and writes nothing.
+pub async fn create_existing_entity_fails(store: &dyn EventStore) {
+    let id = unique("o");
+    store
+        .append(request(
+            "Order",
+            &id,
+            ExpectedVersion::New,
+            vec![event("A", 1)],
+        ))
+        .await
+        .expect("create");
+    let before = snapshot_of_store(store).await;
+    let err = store
+        .append(request(
+            "Order",
+            &id,
+            ExpectedVersion::New,
+            vec![event("A", 2)],
+        ))
+        .await
+        .expect_err("second create must fail");
+    match err {
+        Error::EntityExists {
+            entity_type,
+            entity_id,
+            version,
+        } => {
+            assert_eq!(
+                (entity_type.as_str(), entity_id.as_str(), version),
+                ("Order", id.as_str(), 1)
+            );
+        }
+        other => panic!("expected EntityExists, got {other:?}"),
+    }
+    assert_eq!(snapshot_of_store(store).await, before);
+}
+
+/// A stale or invented expected version is a `Conflict` naming both versions; no gap appears.
+pub async fn expected_version_is_enforced(store: &dyn EventStore) {
+    let id = unique("o");
+    store
+        .append(request(
+            "Order",
+            &id,
+            ExpectedVersion::New,
+            vec![event("A", 1), event("A", 2)],
+        ))
+        .await
+        .expect("create");
+    for expected in [1, 3, 7] {
+        let err = store
+            .append(request(
+                "Order",
+                &id,
+                ExpectedVersion::Exactly(expected),
+                vec![event("B", 3)],
+            ))
+            .await
+            .expect_err("wrong expected version must fail");
+        match err {
+            Error::Conflict {
+                entity_type,
+                entity_id,
+                expected: e,
+                actual,
+            } => {
+                assert_eq!(entity_type, "Order");
+                assert_eq!(entity_id, id);
+                assert_eq!(e, expected);
+                assert_eq!(actual, 2);
+            }
+            other => panic!("expected Conflict for expected version {expected}, got {other:?}"),
+        }
+    }
+    let loaded = store.load("Order", &id, 0).await.expect("load");
+    assert_eq!(
+        loaded.iter().map(|e| e.entity_version).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
+/// Appending to an entity that does not exist is `EntityNotFound`.
+pub async fn update_of_missing_entity_fails(store: &dyn EventStore) {
+    let id = unique("missing");
+    let err = store
+        .append(request(
+            "Order",
+            &id,
+            ExpectedVersion::Exactly(1),
+            vec![event("A", 1)],
+        ))
+        .await
+        .expect_err("update of a missing entity must fail");
+    assert!(matches!(err, Error::EntityNotFound { .. }), "got {err:?}");
+    assert!(store.load("Order", &id, 0).await.expect("load").is_empty());
+}
+
+/// Empty appends, invalid names, invalid JSON, oversized payloads and `Exactly(0)` are typed
+/// errors, and none of them changes the store, even when only the last event is bad.
+pub async fn bad_input_is_rejected_and_changes_nothing(store: &dyn EventStore) {
+    let id = unique("o");
+    store
+        .append(request(
+            "Order",
+            &id,
+            ExpectedVersion::New,
+            vec![event("A", 1)],
+        ))
+        .await
+        .expect("create");
+    let before = snapshot_of_store(store).await;
+    let head = store.head().await.expect("head");
+
+    let mut bad_json = event("A", 2);
+    bad_json.payload = "{not json".into();
+    let mut huge = event("A", 3);
+    huge.payload = format!("\"{}\"", "x".repeat(1 << 20));
+    type Case<'a> = (&'a str, AppendRequest, fn(&Error) -> bool);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "empty",
+            request("Order", &id, ExpectedVersion::Exactly(1), vec![]),
+            |e| matches!(e, Error::EmptyAppend { .. }),
+        ),
+        (
+            "bad entity type",
+            request("Or der", &id, ExpectedVersion::New, vec![event("A", 1)]),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidName {
+                        kind: "entity type",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "empty entity id",
+            request("Order", "", ExpectedVersion::New, vec![event("A", 1)]),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidName {
+                        kind: "entity id",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "bad event type",
+            request(
+                "Order",
+                &id,
+                ExpectedVersion::Exactly(1),
+                vec![event("A;drop", 1)],
+            ),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidName {
+                        kind: "event type",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "invalid json last",
+            request(
+                "Order",
+                &id,
+                ExpectedVersion::Exactly(1),
+                vec![event("A", 2), bad_json],
+            ),
+            |e| matches!(e, Error::InvalidPayload { .. }),
+        ),
+        (
+            "too large last",
+            request(
+                "Order",
+                &id,
+                ExpectedVersion::Exactly(1),
+                vec![event("A", 2), huge],
+            ),
+            |e| matches!(e, Error::PayloadTooLarge { max: 1_048_576, .. }),
+        ),
+        (
+            "exactly zero",
+            request(
+                "Order",
+                &id,
+                ExpectedVersion::Exactly(0),
+                vec![event("A", 1)],
+            ),
+            |e| matches!(e, Error::Config(_)),
+        ),
+    ];
+    for (name, req, check) in cases {
+        let err = store.append(req).await.expect_err(name);
+        assert!(check(&err), "{name}: unexpected error {err:?}");
+        let message = err.to_string();
+        assert!(!message.is_empty(), "{name}: error message is empty");
+    }
+    assert_eq!(
+        snapshot_of_store(store).await,
+        before,
+        "a rejected append changed the store"
+    );
+    assert_eq!(store.head().await.expect("head"), head);
+    assert_eq!(store.load("Order", &id, 0).await.expect("load").len(), 1);
+}
+
+/// A repeated idempotency key is `Duplicate` and writes nothing; a re-delivered create is a
+/// duplicate, not `EntityExists`; another sequence number is a different command.
+pub async fn idempotent_appends(store: &dyn EventStore) {
+    let id = unique("c");
+    let key = IdempotencyKey {
+        subscriber_id: "customer-workflow".into(),
+        triggering_event_id: Uuid::new_v4(),
+        sequence: 0,
+    };
+    let mut create = request(
+        "Customer",
+        &id,
+        ExpectedVersion::New,
+        vec![event("Created", 1)],
+    );
+    create.idempotency = Some(key.clone());
+    assert!(matches!(
+        store.append(create.clone()).await.expect("create"),
+        AppendOutcome::Appended { version: 1, .. }
+    ));
+    create.events = vec![event("Created", 1)];
+    assert_eq!(
+        store.append(create).await.expect("repeat create"),
+        AppendOutcome::Duplicate
+    );
+
+    let update_key = IdempotencyKey {
+        triggering_event_id: Uuid::new_v4(),
+        ..key.clone()
+    };
+    let mut update = request(
+        "Customer",
+        &id,
+        ExpectedVersion::Exactly(1),
+        vec![event("Reserved", 2)],
+    );
+    update.idempotency = Some(update_key.clone());
+    assert!(matches!(
+        store.append(update.clone()).await.expect("update"),
+        AppendOutcome::Appended { version: 2, .. }
+    ));
+    // The retry carries a stale expected version: the duplicate check comes first.
+    update.events = vec![event("Reserved", 2)];
+    assert_eq!(
+        store.append(update.clone()).await.expect("repeat"),
+        AppendOutcome::Duplicate
+    );
+
+    let mut second = update.clone();
+    second.expected = ExpectedVersion::Exactly(2);
+    second.events = vec![event("Reserved", 3)];
+    second.idempotency = Some(IdempotencyKey {
+        sequence: 1,
+        ..update_key.clone()
+    });
+    assert!(matches!(
+        store.append(second).await.expect("second command"),
+        AppendOutcome::Appended { version: 3, .. }
+    ));
+    let mut other_subscriber = update;
+    other_subscriber.expected = ExpectedVersion::Exactly(3);
+    other_subscriber.events = vec![event("Reserved", 4)];
+    other_subscriber.idempotency = Some(IdempotencyKey {
+        subscriber_id: "other".into(),
+        ..update_key
+    });
+    assert!(matches!(
+        store
+            .append(other_subscriber)
+            .await
+            .expect("other subscriber"),
+        AppendOutcome::Appended { version: 4, .. }
+    ));
+    assert_eq!(store.load("Customer", &id, 0).await.expect("load").len(), 4);
+}
+
+/// Many concurrent appends with one expected version: exactly one wins.
+pub async fn concurrent_appends_one_winner(store: &dyn EventStore) {
+    let id = unique("o");
+    store
+        .append(request(
+            "Order",
+            &id,
+            ExpectedVersion::New,
+            vec![event("A", 0)],
+        ))
+        .await
+        .expect("create");
+    let results = futures_util::future::join_all((0..12).map(|i| {
+        store.append(request(
+            "Order",
+            &id,
+            ExpectedVersion::Exactly(1),
+            vec![event("B", i), event("C", i)],
+        ))
+    }))
+    .await;
+    let wins = results
+        .iter()
+        .filter(|r| matches!(r, Ok(AppendOutcome::Appended { .. })))
+        .count();
+    let conflicts = results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Err(Error::Conflict {
+                    expected: 1,
+                    actual: 3,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert_eq!(wins, 1, "exactly one writer wins: {results:?}");
+    assert_eq!(
+        conflicts, 11,
+        "every loser gets a typed conflict: {results:?}"
+    );
+    let loaded = store.load("Order", &id, 0).await.expect("load");
+    assert_eq!(
+        loaded.iter().map(|e| e.entity_version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
+
+/// Concurrent appends with one idempotency key: one is stored, the rest are duplicates.
+pub async fn concurrent_idempotent_appends(store: &dyn EventStore) {
+    let key = IdempotencyKey {
+        subscriber_id: "s".into(),
+        triggering_event_id: Uuid::new_v4(),
+        sequence: 0,
+    };
+    let ids: Vec<String> = (0..8).map(|_| unique("t")).collect();
+    // Different target entities, same key: the key alone decides.
+    let results = futures_util::future::join_all(ids.iter().map(|id| {
+        let mut req = request("Order", id, ExpectedVersion::New, vec![event("A", 1)]);
+        req.idempotency = Some(key.clone());
+        store.append(req)
+    }))
+    .await;
+    let appended = results
+        .iter()
+        .filter(|r| matches!(r, Ok(AppendOutcome::Appended { .. })))
+        .count();
+    let duplicates = results
+        .iter()
+        .filter(|r| matches!(r, Ok(AppendOutcome::Duplicate)))
+        .count();
+    assert_eq!((appended, duplicates), (1, 7), "{results:?}");
+    let mut stored = 0;
+    for id in &ids {
+        stored += store.load("Order", id, 0).await.expect("load").len();
+    }
+    assert_eq!(stored, 1);
+}
+
+/// The stream: every event once, in position order, per-entity versions ascending; entity
+/// type filters; partitions split the entities disjointly and completely.
+pub async fn stream_order_filter_and_partitions(store: &dyn EventStore) {
+    let start = store.head().await.expect("head");
+    let mut written = Vec::new();
+    for round in 0..4u64 {
+        for (t, id) in [
+            ("Order", "o1"),
+            ("Customer", "c1"),
+            ("Order", "o2"),
+            ("Order", "o3"),
+        ] {
+            let id = format!("{id}-{start}");
+            let expected = if round == 0 {
+                ExpectedVersion::New
+            } else {
+                ExpectedVersion::Exactly(round)
+            };
+            let e = event("E", round);
+            written.push(e.event_id);
+            store
+                .append(request(t, &id, expected, vec![e]))
+                .await
+                .expect("append");
+        }
+    }
+    let all: Vec<EventEnvelope> = read_all(store, &StreamFilter::default(), 3)
+        .await
+        .into_iter()
+        .filter(|e| e.position > start)
+        .collect();
+    assert_eq!(
+        all.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        written,
+        "stream order = commit order here"
+    );
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+    let orders: Vec<_> = read_all(store, &StreamFilter::entity_types(["Order"]), 2)
+        .await
+        .into_iter()
+        .filter(|e| e.position > start)
+        .collect();
+    assert_eq!(orders.len(), 12);
+    assert!(orders.iter().all(|e| e.entity_type == "Order"));
+    let mut seen = HashSet::new();
+    for index in 0..3 {
+        let filter = StreamFilter {
+            entity_types: vec!["Order".into(), "Customer".into()],
+            partition: Some(Partition { index, count: 3 }),
+        };
+        for e in read_all(store, &filter, 5)
+            .await
+            .into_iter()
+            .filter(|e| e.position > start)
+        {
+            assert_eq!(crate::name::partition_of(&e.entity_id, 3), index);
+            assert!(seen.insert(e.event_id), "an event is in two partitions");
+        }
+    }
+    assert_eq!(seen.len(), 16, "partitions cover every event");
+}
+
+/// `head` is the last readable position; `count_after` counts the filtered stream.
+pub async fn head_and_count(store: &dyn EventStore) {
+    let before = store.head().await.expect("head");
+    let types = StreamFilter::entity_types([unique("T").replace('-', "_")]);
+    assert_eq!(store.count_after(before, &types).await.expect("count"), 0);
+    let ty = types.entity_types[0].clone();
+    let AppendOutcome::Appended { positions, .. } = store
+        .append(request(
+            &ty,
+            "x",
+            ExpectedVersion::New,
+            vec![event("A", 1), event("A", 2)],
+        ))
+        .await
+        .expect("append")
+    else {
+        panic!("duplicate")
+    };
+    let head = store.head().await.expect("head");
+    assert_eq!(head, positions[1]);
+    assert!(head > before);
+    assert_eq!(store.count_after(before, &types).await.expect("count"), 2);
+    assert_eq!(
+        store
+            .count_after(positions[0], &types)
+            .await
+            .expect("count"),
+        1
+    );
+    assert_eq!(
+        store
+            .count_after(head, &StreamFilter::default())
+            .await
+            .expect("count"),
+        0
+    );
+}
+
+/// Snapshots: latest wins, an older entity version never replaces a newer one, and another
+/// snapshot format version is invisible.
+pub async fn snapshots(store: &dyn EventStore) {
+    let id = unique("s");
+    let snap = |version: u64, format: u32, payload: &str| Snapshot {
+        entity_type: "Order".into(),
+        entity_id: id.clone(),
+        entity_version: version,
+        snapshot_version: format,
+        payload: payload.into(),
+    };
+    assert_eq!(
+        store.load_snapshot("Order", &id, 1).await.expect("load"),
+        None
+    );
+    store
+        .save_snapshot(snap(10, 1, "{\"v\":10}"))
+        .await
+        .expect("save");
+    store
+        .save_snapshot(snap(20, 1, "{\"v\":20}"))
+        .await
+        .expect("save");
+    store
+        .save_snapshot(snap(15, 1, "{\"v\":15}"))
+        .await
+        .expect("save older");
+    let loaded = store
+        .load_snapshot("Order", &id, 1)
+        .await
+        .expect("load")
+        .expect("some");
+    assert_eq!(loaded.entity_version, 20);
+    let payload: serde_json::Value = serde_json::from_str(&loaded.payload).expect("json");
+    assert_eq!(payload, serde_json::json!({"v": 20}));
+    assert_eq!(
+        store.load_snapshot("Order", &id, 2).await.expect("load"),
+        None
+    );
+    store
+        .save_snapshot(snap(5, 2, "{\"v\":5}"))
+        .await
+        .expect("save v2");
+    assert_eq!(
+        store
+            .load_snapshot("Order", &id, 2)
+            .await
+            .expect("load")
+            .map(|s| s.entity_version),
+        Some(5)
+    );
+    assert_eq!(
+        store
+            .load_snapshot("Order", &id, 1)
+            .await
+            .expect("load")
+            .map(|s| s.entity_version),
+        Some(20)
+    );
+}
+
+/// 8 concurrent writers x 40 appends while a reader follows the stream from a checkpoint:
+/// every event exactly once, per-entity versions ascending, nothing missing.
+pub async fn concurrent_writers_reader_sees_everything_once(store: &dyn EventStore) {
+    let run = unique("w").replace('-', "_");
+    let ty = format!("W_{run}");
+    let filter = StreamFilter::entity_types([ty.clone()]);
+    let writers = 8u64;
+    let per_writer = 40u64;
+    let seen: Arc<std::sync::Mutex<Vec<EventEnvelope>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = async {
+        let mut after = Position::START;
+        let mut idle_after_done = 0;
+        loop {
+            let batch = store.read_stream(after, &filter, 50).await.expect("read");
+            if let Some(last) = batch.last() {
+                assert!(last.position > after, "reader position went backwards");
+                after = last.position;
+                seen.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
+                idle_after_done = 0;
+            } else if done.load(std::sync::atomic::Ordering::Acquire) {
+                idle_after_done += 1;
+                if idle_after_done > 2 {
+                    break;
+                }
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let writers_fut = async {
+        futures_util::future::join_all((0..writers).map(|w| {
+            let ty = ty.clone();
+            async move {
+                for i in 0..per_writer {
+                    let id = format!("e{}", (w * 3 + i % 3));
+                    let mut version = store.load(&ty, &id, 0).await.expect("load").len() as u64;
+                    loop {
+                        let expected = if version == 0 {
+                            ExpectedVersion::New
+                        } else {
+                            ExpectedVersion::Exactly(version)
+                        };
+                        match store
+                            .append(request(&ty, &id, expected, vec![event("A", i)]))
+                            .await
+                        {
+                            Ok(_) => break,
+                            Err(Error::Conflict { actual, .. }) => version = actual,
+                            Err(Error::EntityExists { version: v, .. }) => version = v,
+                            Err(e) => panic!("append failed: {e}"),
+                        }
+                    }
+                }
+            }
+        }))
+        .await;
+        done.store(true, std::sync::atomic::Ordering::Release);
+    };
+    tokio::join!(reader, writers_fut);
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let ids: HashSet<Uuid> = seen.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), seen.len(), "an event was delivered twice");
+    assert_eq!(
+        seen.len() as u64,
+        writers * per_writer,
+        "events were missed"
+    );
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    for e in &seen {
+        let last = versions.entry(&e.entity_id).or_insert(0);
+        assert_eq!(
+            e.entity_version,
+            *last + 1,
+            "per-entity order broken for {}",
+            e.entity_id
+        );
+        *last = e.entity_version;
+    }
+}
