@@ -1,1 +1,32 @@
-//! placeholder
+//! # eventuate-postgres
+//!
+//! The PostgreSQL [`EventStore`](eventuate_core::EventStore) of eventuate-rs:
+//! [`PostgresEventStore`], with its migrations embedded, one schema per tenant, and a reader
+//! order that never skips a committed event ([`ordering`] explains how and at what cost).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use eventuate_postgres::PostgresEventStore;
+//!
+//! let store = PostgresEventStore::builder()
+//!     .schema("tenant_a")
+//!     .migrate_on_connect(true)
+//!     .connect("postgres://postgres@localhost/app")
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`embedded`] starts a throwaway server from the installed PostgreSQL binaries, for tests,
+//! examples and benchmarks.
+
+#![warn(missing_docs)]
+
+pub mod embedded;
+mod error;
+mod migrate;
+pub mod ordering;
+mod store;
+
+pub use error::{Error, Result};
+pub use migrate::validate_schema;
+pub use store::{DEFAULT_MAX_PAYLOAD_BYTES, PostgresEventStore, PostgresEventStoreBuilder};

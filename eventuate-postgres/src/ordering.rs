@@ -1,0 +1,75 @@
+//! How the global stream is ordered, and why a reader following it never skips an event.
+//!
+//! # The problem
+//!
+//! Readers follow the stream by remembering the last position they handled and asking for
+//! everything after it. With a plain `BIGSERIAL` position that is not safe: positions are
+//! assigned when a row is inserted, but rows become visible when their transaction commits, and
+//! transactions commit in any order. Transaction A takes position 10, transaction B takes 11
+//! and commits first; a reader sees 11, remembers it, and never looks at 10 again once A
+//! commits. The event is lost for that reader.
+//!
+//! # What this store does
+//!
+//! Every event row records `transaction_id`, the 64-bit id of the transaction that wrote it
+//! (`pg_current_xact_id()`, the default of the column), next to its `sequence` (a
+//! `BIGSERIAL`). The stream is ordered by `(transaction_id, sequence)`, and a reader only
+//! reads rows whose transaction id is below the *xmin* of its statement's snapshot:
+//!
+//! ```sql
+//! SELECT ... FROM events
+//! WHERE (transaction_id, sequence) > ($after_transaction, $after_sequence)
+//!   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+//! ORDER BY transaction_id, sequence
+//! LIMIT $n
+//! ```
+//!
+//! A snapshot's xmin is the oldest transaction that was still running when the snapshot was
+//! taken. Every transaction with a smaller id has finished: it committed (and its rows are
+//! visible to the statement) or it aborted (and it has no rows). So the set of rows below the
+//! horizon is final: no row can ever appear there again, and a reader that has read up to some
+//! position below the horizon has seen everything before it. A transaction that is still
+//! running has an id at or above the horizon, so its rows, and the rows of every transaction
+//! that came after it, are held back until it finishes, instead of being skipped. In the
+//! example above, B's rows wait until A commits, and then A's are delivered first.
+//!
+//! Inside one transaction, `sequence` orders the events; an append writes its events in
+//! version order, so one entity's versions are always ascending in the stream. Across
+//! transactions, the store's append is a single statement whose transaction id is assigned
+//! after its snapshot saw the entity's previous version committed, so the later version has
+//! the larger transaction id. (An append made inside a longer transaction with
+//! [`PostgresEventStore::append_in`](crate::PostgresEventStore::append_in) could break that
+//! if its transaction got its id before the previous version was written; the store refuses
+//! that append instead, see its docs.)
+//!
+//! # Trade-offs
+//!
+//! - Writers take no lock: appends to different entities never wait for each other, and an
+//!   append is one statement (one round trip).
+//! - Exact: no timeout, no "gap" heuristics, nothing is ever skipped.
+//! - The cost is latency under long transactions. Any transaction that holds a transaction id
+//!   holds the horizon back while it runs, *anywhere in the cluster* (another database of the
+//!   same server, a table unrelated to events, a forgotten `BEGIN` in a `psql` session that
+//!   wrote something, a prepared transaction that was never committed). Delivery to readers
+//!   then stalls (it never skips) until that transaction ends. Appends still succeed and
+//!   aggregates still load; only the stream waits. To find the culprit:
+//!
+//!   ```sql
+//!   SELECT pid, datname, backend_xid, xact_start, state, query
+//!   FROM pg_stat_activity
+//!   WHERE backend_xid IS NOT NULL
+//!   ORDER BY age(backend_xid) DESC;
+//!   -- and prepared transactions:
+//!   SELECT gid, transaction, prepared FROM pg_prepared_xacts;
+//!   ```
+//!
+//!   Keep transactions short on an event store's server (`idle_in_transaction_session_timeout`
+//!   helps).
+//! - [`EventStore::head`](eventuate_core::EventStore::head) is the largest position below the
+//!   horizon, i.e. what a reader can see now, not the last event written.
+//! - On a hot standby, the snapshot's xmin comes from the standby's view of the primary; read
+//!   the stream from the primary.
+//! - The wake-up signal after an append (an in-process `watch` channel, and later
+//!   `LISTEN/NOTIFY` sent outside the writers' transactions) is only a hint: a reader woken
+//!   before a slower transaction below it finished simply reads nothing new and is woken, or
+//!   polls, again.
