@@ -1,0 +1,395 @@
+//! Every path of the aggregate repository: create, update, load, snapshots, conflict retries,
+//! and each error it can return.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::*;
+use eventuate_core::store::{AppendOutcome, AppendRequest, ExpectedVersion, StreamFilter};
+use eventuate_core::{
+    CommandOptions, Error, EventEnvelope, EventStore, InMemoryEventStore, NewEvent, Position,
+    Repository, RepositoryOptions, Snapshot,
+};
+use futures_util::future::BoxFuture;
+
+fn repo() -> (InMemoryEventStore, Repository) {
+    let store = InMemoryEventStore::new();
+    (store.clone(), Repository::new(store))
+}
+
+#[tokio::test]
+async fn create_update_load() {
+    let (_, repo) = repo();
+    let created = repo
+        .create::<Account>(Open {
+            owner: "ann".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.version, 1);
+    assert_eq!(created.state.owner, "ann");
+    assert_eq!(created.event_ids.len(), 1);
+    let id = created.entity_id.clone();
+    let updated = repo
+        .update::<Account>(&id, Deposit { amount: 30 })
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.version, updated.state.balance, updated.duplicate),
+        (2, 30, false)
+    );
+    assert_eq!(
+        updated.events,
+        vec![AccountEvent::Deposited(Deposited { amount: 30 })]
+    );
+    let loaded = repo.load::<Account>(&id).await.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (2, 30));
+}
+
+#[tokio::test]
+async fn business_errors_come_back_typed() {
+    let (store, repo) = repo();
+    let id = repo
+        .create::<Account>(Open { owner: "a".into() })
+        .await
+        .unwrap()
+        .entity_id;
+    let err = repo
+        .update::<Account>(&id, Withdraw { amount: 5 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.rejection::<AccountError>(),
+        Some(&AccountError::InsufficientFunds {
+            balance: 0,
+            requested: 5
+        })
+    );
+    assert!(
+        err.to_string().contains("rejected command Withdraw"),
+        "{err}"
+    );
+    assert_eq!(store.len(), 1, "a rejected command writes nothing");
+}
+
+#[tokio::test]
+async fn missing_and_existing_entities() {
+    let (_, repo) = repo();
+    let err = repo
+        .update::<Account>("nobody", Deposit { amount: 1 })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::EntityNotFound { .. }), "{err:?}");
+    assert!(matches!(
+        repo.load::<Account>("nobody").await,
+        Err(Error::EntityNotFound { .. })
+    ));
+    assert!(repo.find::<Account>("nobody").await.unwrap().is_none());
+    repo.create_with_id::<Account>("acc-1", Open { owner: "a".into() })
+        .await
+        .unwrap();
+    let err = repo
+        .create_with_id::<Account>("acc-1", Open { owner: "b".into() })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::EntityExists { version: 1, .. }),
+        "{err:?}"
+    );
+    let err = repo
+        .create_with_id::<Account>("", Open { owner: "b".into() })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidName { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_create_that_decides_nothing_is_refused_and_an_update_that_decides_nothing_writes_nothing()
+ {
+    struct Nothing;
+    impl eventuate_core::HandleCommand<Nothing> for Account {
+        type Error = AccountError;
+        fn handle(&self, _: &Nothing) -> Result<Vec<AccountEvent>, AccountError> {
+            Ok(vec![])
+        }
+    }
+    let (store, repo) = repo();
+    let err = repo.create::<Account>(Nothing).await.unwrap_err();
+    assert!(matches!(err, Error::EmptyAppend { .. }), "{err:?}");
+    let id = repo
+        .create::<Account>(Open { owner: "a".into() })
+        .await
+        .unwrap()
+        .entity_id;
+    let outcome = repo.update::<Account>(&id, Nothing).await.unwrap();
+    assert_eq!(outcome.version, 1);
+    assert!(outcome.events.is_empty());
+    assert_eq!(store.len(), 1);
+}
+
+/// A store that reports a conflict on the first `conflicts` appends, to drive the retry loop.
+struct Conflicting {
+    inner: InMemoryEventStore,
+    conflicts: AtomicUsize,
+    appends: AtomicUsize,
+}
+
+impl EventStore for Conflicting {
+    fn append(
+        &self,
+        request: AppendRequest,
+    ) -> BoxFuture<'_, eventuate_core::Result<AppendOutcome>> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        if self
+            .conflicts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let expected = match request.expected {
+                ExpectedVersion::Exactly(v) => v,
+                ExpectedVersion::New => 0,
+            };
+            return Box::pin(async move {
+                Err(Error::Conflict {
+                    entity_type: request.entity_type,
+                    entity_id: request.entity_id,
+                    expected,
+                    actual: expected + 1,
+                })
+            });
+        }
+        self.inner.append(request)
+    }
+    fn load<'a>(
+        &'a self,
+        t: &'a str,
+        id: &'a str,
+        after: u64,
+    ) -> BoxFuture<'a, eventuate_core::Result<Vec<EventEnvelope>>> {
+        self.inner.load(t, id, after)
+    }
+    fn read_stream<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, eventuate_core::Result<Vec<EventEnvelope>>> {
+        self.inner.read_stream(after, filter, limit)
+    }
+    fn head(&self) -> BoxFuture<'_, eventuate_core::Result<Position>> {
+        self.inner.head()
+    }
+    fn save_snapshot(&self, s: Snapshot) -> BoxFuture<'_, eventuate_core::Result<()>> {
+        self.inner.save_snapshot(s)
+    }
+    fn load_snapshot<'a>(
+        &'a self,
+        t: &'a str,
+        id: &'a str,
+        v: u32,
+    ) -> BoxFuture<'a, eventuate_core::Result<Option<Snapshot>>> {
+        self.inner.load_snapshot(t, id, v)
+    }
+}
+
+#[tokio::test]
+async fn conflicts_are_retried_then_given_up() {
+    let inner = InMemoryEventStore::new();
+    Repository::new(inner.clone())
+        .create_with_id::<Account>("a", Open { owner: "x".into() })
+        .await
+        .unwrap();
+    let store = Arc::new(Conflicting {
+        inner,
+        conflicts: AtomicUsize::new(2),
+        appends: AtomicUsize::new(0),
+    });
+    let repo =
+        Repository::from_arc(store.clone()).with_options(RepositoryOptions { max_attempts: 3 });
+    let ok = repo
+        .update::<Account>("a", Deposit { amount: 7 })
+        .await
+        .unwrap();
+    assert_eq!((ok.version, ok.state.balance), (2, 7));
+    assert_eq!(
+        store.appends.load(Ordering::SeqCst),
+        3,
+        "two conflicts, then success"
+    );
+
+    store.conflicts.store(100, Ordering::SeqCst);
+    let err = repo
+        .update::<Account>("a", Deposit { amount: 7 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::RetriesExhausted { attempts: 3, .. }),
+        "{err:?}"
+    );
+    assert_eq!(repo.load::<Account>("a").await.unwrap().version, 2);
+}
+
+#[tokio::test]
+async fn real_concurrent_updates_all_land_through_retries() {
+    let (_, repo) = repo();
+    repo.create_with_id::<Account>("hot", Open { owner: "x".into() })
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let repo = repo.clone();
+            tokio::spawn(async move { repo.update::<Account>("hot", Deposit { amount: 1 }).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let loaded = repo.load::<Account>("hot").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (21, 20));
+}
+
+#[tokio::test]
+async fn snapshots_are_taken_by_policy_and_used_on_load() {
+    let (store, repo) = repo();
+    repo.create_with_id::<Account>("s", Open { owner: "x".into() })
+        .await
+        .unwrap();
+    for _ in 0..11 {
+        repo.update::<Account>("s", Deposit { amount: 2 })
+            .await
+            .unwrap();
+    }
+    let snapshot = store
+        .load_snapshot("Account", "s", 1)
+        .await
+        .unwrap()
+        .expect("a snapshot every 5 events");
+    assert_eq!(snapshot.entity_version, 10);
+    // Make the snapshot disagree with the events: a load that uses it shows the difference.
+    let mut doctored: Account = serde_json::from_str(&snapshot.payload).unwrap();
+    assert_eq!(
+        doctored.balance, 18,
+        "the snapshot holds the state at version 10"
+    );
+    doctored.owner = "from-snapshot".into();
+    store
+        .save_snapshot(Snapshot {
+            entity_version: 11,
+            payload: serde_json::to_string(&doctored).unwrap(),
+            ..snapshot.clone()
+        })
+        .await
+        .unwrap();
+    let loaded = repo.load::<Account>("s").await.unwrap();
+    assert_eq!(loaded.state.owner, "from-snapshot");
+    assert_eq!(loaded.version, 12);
+    assert_eq!(
+        loaded.state.balance,
+        doctored.balance + 2,
+        "only the event after the snapshot was applied"
+    );
+}
+
+#[tokio::test]
+async fn an_undecodable_snapshot_falls_back_to_a_full_replay() {
+    let (store, repo) = repo();
+    repo.create_with_id::<Account>("s", Open { owner: "x".into() })
+        .await
+        .unwrap();
+    store
+        .save_snapshot(Snapshot {
+            entity_type: "Account".into(),
+            entity_id: "s".into(),
+            entity_version: 1,
+            snapshot_version: 1,
+            payload: "{\"unexpected\":true}".into(),
+        })
+        .await
+        .unwrap();
+    let loaded = repo.load::<Account>("s").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.owner.as_str()), (1, "x"));
+}
+
+async fn store_with(event_type: &str, payload: &str) -> Repository {
+    let store = InMemoryEventStore::new();
+    store
+        .append(AppendRequest {
+            entity_type: "Account".into(),
+            entity_id: "bad".into(),
+            expected: ExpectedVersion::New,
+            events: vec![NewEvent::new(event_type, payload)],
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    Repository::new(store)
+}
+
+#[tokio::test]
+async fn unknown_event_types_and_undecodable_payloads_are_typed_errors() {
+    let repo = store_with("Frozen", "{}").await;
+    let err = repo.load::<Account>("bad").await.unwrap_err();
+    match &err {
+        Error::UnknownEventType {
+            entity_type,
+            entity_id,
+            version,
+            event_type,
+        } => assert_eq!(
+            (
+                entity_type.as_str(),
+                entity_id.as_str(),
+                *version,
+                event_type.as_str()
+            ),
+            ("Account", "bad", 1, "Frozen")
+        ),
+        other => panic!("expected UnknownEventType, got {other:?}"),
+    }
+    let repo = store_with("Opened", "{\"owner\": 42}").await;
+    let err = repo.load::<Account>("bad").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Decode { version: 1, event_type, .. } if event_type == "Opened"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("Account `bad` at version 1"),
+        "{err}"
+    );
+    // The same error surfaces from a command, without writing anything.
+    let err = repo
+        .update::<Account>("bad", Deposit { amount: 1 })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn cause_tracing_metadata_is_recorded() {
+    let (store, repo) = repo();
+    let command_id = uuid::Uuid::new_v4();
+    let created = repo
+        .create_with::<Account>(
+            Some("t".into()),
+            Open { owner: "x".into() },
+            CommandOptions::with_command_id(command_id).header("request", "r-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.version, 1);
+    let events = store.load("Account", "t", 0).await.unwrap();
+    let m = &events[0].metadata;
+    assert_eq!(m.command_id, Some(command_id));
+    assert_eq!(
+        m.correlation_id,
+        Some(command_id),
+        "an external command starts a chain"
+    );
+    assert_eq!(m.causation_id, None);
+    assert_eq!(m.command_type.as_deref(), Some("Open"));
+    assert_eq!(m.headers.get("request").map(String::as_str), Some("r-1"));
+}

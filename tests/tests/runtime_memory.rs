@@ -1,0 +1,659 @@
+//! The dispatcher's guarantees on the in-memory store: delivery, idempotent commands from
+//! handlers, cause tracing, retries, parking and replay, panics, crash recovery with persisted
+//! attempt counts, leases between competing runtimes, partitions, start-from-now, shutdown.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use eventuate_core::runtime::RuntimeOptions;
+use eventuate_core::{
+    Error, EventContext, EventEnvelope, EventStore, Eventuate, HandlerError, InMemoryEventStore,
+    Repository, RetryPolicy, StartFrom, Subscriber, Subscription,
+};
+
+fn fast() -> RuntimeOptions {
+    RuntimeOptions {
+        poll_interval: Duration::from_millis(20),
+        lease_ttl: Duration::from_millis(300),
+        batch_size: 16,
+        ..RuntimeOptions::default()
+    }
+}
+
+fn quick_retries(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    }
+}
+
+type Log = Arc<Mutex<Vec<EventEnvelope>>>;
+
+/// Records every delivery; fails (or panics, or hangs) on events chosen by the test.
+#[derive(Clone, Default)]
+struct Recorder {
+    id: &'static str,
+    log: Log,
+    fail_amount: Option<u64>,
+    panic_amount: Option<u64>,
+    hang_amount: Option<u64>,
+    fixed: Arc<AtomicBool>,
+    calls: Arc<AtomicU32>,
+    hung: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    fn new(id: &'static str) -> Self {
+        Recorder {
+            id,
+            ..Recorder::default()
+        }
+    }
+    fn amounts(&self) -> Vec<(String, u64)> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                e.decode::<Deposited>()
+                    .ok()
+                    .map(|d| (e.entity_id.clone(), d.amount))
+            })
+            .collect()
+    }
+}
+
+impl Subscriber for Recorder {
+    fn subscription(&self) -> Subscription {
+        Subscription::new(self.id, ["Account"])
+    }
+
+    async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let event = ctx.event();
+        if let Ok(d) = event.decode::<Deposited>() {
+            let fixed = self.fixed.load(Ordering::SeqCst);
+            if self.fail_amount == Some(d.amount) && !fixed {
+                return Err(HandlerError::msg(format!("cannot handle {}", d.amount)));
+            }
+            if self.panic_amount == Some(d.amount) && !fixed {
+                panic!("boom on {}", d.amount);
+            }
+            if self.hang_amount == Some(d.amount) && !fixed {
+                self.hung.store(true, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
+        }
+        self.log.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+async fn deposit(repo: &Repository, id: &str, amount: u64) {
+    if repo.find::<Account>(id).await.unwrap().is_none() {
+        repo.create_with_id::<Account>(id, Open { owner: id.into() })
+            .await
+            .unwrap();
+    }
+    repo.update::<Account>(id, Deposit { amount })
+        .await
+        .unwrap();
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Mirrors every deposit into account `mirror-<id>`, through the handler context.
+struct Mirror;
+
+impl Subscriber for Mirror {
+    fn subscription(&self) -> Subscription {
+        Subscription::new("mirror", ["Account"]).event_types(["Deposited"])
+    }
+    async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+        if ctx.entity_id().starts_with("mirror-") {
+            return Ok(());
+        }
+        let d: Deposited = ctx.event().decode()?;
+        let target = format!("mirror-{}", ctx.entity_id());
+        if ctx.repository().find::<Account>(&target).await?.is_none() {
+            ctx.create::<Account>(
+                &target,
+                Open {
+                    owner: target.clone(),
+                },
+            )
+            .await?;
+        }
+        ctx.update::<Account>(&target, Deposit { amount: d.amount })
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_update_aggregates_with_cause_tracing() {
+    let store = InMemoryEventStore::new();
+    let runtime = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(Mirror)
+        .start()
+        .unwrap();
+    let repo = runtime.repository();
+    deposit(&repo, "a", 10).await;
+    deposit(&repo, "a", 5).await;
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mirror = repo.load::<Account>("mirror-a").await.unwrap();
+    assert_eq!(mirror.state.balance, 15);
+
+    let source = store.load("Account", "a", 0).await.unwrap();
+    let mirrored = store.load("Account", "mirror-a", 0).await.unwrap();
+    let deposit_event = &source[1];
+    let mirrored_deposit = mirrored
+        .iter()
+        .find(|e| {
+            e.metadata.causation_id == Some(deposit_event.event_id) && e.event_type == "Deposited"
+        })
+        .expect("the mirrored deposit names the deposit that caused it");
+    assert_eq!(
+        mirrored_deposit.metadata.correlation_id, deposit_event.metadata.correlation_id,
+        "the correlation id runs through the chain"
+    );
+    assert_eq!(
+        mirrored_deposit.metadata.command_type.as_deref(),
+        Some("Deposit")
+    );
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_redelivered_event_does_not_apply_its_command_twice() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::new(store.clone());
+    repo.create_with_id::<Account>("a", Open { owner: "a".into() })
+        .await
+        .unwrap();
+    repo.update::<Account>("a", Deposit { amount: 7 })
+        .await
+        .unwrap();
+    let deposit = store.load("Account", "a", 1).await.unwrap().remove(0);
+    for _ in 0..3 {
+        let ctx = EventContext::new(repo.clone(), "mirror", deposit.clone());
+        Mirror.handle(&ctx).await.unwrap();
+    }
+    let mirror = repo.load::<Account>("mirror-a").await.unwrap();
+    assert_eq!(
+        (mirror.version, mirror.state.balance),
+        (2, 7),
+        "one create and one deposit, however often the event is delivered"
+    );
+    // A different subscriber handling the same event is a different command.
+    let ctx = EventContext::new(repo.clone(), "other", deposit);
+    let outcome = ctx
+        .update::<Account>("mirror-a", Deposit { amount: 7 })
+        .await
+        .unwrap();
+    assert!(!outcome.duplicate);
+    let again = EventContext::new(repo.clone(), "other", ctx.event().clone());
+    let outcome = again
+        .update::<Account>("mirror-a", Deposit { amount: 7 })
+        .await
+        .unwrap();
+    assert!(outcome.duplicate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_handlers_are_retried_until_they_succeed() {
+    struct Flaky {
+        failures_left: AtomicU32,
+        delivered: AtomicU32,
+    }
+    impl Subscriber for Flaky {
+        fn subscription(&self) -> Subscription {
+            Subscription::new("flaky", ["Account"]).retry(quick_retries(5))
+        }
+        async fn handle(&self, _: &EventContext) -> Result<(), HandlerError> {
+            if self
+                .failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(HandlerError::msg("transient"));
+            }
+            self.delivered.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    let store = InMemoryEventStore::new();
+    let runtime = Eventuate::new(store)
+        .options(fast())
+        .subscriber(Flaky {
+            failures_left: AtomicU32::new(3),
+            delivered: AtomicU32::new(0),
+        })
+        .start()
+        .unwrap();
+    deposit(&runtime.repository(), "a", 1).await;
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let status = runtime.status().await.unwrap();
+    assert_eq!(status.len(), 1);
+    assert_eq!(
+        (status[0].delivered, status[0].retried, status[0].parked),
+        (2, 3, 0)
+    );
+    assert!(runtime.parked("flaky").await.unwrap().is_empty());
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_are_parked_with_their_entity_and_replayed_in_order() {
+    let recorder = Recorder {
+        fail_amount: Some(13),
+        ..Recorder::new("recorder")
+    };
+    let store = InMemoryEventStore::new();
+    let runtime = Eventuate::new(store)
+        .options(fast())
+        .subscriber_with(recorder.clone(), |s| s.retry(quick_retries(3)))
+        .start()
+        .unwrap();
+    let repo = runtime.repository();
+    deposit(&repo, "poisoned", 1).await;
+    deposit(&repo, "poisoned", 13).await; // fails every time
+    deposit(&repo, "poisoned", 2).await; // must wait behind 13
+    deposit(&repo, "healthy", 3).await; // must flow
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        recorder.amounts(),
+        vec![("poisoned".into(), 1), ("healthy".into(), 3)]
+    );
+    let parked = runtime.parked("recorder").await.unwrap();
+    let parked_amounts: Vec<u64> = parked
+        .iter()
+        .map(|p| p.event.decode::<Deposited>().unwrap().amount)
+        .collect();
+    assert_eq!(parked_amounts, vec![13, 2]);
+    assert_eq!(parked[0].attempts, 3);
+    assert!(
+        parked[0].error.contains("cannot handle 13"),
+        "{}",
+        parked[0].error
+    );
+    assert_eq!(
+        parked[1].attempts, 0,
+        "parked behind the poison event, never attempted"
+    );
+    let status = runtime.status().await.unwrap();
+    assert_eq!(status[0].parked, 2);
+
+    // Later events of the parked entity keep waiting.
+    deposit(&repo, "poisoned", 4).await;
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(runtime.parked("recorder").await.unwrap().len(), 3);
+
+    // Replay before the fix: the first event fails again and the rest stay parked, in order.
+    assert_eq!(
+        runtime
+            .replay("recorder", Some(("Account", "poisoned")))
+            .await
+            .unwrap(),
+        3
+    );
+    eventually("failed replay recorded", || {
+        futures_util::FutureExt::now_or_never(runtime.parked("recorder"))
+            .and_then(Result::ok)
+            .is_some_and(|p| p[0].attempts == 4 && !p[0].replay_requested)
+    })
+    .await;
+    assert_eq!(recorder.amounts().len(), 2);
+
+    recorder.fixed.store(true, Ordering::SeqCst);
+    runtime.replay("recorder", None).await.unwrap();
+    eventually("replayed", || recorder.amounts().len() == 5).await;
+    assert_eq!(
+        recorder.amounts(),
+        vec![
+            ("poisoned".into(), 1),
+            ("healthy".into(), 3),
+            ("poisoned".into(), 13),
+            ("poisoned".into(), 2),
+            ("poisoned".into(), 4),
+        ]
+    );
+    eventually("parked list empty", || {
+        futures_util::FutureExt::now_or_never(runtime.parked("recorder"))
+            .and_then(Result::ok)
+            .is_some_and(|p| p.is_empty())
+    })
+    .await;
+    // The entity is unblocked: new events flow directly.
+    deposit(&repo, "poisoned", 5).await;
+    eventually("unblocked", || recorder.amounts().len() == 6).await;
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_a_failure_not_a_dead_consumer() {
+    let recorder = Recorder {
+        panic_amount: Some(9),
+        ..Recorder::new("panicky")
+    };
+    let runtime = Eventuate::new(InMemoryEventStore::new())
+        .options(fast())
+        .subscriber_with(recorder.clone(), |s| s.retry(quick_retries(2)))
+        .start()
+        .unwrap();
+    let repo = runtime.repository();
+    deposit(&repo, "a", 9).await;
+    deposit(&repo, "b", 1).await;
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(recorder.amounts(), vec![("b".into(), 1)]);
+    let parked = runtime.parked("panicky").await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(
+        parked[0].error.contains("panicked: boom on 9"),
+        "{}",
+        parked[0].error
+    );
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_keeps_crashing_the_process_gets_parked() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::new(store.clone());
+    deposit(&repo, "a", 1).await;
+    deposit(&repo, "a", 66).await; // hangs the handler: we "crash" the runtime under it
+    deposit(&repo, "b", 2).await;
+    let max_attempts = 3;
+    let mut runs = Vec::new();
+    // Each runtime hangs on the poison event and is dropped (a crash: no graceful release).
+    // The first crash happens outside careful mode and is not counted per event; each later
+    // one is, so the event is parked by run max_attempts + 2 at the latest.
+    for _ in 0..max_attempts + 2 {
+        let recorder = Recorder {
+            hang_amount: Some(66),
+            ..Recorder::new("crashy")
+        };
+        let runtime = Eventuate::new(store.clone())
+            .options(fast())
+            .subscriber_with(recorder.clone(), |s| s.retry(quick_retries(max_attempts)))
+            .start()
+            .unwrap();
+        runs.push(recorder.clone());
+        let mut parked_now = false;
+        for _ in 0..300 {
+            parked_now = !runtime.parked("crashy").await.unwrap().is_empty();
+            if parked_now || recorder.hung.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if parked_now {
+            runtime
+                .wait_caught_up(Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(
+                !recorder.hung.load(Ordering::SeqCst),
+                "parked without running it again"
+            );
+            runtime.shutdown().await.unwrap();
+            break;
+        }
+        assert!(
+            recorder.hung.load(Ordering::SeqCst),
+            "the handler reached the poison event"
+        );
+        drop(runtime);
+        // The next runtime takes over once the crashed one's lease expires.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    let parked = eventuate_core::runtime::SubscriptionStore::parked(&store, "crashy")
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1, "the poison event is parked");
+    assert_eq!(parked[0].event.decode::<Deposited>().unwrap().amount, 66);
+    assert_eq!(
+        runs.len() as u32,
+        max_attempts + 2,
+        "parked after max_attempts + 1 crashes, by the next run"
+    );
+    assert_eq!(parked[0].attempts, max_attempts);
+    let last = runs.last().unwrap();
+    assert!(
+        last.amounts().contains(&("b".into(), 2)),
+        "events after the poison event flow once it is parked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn competing_runtimes_share_nothing_and_take_over_from_a_dead_one() {
+    let store = InMemoryEventStore::new();
+    let first = Recorder::new("single");
+    let second = Recorder {
+        log: first.log.clone(),
+        ..Recorder::new("single")
+    };
+    let a = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(first.clone())
+        .start()
+        .unwrap();
+    let b = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(second.clone())
+        .start()
+        .unwrap();
+    let repo = a.repository();
+    for i in 1..=20 {
+        deposit(&repo, &format!("acc-{}", i % 4), i).await;
+    }
+    eventually("all delivered", || first.amounts().len() == 20).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        first.amounts().len(),
+        20,
+        "each event handled once across both runtimes"
+    );
+    let (a_calls, b_calls) = (
+        first.calls.load(Ordering::SeqCst),
+        second.calls.load(Ordering::SeqCst),
+    );
+    assert!(
+        a_calls == 0 || b_calls == 0,
+        "one consumer at a time: {a_calls} / {b_calls}"
+    );
+    // Crash whichever runtime holds the lease; the other takes over after the lease expires.
+    let (survivor, survivor_recorder) = if a_calls > 0 {
+        drop(a);
+        (b, second)
+    } else {
+        drop(b);
+        (a, first)
+    };
+    for i in 21..=30 {
+        deposit(&repo, &format!("acc-{}", i % 4), i).await;
+    }
+    survivor
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(survivor_recorder.calls.load(Ordering::SeqCst) >= 10);
+    let amounts: Vec<u64> = survivor_recorder
+        .amounts()
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    for i in 1..=30 {
+        assert!(amounts.contains(&i), "event {i} was never handled");
+    }
+    survivor.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_spread_over_runtimes_and_keep_per_entity_order() {
+    let store = InMemoryEventStore::new();
+    let log: Log = Arc::default();
+    let make = || Recorder {
+        log: log.clone(),
+        ..Recorder::new("parted")
+    };
+    let a = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(make(), |s| s.partitions(4))
+        .start()
+        .unwrap();
+    let b = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(make(), |s| s.partitions(4))
+        .start()
+        .unwrap();
+    let repo = a.repository();
+    for i in 1..=40 {
+        deposit(&repo, &format!("e{}", i % 8), i).await;
+    }
+    eventually("delivered", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.event_type == "Deposited")
+            .count()
+            == 40
+    })
+    .await;
+    // Let the lease manager settle on the fair share, then check it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let owned =
+        |s: Vec<eventuate_core::runtime::PartitionStatus>| s.iter().filter(|p| p.owned).count();
+    let (owned_a, owned_b) = (
+        owned(a.status().await.unwrap()),
+        owned(b.status().await.unwrap()),
+    );
+    assert_eq!(
+        (owned_a, owned_b),
+        (2, 2),
+        "fair share of 4 partitions over 2 runtimes"
+    );
+    let mut per_entity: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in log.lock().unwrap().iter() {
+        assert!(seen.insert(e.event_id), "no event twice without a crash");
+        per_entity
+            .entry(e.entity_id.clone())
+            .or_default()
+            .push(e.entity_version);
+    }
+    for (entity, versions) in per_entity {
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "order broken for {entity}: {versions:?}"
+        );
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_from_now_skips_history_and_shutdown_keeps_the_checkpoint() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::new(store.clone());
+    deposit(&repo, "old", 1).await;
+    let recorder = Recorder::new("fresh");
+    let runtime = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(recorder.clone(), |s| s.start_from(StartFrom::Now))
+        .start()
+        .unwrap();
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    deposit(&repo, "new", 2).await;
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(recorder.amounts(), vec![("new".into(), 2)]);
+    runtime.shutdown().await.unwrap();
+
+    // Restarted: nothing is delivered again, later events are.
+    let again = Recorder::new("fresh");
+    let runtime = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(again.clone(), |s| s.start_from(StartFrom::Now))
+        .start()
+        .unwrap();
+    deposit(&repo, "new", 3).await;
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(again.amounts(), vec![("new".into(), 3)]);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn misconfiguration_is_reported_at_start() {
+    let dup = Eventuate::new(InMemoryEventStore::new())
+        .subscriber(Recorder::new("same"))
+        .subscriber(Recorder::new("same"))
+        .start();
+    assert!(matches!(dup, Err(Error::Config(m)) if m.contains("`same`")));
+    let zero = Eventuate::new(InMemoryEventStore::new())
+        .subscriber_with(Recorder::new("zero"), |s| s.partitions(0))
+        .start();
+    assert!(matches!(zero, Err(Error::Config(m)) if m.contains("partitions")));
+    let bad = Eventuate::new(InMemoryEventStore::new())
+        .subscriber(Recorder::new("bad id!"))
+        .start();
+    assert!(matches!(
+        bad,
+        Err(Error::InvalidName {
+            kind: "subscriber id",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn a_transactional_subscriber_on_the_memory_store_is_told_why_it_cannot_run() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::new(store.clone());
+    deposit(&repo, "a", 1).await;
+    let event = store.load("Account", "a", 0).await.unwrap().remove(0);
+    let ctx = EventContext::new(repo, "view", event);
+    let err = ctx.transaction::<()>().await.unwrap_err();
+    assert!(err.to_string().contains("not transactional"), "{err}");
+}
