@@ -100,4 +100,55 @@ pub mod __private {
     pub fn decode<T: serde::de::DeserializeOwned>(payload: &str) -> Result<T, DecodeError> {
         serde_json::from_str(payload).map_err(DecodeError::Json)
     }
+
+    /// Clones a command that a `#[command_handler]` method takes by value. The repository may
+    /// run a handler again after a concurrency conflict, so it only lends the command out.
+    #[diagnostic::on_unimplemented(
+        message = "command `{Self}` is taken by value, so it must implement `Clone`",
+        label = "`{Self}` is not `Clone`",
+        note = "the repository may run a command handler again after a concurrency conflict, \
+                so it keeps the command and passes the handler a clone",
+        note = "derive `Clone` for `{Self}`, or take the command by reference: \
+                `command: &{Self}`"
+    )]
+    pub trait CloneCommand {
+        /// A clone of the command.
+        fn clone_command(&self) -> Self;
+    }
+
+    impl<T: Clone> CloneCommand for T {
+        fn clone_command(&self) -> Self {
+            self.clone()
+        }
+    }
+
+    /// Whether `name` is one of the type names of the event set `S`, for an `#[event_handler]`
+    /// subscribed to an aggregate type. The bound `T: EventOf<S>` is the compile-time check that
+    /// the handler takes one of the aggregate's events.
+    pub const fn is_event_of<S: EventSet, T: EventOf<S>>(name: &str) -> bool {
+        let names = S::EVENT_TYPES;
+        let mut i = 0;
+        while i < names.len() {
+            if str_eq(names[i], name) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    const fn str_eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
 }

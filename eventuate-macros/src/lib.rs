@@ -1,18 +1,235 @@
-//! Procedural macros of eventuate-rs (placeholder entry points).
+//! Procedural macros of eventuate-rs: `#[derive(Events)]`, `#[aggregate]`, `#[command_handler]`
+//! and `#[event_handler]`. Use them through `eventuate_core` (`use eventuate_core::prelude::*`),
+//! which re-exports them; the code they generate depends only on `eventuate_core`.
+//!
+//! Each macro implements traits of `eventuate_core` that can also be written by hand; the docs
+//! of each macro show the code it expands to.
+
+mod ast;
+mod attr;
+mod check;
+mod entry;
+mod expand;
+
 use proc_macro::TokenStream;
-#[proc_macro_attribute]
-pub fn aggregate(_a: TokenStream, i: TokenStream) -> TokenStream {
-    i
-}
-#[proc_macro_attribute]
-pub fn command_handler(_a: TokenStream, i: TokenStream) -> TokenStream {
-    i
-}
-#[proc_macro_attribute]
-pub fn event_handler(_a: TokenStream, i: TokenStream) -> TokenStream {
-    i
-}
+
+/// Implements `EventSet` for an enum of events: one tuple variant per event struct.
+///
+/// An event's stored **type name** is the name of its struct (the last path segment of the
+/// variant's field type, `OrderCreated`), not the variant's name, so that a subscriber in
+/// another service can declare its own `OrderCreated` with the fields it needs. Rename one with
+/// `#[event(name = "..")]`, e.g. to keep the stored name when the struct is renamed.
+///
+/// ```ignore
+/// #[derive(Debug, Clone, Events)]
+/// pub enum OrderEvent {
+///     Created(OrderCreated),
+///     Approved(OrderApproved),
+///     #[event(name = "OrderNoteV2")]
+///     Noted(OrderNoted),
+/// }
+/// ```
+///
+/// expands to (paths shortened):
+///
+/// ```ignore
+/// impl EventSet for OrderEvent {
+///     const EVENT_TYPES: &'static [&'static str] = &["OrderCreated", "OrderApproved", "OrderNoteV2"];
+///     fn event_type(&self) -> &'static str {
+///         match *self { Self::Created(_) => "OrderCreated", /* .. */ }
+///     }
+///     fn encode(&self) -> Result<String, serde_json::Error> {
+///         match *self { Self::Created(ref event) => __private::encode::<OrderCreated>(event), /* .. */ }
+///     }
+///     fn decode(event_type: &str, payload: &str) -> Result<Self, DecodeError> {
+///         match event_type {
+///             "OrderCreated" => Result::map(__private::decode::<OrderCreated>(payload), Self::Created),
+///             // ..
+///             _ => Err(DecodeError::UnknownType),
+///         }
+///     }
+/// }
+/// // Routes each event to the aggregate's `Apply` impl (`#[apply]` methods).
+/// impl<A> ApplyAll<A> for OrderEvent
+/// where A: Apply<OrderCreated> + Apply<OrderApproved> + Apply<OrderNoted>
+/// {
+///     fn apply_to(&self, aggregate: &mut A) {
+///         match *self { Self::Created(ref event) => Apply::<OrderCreated>::apply(aggregate, event), /* .. */ }
+///     }
+/// }
+/// impl From<OrderCreated> for OrderEvent { fn from(event: OrderCreated) -> Self { Self::Created(event) } }
+/// impl EventOf<OrderEvent> for OrderCreated {}
+/// // .. the same for each variant
+/// ```
+///
+/// Errors: not an enum; a variant that does not wrap exactly one type; two variants with the
+/// same type name (rename one) or the same type; a name that is not an identifier (ASCII letter
+/// or `_` first, then letters, digits, `_`, `-`, `.`).
 #[proc_macro_derive(Events, attributes(event))]
-pub fn events(_i: TokenStream) -> TokenStream {
-    TokenStream::new()
+pub fn derive_events(input: TokenStream) -> TokenStream {
+    entry::derive_events(input.into()).into()
+}
+
+/// Implements `Aggregate` for a struct holding an aggregate's state.
+///
+/// Keys: `events = Path` (required: the event set, an enum with `#[derive(Events)]`);
+/// `name = "Order"` (the stored entity type; default: the struct's name);
+/// `snapshot_every = 100` (take a snapshot every 100 events; needs `Serialize` and
+/// `Deserialize` on the struct); `snapshot_version = 2` (bump it when the state's shape changes,
+/// so old snapshots are ignored); `ignore(EventA, EventB)` (events that do not change the
+/// state, so they need no `#[apply]` method).
+///
+/// Every event of the set needs an `#[apply]` method in the aggregate's `#[command_handler]`
+/// impl, or an entry in `ignore(..)`; a missing one fails the build naming the aggregate and the
+/// event.
+///
+/// ```ignore
+/// #[aggregate(name = "Order", events = OrderEvent, snapshot_every = 100, ignore(OrderNoted))]
+/// #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+/// pub struct Order { approved: bool, total: u64 }
+/// ```
+///
+/// expands to the struct, unchanged, and (paths shortened):
+///
+/// ```ignore
+/// impl Aggregate for Order {
+///     const ENTITY_TYPE: &'static str = "Order";
+///     const SNAPSHOT_EVERY: Option<u64> = Some(100);
+///     type Event = OrderEvent;
+///     fn apply(&mut self, event: &OrderEvent) {
+///         <OrderEvent as ApplyAll<Self>>::apply_to(event, self)
+///     }
+///     fn to_snapshot(&self) -> Option<Result<String, serde_json::Error>> {
+///         Some(serde_json::to_string::<Self>(self))
+///     }
+///     fn from_snapshot(snapshot: &str) -> Option<Result<Self, serde_json::Error>> {
+///         Some(serde_json::from_str::<Self>(snapshot))
+///     }
+/// }
+/// impl Apply<OrderNoted> for Order {
+///     fn apply(&mut self, _: &OrderNoted) {}
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
+    entry::aggregate(args.into(), input.into()).into()
+}
+
+/// Turns the methods of an aggregate's inherent impl block into its command handlers and its
+/// `#[apply]` methods.
+///
+/// - `#[apply] fn name(&mut self, event: &Event)` applies one event type to the state.
+/// - Every other method is a command handler: `fn name(&self, command: Command) ->
+///   Result<R, Error>`, or with `command: &Command`. A handler decides; it does not mutate the
+///   state (its events do, through `#[apply]`) and is not `async`. `R` is one event (any type
+///   with `Into<Event>`), a `Vec` of events, or a tuple of events (in order). A command taken by
+///   value must be `Clone`: the repository may run the handler again after a concurrency
+///   conflict. `Error` must implement `std::error::Error + Send + Sync + 'static`.
+///
+/// There is one handler per command type and one `#[apply]` per event type. Other items
+/// (constants, types) are left alone; put helper functions in another impl block.
+///
+/// ```ignore
+/// #[command_handler]
+/// impl Order {
+///     fn create(&self, command: CreateOrder) -> Result<OrderCreated, OrderError> { .. }
+///     fn approve(&self, command: &ApproveOrder) -> Result<Vec<OrderEvent>, OrderError> { .. }
+///     #[apply]
+///     fn on_created(&mut self, event: &OrderCreated) { self.total = event.total; }
+/// }
+/// ```
+///
+/// expands to the impl block (without the `#[apply]` attributes), and (paths shortened):
+///
+/// ```ignore
+/// impl HandleCommand<CreateOrder> for Order {
+///     type Error = OrderError;
+///     fn handle(&self, command: &CreateOrder) -> Result<Vec<OrderEvent>, OrderError> {
+///         match Self::create(self, <CreateOrder as CloneCommand>::clone_command(command)) {
+///             Ok(output) => Ok(Vec::from([Into::<OrderEvent>::into(output)])),
+///             Err(error) => Err(error),
+///         }
+///     }
+/// }
+/// impl HandleCommand<ApproveOrder> for Order {
+///     type Error = OrderError;
+///     fn handle(&self, command: &ApproveOrder) -> Result<Vec<OrderEvent>, OrderError> {
+///         match Self::approve(self, command) {
+///             Ok(output) => Ok(output.into_iter().map(Into::<OrderEvent>::into).collect()),
+///             Err(error) => Err(error),
+///         }
+///     }
+/// }
+/// impl Apply<OrderCreated> for Order {
+///     fn apply(&mut self, event: &OrderCreated) { Self::on_created(self, event) }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn command_handler(args: TokenStream, input: TokenStream) -> TokenStream {
+    entry::command_handler(args.into(), input.into()).into()
+}
+
+/// Implements `Subscriber` for a type from an impl block of event handlers.
+///
+/// Every method is a handler: `async fn name(&self, ctx: &EventContext, event: &Event) ->
+/// Result<(), E>` with `E: Into<HandlerError>`. A handler is matched by the event's stored type
+/// name: the last path segment of `Event`, or `#[event(name = "..")]` on the method. Events are
+/// decoded from JSON by name, so the subscriber may declare its own `Event` struct with only the
+/// fields it needs (it may live in another crate or service).
+///
+/// Keys:
+/// - `subscribe` (required): the entity types to consume: `"Order"`, a list
+///   `["Order", "Customer"]`, or an aggregate type `Order`; with a single aggregate type the
+///   build checks that every handler takes one of that aggregate's events (and under the name it
+///   is stored with);
+/// - `id = "customer-workflow"`: the durable id (checkpoint, leases, parked events); default:
+///   the type's name;
+/// - `start = "beginning" | "now"`: where a new subscriber starts (default `"beginning"`);
+/// - `partitions = 3`: partitions consumed in parallel (by entity id; default 1);
+/// - `max_attempts = 5`: attempts before an event is parked;
+/// - `transactional` (or `transactional = true`): run each delivery in a store transaction
+///   committed with the checkpoint.
+///
+/// ```ignore
+/// #[event_handler(subscribe = "Order", id = "customer-workflow", partitions = 3)]
+/// impl CustomerWorkflow {
+///     async fn reserve(&self, ctx: &EventContext, event: &OrderCreated) -> Result<(), HandlerError> {
+///         ctx.update::<Customer>(&event.customer_id, ReserveCredit { .. }).await?;
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// expands to the impl block, and (paths shortened):
+///
+/// ```ignore
+/// impl Subscriber for CustomerWorkflow {
+///     fn subscription(&self) -> Subscription {
+///         Subscription::new("customer-workflow", ["Order"])
+///             .event_types(["OrderCreated"])
+///             .partitions(3)
+///     }
+///     fn handle<'a>(&'a self, ctx: &'a EventContext)
+///         -> impl Future<Output = Result<(), HandlerError>> + Send + 'a
+///     {
+///         async move {
+///             let event_type = ctx.event().event_type.as_str();
+///             if event_type == "OrderCreated" {
+///                 let event: OrderCreated = match __private::decode_for_handler::<OrderCreated>(ctx) {
+///                     Ok(event) => event,
+///                     Err(error) => return Err(error),
+///                 };
+///                 return Result::map_err(Self::reserve(self, ctx, &event).await, Into::<HandlerError>::into);
+///             }
+///             Ok(())
+///         }
+///     }
+/// }
+/// ```
+///
+/// With `subscribe = Order`, the entity type is `<Order as Aggregate>::ENTITY_TYPE` and each
+/// handler gets a compile-time check that its event is `EventOf<<Order as Aggregate>::Event>`.
+#[proc_macro_attribute]
+pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
+    entry::event_handler(args.into(), input.into()).into()
 }

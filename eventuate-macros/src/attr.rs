@@ -1,0 +1,262 @@
+//! Parsing of the macros' arguments (`#[aggregate(..)]`, `#[event_handler(..)]`) and of the
+//! helper attributes (`#[event(name = "..")]`, `#[apply]`). Parsing records every problem in the
+//! [`Ctxt`] and skips to the next key, so one bad key does not hide the others; range and name
+//! rules are left to `check.rs`.
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use syn::meta::ParseNestedMeta;
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::{Attribute, Expr, Lit, LitBool, LitInt, LitStr, Path, Token, Type};
+
+use crate::check::Ctxt;
+
+/// The arguments of `#[aggregate(..)]`.
+#[derive(Default)]
+pub(crate) struct AggregateAttr {
+    pub name: Option<LitStr>,
+    pub events: Option<Path>,
+    pub snapshot_every: Option<Number<u64>>,
+    pub snapshot_version: Option<Number<u32>>,
+    pub ignore: Vec<Type>,
+}
+
+/// The arguments of `#[event_handler(..)]`.
+#[derive(Default)]
+pub(crate) struct SubscriberAttr {
+    pub subscribe: Option<Subscribe>,
+    pub id: Option<LitStr>,
+    pub start: Option<LitStr>,
+    pub partitions: Option<Number<u32>>,
+    pub max_attempts: Option<Number<u32>>,
+    pub transactional: Option<bool>,
+}
+
+/// An integer argument with the literal it came from (for spans).
+pub(crate) struct Number<T> {
+    pub lit: LitInt,
+    pub value: T,
+}
+
+/// The value of `subscribe = ..`.
+pub(crate) enum Subscribe {
+    One(EntityRef),
+    List { span: Span, items: Vec<EntityRef> },
+}
+
+/// One subscribed entity: a name matched at run time, or an aggregate type checked at compile
+/// time.
+pub(crate) enum EntityRef {
+    Name(LitStr),
+    Aggregate(Path),
+}
+
+const AGGREGATE_KEYS: &str = "`name`, `events`, `snapshot_every`, `snapshot_version`, `ignore`";
+const SUBSCRIBER_KEYS: &str =
+    "`subscribe`, `id`, `start`, `partitions`, `max_attempts`, `transactional`";
+
+pub(crate) fn aggregate(cx: &Ctxt, args: TokenStream) -> AggregateAttr {
+    let mut attr = AggregateAttr::default();
+    let mut seen = Vec::new();
+    let parser = syn::meta::parser(|meta| {
+        each_key(cx, &meta, &mut seen, "aggregate", AGGREGATE_KEYS, |key| {
+            match key {
+                "name" => attr.name = Some(meta.value()?.parse()?),
+                "events" => attr.events = Some(meta.value()?.parse()?),
+                "snapshot_every" => attr.snapshot_every = Some(number(&meta, key)?),
+                "snapshot_version" => attr.snapshot_version = Some(number(&meta, key)?),
+                "ignore" => attr.ignore = type_list(&meta)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })
+    });
+    if let Err(e) = parser.parse2(args) {
+        cx.syn_error(e);
+    }
+    attr
+}
+
+pub(crate) fn subscriber(cx: &Ctxt, args: TokenStream) -> SubscriberAttr {
+    let mut attr = SubscriberAttr::default();
+    let mut seen = Vec::new();
+    let parser = syn::meta::parser(|meta| {
+        each_key(
+            cx,
+            &meta,
+            &mut seen,
+            "event_handler",
+            SUBSCRIBER_KEYS,
+            |key| {
+                match key {
+                    "subscribe" => attr.subscribe = Some(subscribe(meta.value()?)?),
+                    "id" => attr.id = Some(meta.value()?.parse()?),
+                    "start" => attr.start = Some(meta.value()?.parse()?),
+                    "partitions" => attr.partitions = Some(number(&meta, key)?),
+                    "max_attempts" => attr.max_attempts = Some(number(&meta, key)?),
+                    "transactional" => {
+                        attr.transactional = Some(if meta.input.peek(Token![=]) {
+                            meta.value()?.parse::<LitBool>()?.value
+                        } else {
+                            true
+                        });
+                    }
+                    _ => return Ok(false),
+                }
+                Ok(true)
+            },
+        )
+    });
+    if let Err(e) = parser.parse2(args) {
+        cx.syn_error(e);
+    }
+    attr
+}
+
+/// Handles one `key = value` of an attribute: rejects unknown and repeated keys (at the key),
+/// runs `parse_value` for known ones, and on any error records it and skips to the next key.
+/// `parse_value` returns `Ok(false)` for a key it does not know.
+fn each_key(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    seen: &mut Vec<String>,
+    macro_name: &str,
+    expected: &str,
+    mut parse_value: impl FnMut(&str) -> syn::Result<bool>,
+) -> syn::Result<()> {
+    let Some(key) = meta.path.get_ident().map(ToString::to_string) else {
+        cx.error_spanned_by(
+            &meta.path,
+            format!("expected a key of #[{macro_name}(..)]: {expected}"),
+        );
+        return skip_value(meta.input);
+    };
+    if seen.contains(&key) {
+        cx.error_spanned_by(
+            &meta.path,
+            format!("duplicate key `{key}`: it is already set earlier in this attribute"),
+        );
+        return skip_value(meta.input);
+    }
+    match parse_value(&key) {
+        Ok(true) => seen.push(key),
+        Ok(false) => {
+            cx.error_spanned_by(
+                &meta.path,
+                format!("unknown key `{key}` in #[{macro_name}(..)]; expected one of {expected}"),
+            );
+            return skip_value(meta.input);
+        }
+        Err(e) => {
+            seen.push(key);
+            cx.syn_error(e);
+            return skip_value(meta.input);
+        }
+    }
+    Ok(())
+}
+
+/// Skips what is left of a key's value, up to the comma before the next key.
+fn skip_value(input: ParseStream<'_>) -> syn::Result<()> {
+    while !input.is_empty() && !input.peek(Token![,]) {
+        input.parse::<TokenTree>()?;
+    }
+    Ok(())
+}
+
+fn number<T>(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<Number<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let expr: Expr = meta.value()?.parse()?;
+    match expr {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Int(lit), ..
+        }) => Ok(Number {
+            value: lit.base10_parse()?,
+            lit,
+        }),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("`{key}` must be an integer literal, e.g. `{key} = 10`"),
+        )),
+    }
+}
+
+fn type_list(meta: &ParseNestedMeta<'_>) -> syn::Result<Vec<Type>> {
+    let content;
+    syn::parenthesized!(content in meta.input);
+    let types = content.parse_terminated(Type::parse, Token![,])?;
+    Ok(types.into_iter().collect())
+}
+
+fn subscribe(input: ParseStream<'_>) -> syn::Result<Subscribe> {
+    if input.peek(syn::token::Bracket) {
+        let content;
+        let bracket = syn::bracketed!(content in input);
+        let items = content.parse_terminated(entity_ref, Token![,])?;
+        Ok(Subscribe::List {
+            span: bracket.span.join(),
+            items: items.into_iter().collect(),
+        })
+    } else {
+        entity_ref(input).map(Subscribe::One)
+    }
+}
+
+fn entity_ref(input: ParseStream<'_>) -> syn::Result<EntityRef> {
+    let lookahead = input.lookahead1();
+    if lookahead.peek(LitStr) {
+        input.parse().map(EntityRef::Name)
+    } else if lookahead.peek(syn::Ident)
+        || lookahead.peek(Token![::])
+        || lookahead.peek(Token![crate])
+        || lookahead.peek(Token![self])
+        || lookahead.peek(Token![super])
+    {
+        input.parse().map(EntityRef::Aggregate)
+    } else {
+        Err(lookahead.error())
+    }
+}
+
+/// Whether a method carries `#[apply]` (with no arguments; arguments are reported).
+pub(crate) fn is_apply(cx: &Ctxt, attr: &Attribute) -> bool {
+    if !attr.path().is_ident("apply") {
+        return false;
+    }
+    if let Err(e) = attr.meta.require_path_only() {
+        cx.syn_error(syn::Error::new(
+            e.span(),
+            "`#[apply]` takes no arguments: the event type is the method's parameter type",
+        ));
+    }
+    true
+}
+
+/// The `name` of an `#[event(name = "..")]` helper attribute; `None` for other attributes.
+pub(crate) fn event_name(cx: &Ctxt, attr: &Attribute) -> Option<Option<LitStr>> {
+    if !attr.path().is_ident("event") {
+        return None;
+    }
+    let mut name = None;
+    let result = attr.parse_nested_meta(|meta| {
+        if meta.path.is_ident("name") {
+            if name.is_some() {
+                return Err(
+                    meta.error("duplicate key `name`: it is already set earlier in this attribute")
+                );
+            }
+            name = Some(meta.value()?.parse::<LitStr>()?);
+            Ok(())
+        } else {
+            Err(meta.error("unknown key in #[event(..)]; expected `name = \"..\"`"))
+        }
+    });
+    if let Err(e) = result {
+        cx.syn_error(e);
+    } else if name.is_none() {
+        cx.error_spanned_by(attr, "expected `#[event(name = \"EventTypeName\")]`");
+    }
+    Some(name)
+}

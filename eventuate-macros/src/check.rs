@@ -1,0 +1,728 @@
+//! Validation: decides whether what the user wrote is acceptable and turns the model of
+//! `ast.rs` into the plans `expand.rs` generates code from. Every problem is recorded in the
+//! [`Ctxt`] at the user's token and checking goes on, so one build reports every mistake.
+
+use std::cell::RefCell;
+use std::fmt::Display;
+
+use proc_macro2::Span;
+use quote::ToTokens;
+use syn::ext::IdentExt;
+use syn::{GenericArgument, PathArguments, ReturnType, Type};
+
+use crate::ast::{
+    AggregatePlan, AggregateStruct, ApplyFn, CommandFn, CommandPlan, Entity, EventFn, EventsEnum,
+    HandlerImpl, Method, Output, SubscriberPlan, type_name,
+};
+use crate::attr::{EntityRef, Subscribe, SubscriberAttr};
+
+/// Collects errors, to be reported together (after serde_derive's `Ctxt`).
+#[derive(Default)]
+pub(crate) struct Ctxt {
+    errors: RefCell<Vec<syn::Error>>,
+}
+
+impl Ctxt {
+    pub fn new() -> Self {
+        Ctxt::default()
+    }
+
+    /// Records an error spanning `tokens`.
+    pub fn error_spanned_by(&self, tokens: impl ToTokens, message: impl Display) {
+        self.errors
+            .borrow_mut()
+            .push(syn::Error::new_spanned(tokens.into_token_stream(), message));
+    }
+
+    /// Records an error at `span`.
+    pub fn error_at(&self, span: Span, message: impl Display) {
+        self.errors
+            .borrow_mut()
+            .push(syn::Error::new(span, message));
+    }
+
+    /// Records a parse error.
+    pub fn syn_error(&self, error: syn::Error) {
+        self.errors.borrow_mut().push(error);
+    }
+
+    /// All errors combined into one, if any.
+    pub fn check(self) -> syn::Result<()> {
+        let mut errors = self.errors.into_inner().into_iter();
+        let Some(mut combined) = errors.next() else {
+            return Ok(());
+        };
+        for error in errors {
+            combined.combine(error);
+        }
+        Err(combined)
+    }
+}
+
+/// Why `name` is not an acceptable entity type, event type or subscriber id (the rule of
+/// `eventuate_core::name::validate_identifier`, checked here so a bad name fails the build).
+pub(crate) fn identifier_problem(name: &str) -> Option<&'static str> {
+    let first = name.chars().next()?;
+    if name.len() > 100 {
+        return Some("it is longer than 100 bytes");
+    }
+    if !(first.is_ascii_alphabetic() || first == '_') {
+        return Some("it must start with an ASCII letter or `_`");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Some("only ASCII letters, digits, `_`, `-` and `.` are allowed");
+    }
+    None
+}
+
+fn check_identifier(cx: &Ctxt, kind: &str, name: &str, span: Span) {
+    let problem = if name.is_empty() {
+        Some("it is empty")
+    } else {
+        identifier_problem(name)
+    };
+    if let Some(problem) = problem {
+        cx.error_at(span, format!("invalid {kind} `{name}`: {problem}"));
+    }
+}
+
+/// A type as written, to compare two types and to name one in a message.
+fn type_key(ty: &Type) -> String {
+    let text = ty.to_token_stream().to_string();
+    // `quote` spaces tokens out; `Vec < u8 >` reads worse than `Vec<u8>` in a message.
+    text.replace(" < ", "<")
+        .replace(" <", "<")
+        .replace("< ", "<")
+        .replace(" >", ">")
+        .replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace(" ,", ",")
+        .replace("& ", "&")
+}
+
+fn peel(ty: &Type) -> &Type {
+    match ty {
+        Type::Group(group) => peel(&group.elem),
+        Type::Paren(paren) => peel(&paren.elem),
+        _ => ty,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// #[derive(Events)]
+
+pub(crate) fn events(cx: &Ctxt, set: &EventsEnum<'_>) {
+    let mut names: Vec<(&str, &syn::Ident)> = Vec::new();
+    let mut types: Vec<(String, &syn::Ident)> = Vec::new();
+    for variant in &set.variants {
+        if let Some(name) = &variant.name {
+            check_identifier(cx, "event type name", &name.value, name.span);
+            if let Some((_, first)) = names.iter().find(|(n, _)| *n == name.value) {
+                let hint = if name.explicit {
+                    ""
+                } else {
+                    "; give one of them another name with `#[event(name = \"..\")]`"
+                };
+                cx.error_at(
+                    name.span,
+                    format!(
+                        "duplicate event type name `{}`: variant `{first}` already uses it{hint}",
+                        name.value
+                    ),
+                );
+            } else {
+                names.push((&name.value, variant.ident));
+            }
+        }
+        let key = type_key(variant.ty);
+        if let Some((_, first)) = types.iter().find(|(t, _)| *t == key) {
+            cx.error_spanned_by(
+                variant.ty,
+                format!(
+                    "event `{key}` is already in this set (variant `{first}`): each event \
+                     struct appears once, so that `From<{key}>` and apply routing are unambiguous"
+                ),
+            );
+        } else {
+            types.push((key, variant.ident));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// #[aggregate]
+
+pub(crate) fn aggregate<'a>(cx: &Ctxt, agg: &'a AggregateStruct<'a>) -> Option<AggregatePlan<'a>> {
+    let item = agg.item;
+    let attr = &agg.attr;
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        cx.error_spanned_by(
+            &item.generics,
+            "generic aggregates are not supported: the stored entity type names one concrete \
+             struct",
+        );
+    }
+    let entity_type = match &attr.name {
+        Some(name) => {
+            check_identifier(cx, "aggregate name", &name.value(), name.span());
+            name.value()
+        }
+        None => {
+            let name = item.ident.unraw().to_string();
+            if identifier_problem(&name).is_some() {
+                check_identifier(cx, "aggregate name", &name, item.ident.span());
+            }
+            name
+        }
+    };
+    if attr.events.is_none() {
+        cx.error_at(
+            Span::call_site(),
+            "missing `events`: name the aggregate's event set, e.g. \
+             `#[aggregate(events = OrderEvent)]` with `#[derive(Events)] enum OrderEvent { .. }`",
+        );
+    }
+    if let Some(every) = &attr.snapshot_every {
+        if every.value == 0 {
+            cx.error_spanned_by(
+                &every.lit,
+                "`snapshot_every` must be at least 1 (leave it out to take no snapshots)",
+            );
+        }
+    }
+    let mut ignored: Vec<String> = Vec::new();
+    for ty in &attr.ignore {
+        let key = type_key(ty);
+        if ignored.contains(&key) {
+            cx.error_spanned_by(ty, format!("`{key}` is already ignored"));
+        } else {
+            ignored.push(key);
+        }
+    }
+    Some(AggregatePlan {
+        ident: &item.ident,
+        entity_type,
+        events: attr.events.as_ref()?,
+        snapshot_every: attr.snapshot_every.as_ref().map(|n| n.value),
+        snapshot_version: attr.snapshot_version.as_ref().map(|n| n.value),
+        ignore: &attr.ignore,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// #[command_handler]
+
+pub(crate) fn command_impl<'a>(cx: &Ctxt, imp: &HandlerImpl<'a>) -> CommandPlan<'a> {
+    let mut plan = CommandPlan::default();
+    for method in &imp.methods {
+        if method.apply {
+            if let Some(apply) = apply_fn(cx, method) {
+                if let Some(first) = plan
+                    .applies
+                    .iter()
+                    .find(|a| type_key(a.event) == type_key(apply.event))
+                {
+                    cx.error_spanned_by(
+                        apply.event,
+                        format!(
+                            "a second `#[apply]` method for event `{}`: `{}` already applies it",
+                            type_key(apply.event),
+                            first.method
+                        ),
+                    );
+                } else {
+                    plan.applies.push(apply);
+                }
+            }
+        } else if let Some(command) = command_fn(cx, method) {
+            if let Some(first) = plan
+                .commands
+                .iter()
+                .find(|c| type_key(c.command) == type_key(command.command))
+            {
+                cx.error_spanned_by(
+                    command.command,
+                    format!(
+                        "a second handler for command `{}`: `{}` already handles it; an \
+                         aggregate has one handler per command type",
+                        type_key(command.command),
+                        first.method
+                    ),
+                );
+            } else {
+                plan.commands.push(command);
+            }
+        }
+    }
+    plan
+}
+
+fn not_generic(cx: &Ctxt, method: &Method<'_>, what: &str) {
+    let generics = &method.func.sig.generics;
+    if !generics.params.is_empty() || generics.where_clause.is_some() {
+        cx.error_spanned_by(generics, format!("{what} cannot be generic"));
+    }
+}
+
+fn apply_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<ApplyFn<'a>> {
+    let sig = &method.func.sig;
+    not_generic(cx, method, "an `#[apply]` method");
+    if let Some(token) = &sig.asyncness {
+        cx.error_spanned_by(
+            token,
+            "an `#[apply]` method cannot be `async`: applying an event only changes the state",
+        );
+    }
+    match method.receiver {
+        Some(r) if r.reference.is_some() && r.mutability.is_some() => {}
+        Some(r) => cx.error_spanned_by(
+            r,
+            "an `#[apply]` method changes the aggregate's state: take `&mut self`",
+        ),
+        None => cx.error_at(
+            method.parens(),
+            "an `#[apply]` method takes `&mut self` and the event: \
+             `fn on_event(&mut self, event: &Event)`",
+        ),
+    }
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if !matches!(peel(ty), Type::Tuple(t) if t.elems.is_empty()) {
+            cx.error_spanned_by(
+                ty,
+                "an `#[apply]` method returns nothing: events are facts, applying one cannot fail",
+            );
+        }
+    }
+    let event = match method.params.as_slice() {
+        [param] => match peel(&param.ty) {
+            Type::Reference(r) if r.mutability.is_none() => Some(&*r.elem),
+            _ => {
+                cx.error_spanned_by(
+                    &param.ty,
+                    "an `#[apply]` method takes the event by shared reference: `event: &Event`",
+                );
+                None
+            }
+        },
+        [] => {
+            cx.error_at(
+                method.parens(),
+                "an `#[apply]` method takes the event after `&mut self`: \
+                 `fn on_event(&mut self, event: &Event)`",
+            );
+            None
+        }
+        [_, extra @ ..] => {
+            for param in extra {
+                cx.error_spanned_by(
+                    param,
+                    "an `#[apply]` method takes exactly one parameter after `&mut self`: the event",
+                );
+            }
+            None
+        }
+    }?;
+    Some(ApplyFn {
+        method: method.ident(),
+        event,
+    })
+}
+
+fn command_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<CommandFn<'a>> {
+    let sig = &method.func.sig;
+    not_generic(cx, method, "a command handler");
+    if let Some(token) = &sig.asyncness {
+        cx.error_spanned_by(
+            token,
+            "a command handler cannot be `async`: it decides on the current state and does no \
+             I/O; do the I/O before sending the command, or in an `#[event_handler]`",
+        );
+    }
+    match method.receiver {
+        Some(r) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
+        Some(r) if r.mutability.is_some() => cx.error_spanned_by(
+            r,
+            "command handlers must not mutate the aggregate; take `&self` and return events \
+             (state changes belong in `#[apply]` methods)",
+        ),
+        Some(r) => cx.error_spanned_by(r, "a command handler takes `&self`"),
+        None => cx.error_at(
+            method.parens(),
+            format!(
+                "`{}` has no `self`: every method of a `#[command_handler]` impl is a command \
+                 handler `fn(&self, command: C) -> Result<Event, Error>` or an `#[apply]` \
+                 method; move other functions to another impl block",
+                method.ident()
+            ),
+        ),
+    }
+    let command = match method.params.as_slice() {
+        [param] => match peel(&param.ty) {
+            Type::Reference(r) if r.mutability.is_some() => {
+                cx.error_spanned_by(
+                    &param.ty,
+                    "take the command by value or by shared reference (`&Command`)",
+                );
+                None
+            }
+            Type::Reference(r) => Some((&*r.elem, true)),
+            Type::ImplTrait(_) | Type::Infer(_) => {
+                cx.error_spanned_by(&param.ty, "the command must be a concrete type");
+                None
+            }
+            ty => Some((ty, false)),
+        },
+        [] => {
+            cx.error_at(
+                method.parens(),
+                "a command handler takes exactly one command parameter after `&self`: \
+                 `fn handle(&self, command: Command)`",
+            );
+            None
+        }
+        [_, extra @ ..] => {
+            for param in extra {
+                cx.error_spanned_by(
+                    param,
+                    "a command handler takes exactly one command parameter after `&self`; \
+                     put the values in the command struct",
+                );
+            }
+            None
+        }
+    };
+    let result = match &sig.output {
+        ReturnType::Type(_, ty) => {
+            let result = result_args(ty);
+            if result.is_none() {
+                cx.error_spanned_by(
+                    ty,
+                    "a command handler returns `Result<Event, Error>` (or \
+                     `Result<Vec<Event>, Error>`, or `Result<(EventA, EventB), Error>`)",
+                );
+            }
+            result
+        }
+        ReturnType::Default => {
+            cx.error_spanned_by(
+                &sig.ident,
+                "a command handler returns `Result<Event, Error>`: the new events, or why the \
+                 command is refused",
+            );
+            None
+        }
+    };
+    let (command, by_ref) = command?;
+    let (ok, error) = result?;
+    Some(CommandFn {
+        method: method.ident(),
+        command,
+        by_ref,
+        output: output(ok),
+        error,
+    })
+}
+
+/// `R` and `E` of a `Result<R, E>` (by the type's last path segment).
+fn result_args(ty: &Type) -> Option<(&Type, &Type)> {
+    let Type::Path(path) = peel(ty) else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|arg| match arg {
+        GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(ok), Some(err), None) if args.args.len() == 2 => Some((ok, err)),
+        _ => None,
+    }
+}
+
+fn output(ty: &Type) -> Output<'_> {
+    match peel(ty) {
+        Type::Tuple(tuple) => Output::Tuple(tuple.elems.iter().collect()),
+        Type::Path(path) if path.qself.is_none() => {
+            let last = path.path.segments.last();
+            match last.map(|s| (&s.ident, &s.arguments)) {
+                Some((ident, PathArguments::AngleBracketed(args)))
+                    if ident == "Vec" && args.args.len() == 1 =>
+                {
+                    match &args.args[0] {
+                        GenericArgument::Type(elem) => Output::Many(elem),
+                        _ => Output::One(ty),
+                    }
+                }
+                _ => Output::One(ty),
+            }
+        }
+        _ => Output::One(ty),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// #[event_handler]
+
+pub(crate) fn subscriber<'a>(
+    cx: &Ctxt,
+    attr: &'a SubscriberAttr,
+    imp: &HandlerImpl<'a>,
+) -> Option<SubscriberPlan<'a>> {
+    let self_ty = &*imp.item.self_ty;
+    let mut entities = Vec::new();
+    let mut checked_against = None;
+    match &attr.subscribe {
+        None => cx.error_at(
+            Span::call_site(),
+            "missing `subscribe`: name the entity type(s) whose events this subscriber \
+             consumes, e.g. `subscribe = \"Order\"`, `subscribe = Order` (an aggregate type, \
+             checked at compile time) or `subscribe = [\"Order\", \"Customer\"]`",
+        ),
+        Some(Subscribe::One(entity)) => {
+            if let EntityRef::Aggregate(path) = entity {
+                checked_against = Some(path);
+            }
+            entities.push(entity_of(cx, entity));
+        }
+        Some(Subscribe::List { span, items }) => {
+            if items.is_empty() {
+                cx.error_at(*span, "`subscribe` needs at least one entity type");
+            }
+            let mut seen: Vec<String> = Vec::new();
+            for item in items {
+                let entity = entity_of(cx, item);
+                let key = match (&entity, item) {
+                    (Entity::Name(name), _) => name.clone(),
+                    (_, EntityRef::Aggregate(path)) => path.to_token_stream().to_string(),
+                    (_, EntityRef::Name(lit)) => lit.value(),
+                };
+                if seen.contains(&key) {
+                    match item {
+                        EntityRef::Name(lit) => cx.error_spanned_by(lit, "subscribed twice"),
+                        EntityRef::Aggregate(path) => cx.error_spanned_by(path, "subscribed twice"),
+                    }
+                } else {
+                    seen.push(key);
+                }
+                entities.push(entity);
+            }
+        }
+    }
+    let id = match &attr.id {
+        Some(id) => {
+            check_identifier(cx, "subscriber id", &id.value(), id.span());
+            id.value()
+        }
+        None => match type_name(self_ty) {
+            Some((name, _)) if identifier_problem(&name).is_none() => name,
+            _ => {
+                cx.error_spanned_by(
+                    self_ty,
+                    "cannot use this type's name as the subscriber id: give one with \
+                     `id = \"..\"`",
+                );
+                String::new()
+            }
+        },
+    };
+    if let Some(start) = &attr.start {
+        if !matches!(start.value().as_str(), "beginning" | "now") {
+            cx.error_spanned_by(
+                start,
+                "`start` is \"beginning\" (read the whole history, the default) or \"now\" (only \
+                 events stored after the subscriber first runs)",
+            );
+        }
+    }
+    if let Some(n) = &attr.partitions {
+        if !(1..=1024).contains(&n.value) {
+            cx.error_spanned_by(&n.lit, "`partitions` must be between 1 and 1024");
+        }
+    }
+    if let Some(n) = &attr.max_attempts {
+        if n.value == 0 {
+            cx.error_spanned_by(&n.lit, "`max_attempts` must be at least 1");
+        }
+    }
+
+    let mut handlers: Vec<EventFn<'a>> = Vec::new();
+    for method in &imp.methods {
+        let Some(handler) = event_fn(cx, method) else {
+            continue;
+        };
+        if let Some(first) = handlers.iter().find(|h| h.name == handler.name) {
+            cx.error_spanned_by(
+                handler.event,
+                format!(
+                    "a second handler for event type `{}`: `{}` already handles it; a \
+                     subscriber has one handler per event type",
+                    handler.name, first.method
+                ),
+            );
+        } else {
+            handlers.push(handler);
+        }
+    }
+    if imp.methods.is_empty() {
+        cx.error_spanned_by(
+            self_ty,
+            "this `#[event_handler]` impl has no handlers: add \
+             `async fn on_event(&self, ctx: &EventContext, event: &Event) -> Result<(), HandlerError>`",
+        );
+    }
+    Some(SubscriberPlan {
+        self_ty,
+        id,
+        entities,
+        checked_against,
+        attr,
+        handlers,
+    })
+}
+
+fn entity_of<'a>(cx: &Ctxt, entity: &'a EntityRef) -> Entity<'a> {
+    match entity {
+        EntityRef::Name(lit) => {
+            check_identifier(cx, "entity type", &lit.value(), lit.span());
+            Entity::Name(lit.value())
+        }
+        EntityRef::Aggregate(path) => Entity::Aggregate(path),
+    }
+}
+
+fn event_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<EventFn<'a>> {
+    const SHAPE: &str = "`async fn on_event(&self, ctx: &EventContext, event: &Event) -> \
+                         Result<(), HandlerError>`";
+    let sig = &method.func.sig;
+    not_generic(cx, method, "an event handler");
+    if sig.asyncness.is_none() {
+        cx.error_spanned_by(
+            sig.fn_token,
+            format!("event handlers must be `async`: {SHAPE}"),
+        );
+    }
+    match method.receiver {
+        Some(r) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
+        Some(r) if r.mutability.is_some() => cx.error_spanned_by(
+            r,
+            "an event handler takes `&self`: one subscriber value serves every partition \
+             concurrently; keep mutable state behind a lock or in the database",
+        ),
+        Some(r) => cx.error_spanned_by(r, format!("an event handler takes `&self`: {SHAPE}")),
+        None => cx.error_at(
+            method.parens(),
+            format!(
+                "`{}` has no `self`: every method of an `#[event_handler]` impl is a handler \
+                 {SHAPE}; move other functions to another impl block",
+                method.ident()
+            ),
+        ),
+    }
+    let event = match method.params.as_slice() {
+        [ctx, event] => {
+            if !matches!(peel(&ctx.ty), Type::Reference(r) if r.mutability.is_none()) {
+                cx.error_spanned_by(
+                    &ctx.ty,
+                    "the first parameter of an event handler is the delivery: `ctx: &EventContext`",
+                );
+            }
+            match peel(&event.ty) {
+                Type::Reference(r) if r.mutability.is_none() => Some(&*r.elem),
+                _ => {
+                    cx.error_spanned_by(
+                        &event.ty,
+                        "an event handler takes the event by shared reference: `event: &Event`",
+                    );
+                    None
+                }
+            }
+        }
+        params => {
+            let message = format!(
+                "an event handler takes the context and the event after `&self`, found {} \
+                 parameter{}: {SHAPE}",
+                params.len(),
+                if params.len() == 1 { "" } else { "s" }
+            );
+            if params.len() > 2 {
+                for param in &params[2..] {
+                    cx.error_spanned_by(param, &message);
+                }
+            } else {
+                cx.error_at(method.parens(), message);
+            }
+            None
+        }
+    };
+    let error = match &sig.output {
+        ReturnType::Type(_, ty) => match result_args(ty) {
+            Some((ok, error)) if matches!(peel(ok), Type::Tuple(t) if t.elems.is_empty()) => {
+                Some(error)
+            }
+            Some((ok, _)) => {
+                cx.error_spanned_by(
+                    ok,
+                    "an event handler returns `Result<(), Error>`: it reacts to the event, it \
+                     does not produce a value",
+                );
+                None
+            }
+            None => {
+                cx.error_spanned_by(
+                    ty,
+                    format!(
+                        "an event handler returns `Result<(), E>` where \
+                         `E: Into<HandlerError>`: {SHAPE}"
+                    ),
+                );
+                None
+            }
+        },
+        ReturnType::Default => {
+            cx.error_spanned_by(
+                &sig.ident,
+                format!(
+                    "an event handler returns `Result<(), E>` where `E: Into<HandlerError>`, \
+                     so failures are retried: {SHAPE}"
+                ),
+            );
+            None
+        }
+    };
+    let event = event?;
+    let name = match &method.event_name {
+        Some(lit) => {
+            check_identifier(cx, "event type name", &lit.value(), lit.span());
+            lit.value()
+        }
+        None => match type_name(event) {
+            Some((name, span)) => {
+                check_identifier(cx, "event type name", &name, span);
+                name
+            }
+            None => {
+                cx.error_spanned_by(
+                    event,
+                    "cannot name this event type: use a struct type, or give its stored name \
+                     with `#[event(name = \"..\")]` on the method",
+                );
+                return None;
+            }
+        },
+    };
+    Some(EventFn {
+        method: method.ident(),
+        event,
+        error: error?,
+        name,
+    })
+}

@@ -1,0 +1,476 @@
+//! Code generation from the checked plans. Generated code names everything by absolute path
+//! (`::eventuate_core::__private::..`, `::core::..`) so that it compiles whatever the user's
+//! module shadows, and assertions about user types are spanned at those types so that the
+//! compiler's error (and the `#[diagnostic::on_unimplemented]` message) lands there.
+//!
+//! The `*_fallback` functions generate what is emitted next to a `compile_error!`: stub impls
+//! that keep the rest of the user's crate type-checking, so one mistake is one error.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::{Ident, Type};
+
+use crate::ast::{
+    AggregatePlan, CommandFn, CommandPlan, Entity, EventsEnum, Output, SubscriberPlan,
+};
+
+/// The root of everything generated code uses from the runtime.
+fn private() -> TokenStream {
+    quote!(::eventuate_core::__private)
+}
+
+/// A span that shows at the user's `tokens` but resolves names, and is seen by lints, as the
+/// macro's own code (`Span::located_at`), so generated paths never trip user lints.
+fn at(tokens: &impl ToTokens) -> Span {
+    let span = tokens
+        .to_token_stream()
+        .into_iter()
+        .next()
+        .map_or_else(Span::call_site, |t| t.span());
+    Span::call_site().located_at(span)
+}
+
+// ---------------------------------------------------------------------------------------------
+// #[derive(Events)]
+
+pub(crate) fn events(set: &EventsEnum<'_>) -> TokenStream {
+    let p = private();
+    let ident = set.ident;
+    let variants: Vec<&Ident> = set.variants.iter().map(|v| v.ident).collect();
+    let types: Vec<&Type> = set.variants.iter().map(|v| v.ty).collect();
+    let names: Vec<&str> = set
+        .variants
+        .iter()
+        .map(|v| v.name.as_ref().map_or("", |n| n.value.as_str()))
+        .collect();
+    let encode = set.variants.iter().map(|v| {
+        let (variant, ty) = (v.ident, v.ty);
+        let call = quote_spanned!(at(ty)=> #p::encode::<#ty>(event));
+        quote!(Self::#variant(ref event) => #call,)
+    });
+    let decode = set.variants.iter().zip(&names).map(|(v, name)| {
+        let (variant, ty) = (v.ident, v.ty);
+        let call = quote_spanned!(at(ty)=> #p::decode::<#ty>(payload));
+        quote!(#name => ::core::result::Result::map(#call, Self::#variant),)
+    });
+    quote! {
+        #[automatically_derived]
+        impl #p::EventSet for #ident {
+            const EVENT_TYPES: &'static [&'static ::core::primitive::str] = &[#(#names),*];
+
+            fn event_type(&self) -> &'static ::core::primitive::str {
+                match *self {
+                    #(Self::#variants(_) => #names,)*
+                }
+            }
+
+            fn encode(&self) -> ::core::result::Result<#p::String, #p::serde_json::Error> {
+                match *self {
+                    #(#encode)*
+                }
+            }
+
+            fn decode(
+                event_type: &::core::primitive::str,
+                payload: &::core::primitive::str,
+            ) -> ::core::result::Result<Self, #p::DecodeError> {
+                match event_type {
+                    #(#decode)*
+                    _ => ::core::result::Result::Err(#p::DecodeError::UnknownType),
+                }
+            }
+        }
+
+        #[automatically_derived]
+        impl<__A> #p::ApplyAll<__A> for #ident
+        where
+            #(__A: #p::Apply<#types>,)*
+        {
+            fn apply_to(&self, aggregate: &mut __A) {
+                match *self {
+                    #(Self::#variants(ref event) => #p::Apply::<#types>::apply(aggregate, event),)*
+                }
+            }
+        }
+
+        #(
+            #[automatically_derived]
+            impl ::core::convert::From<#types> for #ident {
+                fn from(event: #types) -> Self {
+                    Self::#variants(event)
+                }
+            }
+
+            #[automatically_derived]
+            impl #p::EventOf<#ident> for #types {}
+        )*
+    }
+}
+
+/// Stubs for an enum whose derive failed, so its uses do not add errors of their own.
+pub(crate) fn events_fallback(set: &EventsEnum<'_>) -> TokenStream {
+    let p = private();
+    let ident = set.ident;
+    quote! {
+        #[automatically_derived]
+        impl #p::EventSet for #ident {
+            const EVENT_TYPES: &'static [&'static ::core::primitive::str] = &[];
+            fn event_type(&self) -> &'static ::core::primitive::str {
+                ::core::unreachable!()
+            }
+            fn encode(&self) -> ::core::result::Result<#p::String, #p::serde_json::Error> {
+                ::core::unreachable!()
+            }
+            fn decode(
+                _: &::core::primitive::str,
+                _: &::core::primitive::str,
+            ) -> ::core::result::Result<Self, #p::DecodeError> {
+                ::core::unreachable!()
+            }
+        }
+
+        #[automatically_derived]
+        impl<__A> #p::ApplyAll<__A> for #ident {
+            fn apply_to(&self, _: &mut __A) {
+                ::core::unreachable!()
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// #[aggregate]
+
+pub(crate) fn aggregate(plan: &AggregatePlan<'_>) -> TokenStream {
+    let p = private();
+    let ident = plan.ident;
+    let events = plan.events;
+    let entity_type = &plan.entity_type;
+    // Spanned at `events = ..`: an event without `#[apply]` is reported there, with the message
+    // of `Apply`'s `on_unimplemented` naming the aggregate and the event.
+    let apply = quote_spanned!(at(events)=>
+        <#events as #p::ApplyAll<Self>>::apply_to(event, self)
+    );
+    let snapshot_every = plan.snapshot_every.map(|n| {
+        quote! {
+            const SNAPSHOT_EVERY: ::core::option::Option<::core::primitive::u64> =
+                ::core::option::Option::Some(#n);
+        }
+    });
+    let snapshot_version = plan
+        .snapshot_version
+        .map(|n| quote!(const SNAPSHOT_VERSION: ::core::primitive::u32 = #n;));
+    // Spanned at the struct: a state that cannot be (de)serialized is reported there.
+    let snapshots = plan.snapshot_every.map(|_| {
+        let to_json = quote_spanned!(at(ident)=> #p::serde_json::to_string::<Self>(self));
+        let from_json = quote_spanned!(at(ident)=> #p::serde_json::from_str::<Self>(snapshot));
+        quote! {
+            fn to_snapshot(
+                &self,
+            ) -> ::core::option::Option<::core::result::Result<#p::String, #p::serde_json::Error>>
+            {
+                ::core::option::Option::Some(#to_json)
+            }
+
+            fn from_snapshot(
+                snapshot: &::core::primitive::str,
+            ) -> ::core::option::Option<::core::result::Result<Self, #p::serde_json::Error>> {
+                ::core::option::Option::Some(#from_json)
+            }
+        }
+    });
+    let aggregate_trait = quote_spanned!(at(ident)=> #p::Aggregate);
+    let ignore = plan.ignore.iter().map(|ty| {
+        let apply_trait = quote_spanned!(at(ty)=> #p::Apply<#ty>);
+        quote! {
+            #[automatically_derived]
+            impl #apply_trait for #ident {
+                #[inline]
+                fn apply(&mut self, _: &#ty) {}
+            }
+        }
+    });
+    quote! {
+        #[automatically_derived]
+        impl #aggregate_trait for #ident {
+            const ENTITY_TYPE: &'static ::core::primitive::str = #entity_type;
+            #snapshot_every
+            #snapshot_version
+            type Event = #events;
+
+            fn apply(&mut self, event: &<Self as #p::Aggregate>::Event) {
+                #apply
+            }
+
+            #snapshots
+        }
+
+        #(#ignore)*
+    }
+}
+
+/// A stub `Aggregate` impl for a struct whose attribute has errors.
+pub(crate) fn aggregate_fallback(plan: &AggregatePlan<'_>) -> TokenStream {
+    let p = private();
+    let ident = plan.ident;
+    let events = plan.events;
+    quote! {
+        #[automatically_derived]
+        impl #p::Aggregate for #ident {
+            const ENTITY_TYPE: &'static ::core::primitive::str = "";
+            type Event = #events;
+            fn apply(&mut self, _: &<Self as #p::Aggregate>::Event) {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// #[command_handler]
+
+/// The `Apply` and `HandleCommand` impls; stubs (`stub`) when the impl block has errors.
+pub(crate) fn command_impl(self_ty: &Type, plan: &CommandPlan<'_>, stub: bool) -> TokenStream {
+    let p = private();
+    let applies = plan.applies.iter().map(|apply| {
+        let (method, event) = (apply.method, apply.event);
+        let body = if stub {
+            quote!()
+        } else {
+            quote!(Self::#method(self, event))
+        };
+        quote! {
+            #[automatically_derived]
+            impl #p::Apply<#event> for #self_ty {
+                #[inline]
+                fn apply(&mut self, event: &#event) {
+                    #body
+                }
+            }
+        }
+    });
+    let commands = plan.commands.iter().map(|command| {
+        let (cmd, error) = (command.command, command.error);
+        let body = if stub {
+            quote!(::core::unreachable!())
+        } else {
+            command_body(command)
+        };
+        let error = quote_spanned!(at(error)=> #error);
+        quote! {
+            #[automatically_derived]
+            impl #p::HandleCommand<#cmd> for #self_ty {
+                type Error = #error;
+
+                fn handle(
+                    &self,
+                    command: &#cmd,
+                ) -> ::core::result::Result<
+                    #p::Vec<<Self as #p::Aggregate>::Event>,
+                    <Self as #p::HandleCommand<#cmd>>::Error,
+                > {
+                    #body
+                }
+            }
+        }
+    });
+    quote! {
+        #(#applies)*
+        #(#commands)*
+    }
+}
+
+fn command_body(command: &CommandFn<'_>) -> TokenStream {
+    let p = private();
+    let (method, cmd) = (command.method, command.command);
+    let argument = if command.by_ref {
+        quote!(command)
+    } else {
+        // The repository may run a handler again after a concurrency conflict, so a command
+        // taken by value is cloned; the assertion is spanned at the command type.
+        quote_spanned!(at(cmd)=> <#cmd as #p::CloneCommand>::clone_command(command))
+    };
+    let event = quote!(<Self as #p::Aggregate>::Event);
+    let into = |ty: &Type, value: TokenStream| quote_spanned!(at(ty)=> ::core::convert::Into::<#event>::into(#value));
+    let events = match &command.output {
+        Output::One(ty) => {
+            let one = into(ty, quote!(output));
+            quote!(#p::Vec::from([#one]))
+        }
+        Output::Many(elem) => {
+            let into_event = quote_spanned!(at(elem)=> ::core::convert::Into::<#event>::into);
+            quote! {
+                ::core::iter::Iterator::collect(::core::iter::Iterator::map(
+                    ::core::iter::IntoIterator::into_iter(output),
+                    #into_event,
+                ))
+            }
+        }
+        Output::Tuple(elems) if elems.is_empty() => quote! {{
+            let () = output;
+            #p::Vec::new()
+        }},
+        Output::Tuple(elems) => {
+            let bindings: Vec<Ident> = (0..elems.len())
+                .map(|i| format_ident!("event{}", i))
+                .collect();
+            let converted = elems
+                .iter()
+                .zip(&bindings)
+                .map(|(ty, binding)| into(ty, binding.to_token_stream()));
+            quote! {{
+                let (#(#bindings,)*) = output;
+                #p::Vec::from([#(#converted),*])
+            }}
+        }
+    };
+    quote! {
+        match Self::#method(self, #argument) {
+            ::core::result::Result::Ok(output) => ::core::result::Result::Ok(#events),
+            ::core::result::Result::Err(error) => ::core::result::Result::Err(error),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// #[event_handler]
+
+pub(crate) fn subscriber(plan: &SubscriberPlan<'_>) -> TokenStream {
+    let p = private();
+    let self_ty = plan.self_ty;
+    let id = &plan.id;
+    let entities = plan.entities.iter().map(|entity| match entity {
+        Entity::Name(name) => quote!(#name),
+        Entity::Aggregate(path) => {
+            let trait_ = quote_spanned!(at(path)=> #p::Aggregate);
+            quote!(<#path as #trait_>::ENTITY_TYPE)
+        }
+    });
+    let names = plan.handlers.iter().map(|h| &h.name);
+    let attr = plan.attr;
+    let start = attr.start.as_ref().map(|start| {
+        let variant = if start.value() == "now" {
+            quote!(Now)
+        } else {
+            quote!(Beginning)
+        };
+        quote!(.start_from(#p::StartFrom::#variant))
+    });
+    let partitions = attr.partitions.as_ref().map(|n| {
+        let n = n.value;
+        quote!(.partitions(#n))
+    });
+    let max_attempts = attr.max_attempts.as_ref().map(|n| {
+        let n = n.value;
+        quote!(.max_attempts(#n))
+    });
+    let transactional = attr.transactional.map(|yes| quote!(.transactional(#yes)));
+    let dispatch = plan.handlers.iter().map(|handler| {
+        let (method, ty, name) = (handler.method, handler.event, &handler.name);
+        let decode = quote_spanned!(at(ty)=> #p::decode_for_handler::<#ty>(ctx));
+        let error = handler.error;
+        let into_error =
+            quote_spanned!(at(error)=> ::core::convert::Into::<#p::HandlerError>::into);
+        quote! {
+            if event_type == #name {
+                let event: #ty = match #decode {
+                    ::core::result::Result::Ok(event) => event,
+                    ::core::result::Result::Err(error) => {
+                        return ::core::result::Result::Err(error);
+                    }
+                };
+                return ::core::result::Result::map_err(
+                    Self::#method(self, ctx, &event).await,
+                    #into_error,
+                );
+            }
+        }
+    });
+    let assertions = event_assertions(plan);
+    quote! {
+        #[automatically_derived]
+        impl #p::Subscriber for #self_ty {
+            fn subscription(&self) -> #p::Subscription {
+                #p::Subscription::new(#id, [#(#entities),*])
+                    .event_types([#(#names),*])
+                    #start
+                    #partitions
+                    #max_attempts
+                    #transactional
+            }
+
+            fn handle<'a>(
+                &'a self,
+                ctx: &'a #p::EventContext,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), #p::HandlerError>,
+            > + ::core::marker::Send + 'a {
+                async move {
+                    let event_type = ctx.event().event_type.as_str();
+                    #(#dispatch)*
+                    ::core::result::Result::Ok(())
+                }
+            }
+        }
+
+        #assertions
+    }
+}
+
+/// With `subscribe = Aggregate`, checks at compile time that every handler takes one of the
+/// aggregate's events (spanned at the handler's event type) and that the aggregate stores it
+/// under the name the handler matches.
+fn event_assertions(plan: &SubscriberPlan<'_>) -> TokenStream {
+    let Some(aggregate) = plan.checked_against else {
+        return TokenStream::new();
+    };
+    let p = private();
+    let checks = plan.handlers.iter().map(|handler| {
+        let (ty, name) = (handler.event, &handler.name);
+        let message = format!(
+            "`{}` takes `{}` under the name `{}`, but `{}` stores that event under another \
+             name: put the stored name on the handler with `#[event(name = \"..\")]`",
+            handler.method,
+            name,
+            name,
+            aggregate.to_token_stream(),
+        );
+        let check = quote_spanned!(at(ty)=>
+            #p::is_event_of::<<#aggregate as #p::Aggregate>::Event, #ty>(#name)
+        );
+        let fail = quote_spanned!(at(ty)=> ::core::panic!("{}", #message));
+        quote! {
+            const _: () = if !#check {
+                #fail
+            };
+        }
+    });
+    quote!(#(#checks)*)
+}
+
+/// A stub `Subscriber` impl for an impl block with errors, plus the event checks that can still
+/// be made (so a wrong event type is reported together with the other mistakes).
+pub(crate) fn subscriber_fallback(
+    self_ty: &Type,
+    plan: Option<&SubscriberPlan<'_>>,
+) -> TokenStream {
+    let p = private();
+    let assertions = plan.map(event_assertions);
+    quote! {
+        #[automatically_derived]
+        impl #p::Subscriber for #self_ty {
+            fn subscription(&self) -> #p::Subscription {
+                ::core::unreachable!()
+            }
+
+            fn handle<'a>(
+                &'a self,
+                _: &'a #p::EventContext,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), #p::HandlerError>,
+            > + ::core::marker::Send + 'a {
+                ::core::future::pending()
+            }
+        }
+
+        #assertions
+    }
+}
