@@ -14,24 +14,39 @@
 //! Every event row records `transaction_id`, the 64-bit id of the transaction that wrote it
 //! (`pg_current_xact_id()`, the default of the column), next to its `sequence` (a
 //! `BIGSERIAL`). The stream is ordered by `(transaction_id, sequence)`, and a reader only
-//! reads rows whose transaction id is below the *xmin* of its statement's snapshot:
+//! reads rows whose transaction id is below a *horizon* computed from its statement's
+//! snapshot:
 //!
 //! ```sql
 //! SELECT ... FROM events
 //! WHERE (transaction_id, sequence) > ($after_transaction, $after_sequence)
-//!   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+//!   AND transaction_id < horizon
 //! ORDER BY transaction_id, sequence
 //! LIMIT $n
 //! ```
 //!
-//! A snapshot's xmin is the oldest transaction that was still running when the snapshot was
-//! taken. Every transaction with a smaller id has finished: it committed (and its rows are
-//! visible to the statement) or it aborted (and it has no rows). So the set of rows below the
-//! horizon is final: no row can ever appear there again, and a reader that has read up to some
-//! position below the horizon has seen everything before it. A transaction that is still
-//! running has an id at or above the horizon, so its rows, and the rows of every transaction
-//! that came after it, are held back until it finishes, instead of being skipped. In the
-//! example above, B's rows wait until A commits, and then A's are delivered first.
+//! In its simplest form the horizon is the snapshot's *xmin*
+//! (`pg_snapshot_xmin(pg_current_snapshot())`): the oldest transaction that was still running
+//! when the snapshot was taken. Every transaction with a smaller id has finished: it committed
+//! (and its rows are visible to the statement) or it aborted (and it has no rows). So the set
+//! of rows below the horizon is final: no row can ever appear there again, and a reader that
+//! has read up to some position below the horizon has seen everything before it. A
+//! transaction that is still running has an id at or above the horizon, so its rows, and the
+//! rows of every transaction that came after it, are held back until it finishes, instead of
+//! being skipped. In the example above, B's rows wait until A commits, and then A's are
+//! delivered first.
+//!
+//! The store tightens that horizon without giving up exactness. Transaction ids are
+//! cluster-wide, so the plain xmin would also wait for transactions of *other databases* of
+//! the same server, which can never write to this database's tables (a PostgreSQL transaction
+//! never changes database). The horizon is therefore the smallest id among the snapshot's
+//! running transactions (`pg_snapshot_xip`) that are not proven harmless, or the snapshot's
+//! xmax when all are. A running transaction is proven harmless when `pg_stat_activity` shows
+//! it in a backend connected to another database, or in an autovacuum worker (which never
+//! writes user tables). Everything it cannot identify (a prepared transaction, a transaction
+//! that ended after the snapshot was taken) still holds the horizon back, so the worst case is
+//! the plain xmin. The look-up is an init-plan over the backend status array, computed once
+//! per statement (a fraction of a millisecond).
 //!
 //! Inside one transaction, `sequence` orders the events; an append writes its events in
 //! version order, so one entity's versions are always ascending in the stream. Across
@@ -48,11 +63,12 @@
 //!   append is one statement (one round trip).
 //! - Exact: no timeout, no "gap" heuristics, nothing is ever skipped.
 //! - The cost is latency under long transactions. Any transaction that holds a transaction id
-//!   holds the horizon back while it runs, *anywhere in the cluster* (another database of the
-//!   same server, a table unrelated to events, a forgotten `BEGIN` in a `psql` session that
-//!   wrote something, a prepared transaction that was never committed). Delivery to readers
-//!   then stalls (it never skips) until that transaction ends. Appends still succeed and
-//!   aggregates still load; only the stream waits. To find the culprit:
+//!   in the *same database* holds the horizon back while it runs, whatever it writes (a table
+//!   unrelated to events, another tenant's schema, a forgotten `BEGIN` in a `psql` session that
+//!   wrote something), and so does a prepared transaction that was never committed, in any
+//!   database. Delivery to readers then stalls (it never skips) until that transaction ends.
+//!   Appends still succeed and aggregates still load; only the stream waits. To find the
+//!   culprit:
 //!
 //!   ```sql
 //!   SELECT pid, datname, backend_xid, xact_start, state, query
@@ -60,11 +76,15 @@
 //!   WHERE backend_xid IS NOT NULL
 //!   ORDER BY age(backend_xid) DESC;
 //!   -- and prepared transactions:
-//!   SELECT gid, transaction, prepared FROM pg_prepared_xacts;
+//!   SELECT gid, transaction, database, prepared FROM pg_prepared_xacts;
 //!   ```
 //!
-//!   Keep transactions short on an event store's server (`idle_in_transaction_session_timeout`
+//!   Keep transactions short in an event store's database (`idle_in_transaction_session_timeout`
 //!   helps).
+//! - A reader does not always see its own writes at once: right after an append commits, a
+//!   concurrent append with a smaller transaction id that is still in flight hides it for the
+//!   few milliseconds until it commits. Subscribers do not care (they are woken again or poll);
+//!   code that must read its own append should load the entity, which is never delayed.
 //! - [`EventStore::head`](eventuate_core::EventStore::head) is the largest position below the
 //!   horizon, i.e. what a reader can see now, not the last event written.
 //! - On a hot standby, the snapshot's xmin comes from the standby's view of the primary; read

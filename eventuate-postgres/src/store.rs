@@ -766,8 +766,20 @@ pub(crate) fn quote(schema: &str) -> String {
 const EVENT_COLUMNS: &str = "transaction_id, sequence, event_id, entity_type, entity_id, \
      entity_version, event_type, payload::text, metadata::text";
 
-/// The horizon below which the stream is final (see [`crate::ordering`]).
-const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+/// The horizon below which the stream is final (see [`crate::ordering`]): the oldest
+/// transaction still running at the statement's snapshot that could write to this database's
+/// tables, or the snapshot's xmax when there is none. A running transaction is ignored only
+/// when `pg_stat_activity` proves it cannot write events: it belongs to a backend connected to
+/// another database (a transaction never changes database), or to an autovacuum worker. Anything
+/// unidentified (a prepared transaction, a transaction that ended since the snapshot) holds the
+/// horizon back. A planner init-plan: computed once per statement.
+const HORIZON: &str = "(SELECT COALESCE(\
+     (SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
+      WHERE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) AS a \
+       WHERE a.backend_xid = x::xid \
+       AND (a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database()) \
+            OR a.backend_type = 'autovacuum worker'))), \
+     pg_snapshot_xmax(pg_current_snapshot())::text::bigint))";
 
 /// Every statement, built once per store with the schema spliced in (names cannot be bound
 /// as parameters). sqlx prepares each on first use per connection and caches it.
