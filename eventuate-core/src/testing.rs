@@ -9,6 +9,11 @@
 //!
 //! Each case gets a fresh store from the expression and is its own `#[tokio::test]`. Stores
 //! must be built with the default maximum payload (1 MiB).
+//!
+//! A store may make an event readable in the stream a little after its append returned (the
+//! PostgreSQL store waits until older concurrent transactions, even other databases', have
+//! finished); it must never skip one. So the cases wait for their own writes to become
+//! readable ([`settle`]) instead of treating the first empty read as the end of the stream.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -104,6 +109,36 @@ async fn read_all(
     }
 }
 
+/// Waits until the stream's head has reached `target` (the position of a write this test
+/// made), so that reads see everything written so far. Panics after 20 s: a store whose
+/// stream never reaches its own committed writes is broken.
+pub async fn settle(store: &dyn EventStore, target: Position) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let head = store.head().await.expect("head");
+        if head >= target {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream head stayed at {head}, never reaching the committed position {target}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+async fn append_settled(store: &dyn EventStore, request: AppendRequest) -> Vec<Position> {
+    match store.append(request).await.expect("append") {
+        AppendOutcome::Appended { positions, .. } => {
+            if let Some(last) = positions.last() {
+                settle(store, *last).await;
+            }
+            positions
+        }
+        AppendOutcome::Duplicate => panic!("unexpected duplicate"),
+    }
+}
+
 async fn snapshot_of_store(store: &dyn EventStore) -> Vec<EventEnvelope> {
     read_all(store, &StreamFilter::default(), 1000).await
 }
@@ -185,15 +220,11 @@ pub async fn append_and_load(store: &dyn EventStore) {
 /// Creating an entity that exists is `EntityExists`, and writes nothing.
 pub async fn create_existing_entity_fails(store: &dyn EventStore) {
     let id = unique("o");
-    store
-        .append(request(
-            "Order",
-            &id,
-            ExpectedVersion::New,
-            vec![event("A", 1)],
-        ))
-        .await
-        .expect("create");
+    append_settled(
+        store,
+        request("Order", &id, ExpectedVersion::New, vec![event("A", 1)]),
+    )
+    .await;
     let before = snapshot_of_store(store).await;
     let err = store
         .append(request(
@@ -284,15 +315,11 @@ pub async fn update_of_missing_entity_fails(store: &dyn EventStore) {
 /// errors, and none of them changes the store, even when only the last event is bad.
 pub async fn bad_input_is_rejected_and_changes_nothing(store: &dyn EventStore) {
     let id = unique("o");
-    store
-        .append(request(
-            "Order",
-            &id,
-            ExpectedVersion::New,
-            vec![event("A", 1)],
-        ))
-        .await
-        .expect("create");
+    append_settled(
+        store,
+        request("Order", &id, ExpectedVersion::New, vec![event("A", 1)]),
+    )
+    .await;
     let before = snapshot_of_store(store).await;
     let head = store.head().await.expect("head");
 
@@ -574,10 +601,7 @@ pub async fn stream_order_filter_and_partitions(store: &dyn EventStore) {
             };
             let e = event("E", round);
             written.push(e.event_id);
-            store
-                .append(request(t, &id, expected, vec![e]))
-                .await
-                .expect("append");
+            append_settled(store, request(t, &id, expected, vec![e])).await;
         }
     }
     let all: Vec<EventEnvelope> = read_all(store, &StreamFilter::default(), 3)
@@ -622,18 +646,16 @@ pub async fn head_and_count(store: &dyn EventStore) {
     let types = StreamFilter::entity_types([unique("T").replace('-', "_")]);
     assert_eq!(store.count_after(before, &types).await.expect("count"), 0);
     let ty = types.entity_types[0].clone();
-    let AppendOutcome::Appended { positions, .. } = store
-        .append(request(
+    let positions = append_settled(
+        store,
+        request(
             &ty,
             "x",
             ExpectedVersion::New,
             vec![event("A", 1), event("A", 2)],
-        ))
-        .await
-        .expect("append")
-    else {
-        panic!("duplicate")
-    };
+        ),
+    )
+    .await;
     let head = store.head().await.expect("head");
     assert_eq!(head, positions[1]);
     assert!(head > before);
@@ -725,6 +747,7 @@ pub async fn concurrent_writers_reader_sees_everything_once(store: &dyn EventSto
     let per_writer = 40u64;
     let seen: Arc<std::sync::Mutex<Vec<EventEnvelope>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let last_written: Arc<std::sync::Mutex<Vec<Position>>> = Arc::default();
     let reader = async {
         let mut after = Position::START;
         let mut idle_after_done = 0;
@@ -736,6 +759,18 @@ pub async fn concurrent_writers_reader_sees_everything_once(store: &dyn EventSto
                 seen.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
                 idle_after_done = 0;
             } else if done.load(std::sync::atomic::Ordering::Acquire) {
+                // Everything is committed: wait for the stream to reach it, then drain.
+                if idle_after_done == 0 {
+                    let last = last_written
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .copied()
+                        .max();
+                    if let Some(last) = last {
+                        settle(store, last).await;
+                    }
+                }
                 idle_after_done += 1;
                 if idle_after_done > 2 {
                     break;
@@ -748,6 +783,7 @@ pub async fn concurrent_writers_reader_sees_everything_once(store: &dyn EventSto
     let writers_fut = async {
         futures_util::future::join_all((0..writers).map(|w| {
             let ty = ty.clone();
+            let last_written = last_written.clone();
             async move {
                 for i in 0..per_writer {
                     let id = format!("e{}", (w * 3 + i % 3));
@@ -762,7 +798,14 @@ pub async fn concurrent_writers_reader_sees_everything_once(store: &dyn EventSto
                             .append(request(&ty, &id, expected, vec![event("A", i)]))
                             .await
                         {
-                            Ok(_) => break,
+                            Ok(AppendOutcome::Appended { positions, .. }) => {
+                                last_written
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .extend(positions);
+                                break;
+                            }
+                            Ok(AppendOutcome::Duplicate) => panic!("unexpected duplicate"),
                             Err(Error::Conflict { actual, .. }) => version = actual,
                             Err(Error::EntityExists { version: v, .. }) => version = v,
                             Err(e) => panic!("append failed: {e}"),

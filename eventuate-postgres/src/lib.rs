@@ -26,7 +26,10 @@ mod error;
 mod migrate;
 pub mod ordering;
 mod store;
+pub mod subscriptions;
+mod wakeup;
 
 pub use error::{Error, Result};
 pub use migrate::validate_schema;
 pub use store::{DEFAULT_MAX_PAYLOAD_BYTES, PostgresEventStore, PostgresEventStoreBuilder};
+pub use subscriptions::PgTransaction;

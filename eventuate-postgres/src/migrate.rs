@@ -11,11 +11,18 @@ use crate::{Error, Result};
 
 /// Every migration, in order. Append new ones; never edit an applied one (sqlx checks their
 /// checksums and refuses to run against a database migrated with different text).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "event store",
-    include_str!("../migrations/0001_event_store.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "event store",
+        include_str!("../migrations/0001_event_store.sql"),
+    ),
+    (
+        2,
+        "subscriptions",
+        include_str!("../migrations/0002_subscriptions.sql"),
+    ),
+];
 
 /// The migrations as a sqlx source, built from the embedded text instead of a directory.
 #[derive(Debug)]

@@ -107,6 +107,8 @@ impl PostgresEventStoreBuilder {
         let store = PostgresEventStore {
             inner: Arc::new(Inner {
                 sql: Sql::new(&self.schema),
+                subscription_sql: crate::subscriptions::SubscriptionSql::new(&self.schema),
+                wakeup: std::sync::OnceLock::new(),
                 schema: self.schema,
                 pool,
                 max_payload_bytes: self.max_payload_bytes,
@@ -139,6 +141,9 @@ struct Inner {
     max_payload_bytes: usize,
     sql: Sql,
     appended: watch::Sender<u64>,
+    subscription_sql: crate::subscriptions::SubscriptionSql,
+    // Started by the first consumer that asks for wake-ups (see `crate::wakeup`).
+    wakeup: std::sync::OnceLock<crate::wakeup::Wakeup>,
 }
 
 impl PostgresEventStore {
@@ -230,9 +235,25 @@ impl PostgresEventStore {
         self.inner.appended.subscribe()
     }
 
+    pub(crate) fn subscription_sql(&self) -> &crate::subscriptions::SubscriptionSql {
+        &self.inner.subscription_sql
+    }
+
+    pub(crate) fn wakeup(&self) -> &crate::wakeup::Wakeup {
+        self.inner.wakeup.get_or_init(|| {
+            crate::wakeup::Wakeup::new(self.pool().clone(), self.schema(), self.appended())
+        })
+    }
+
+    /// Wakes consumers here and, through NOTIFY, in other processes.
+    pub(crate) fn wake_all(&self) {
+        self.notify_appended();
+    }
+
     /// Wakes the receivers of [`appended`](Self::appended); call it after committing a
     /// transaction that used [`append_in`](Self::append_in).
     pub fn notify_appended(&self) {
+        self.wakeup().start_forwarder();
         self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
     }
 
