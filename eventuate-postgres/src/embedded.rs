@@ -438,7 +438,19 @@ fn has_server_binaries(dir: &Path) -> bool {
 }
 
 fn find_bin_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("EVENTUATE_PG_BIN") {
+    find_bin_dir_in(
+        std::env::var_os("EVENTUATE_PG_BIN"),
+        std::env::var_os("PATH"),
+        Path::new("/usr/lib/postgresql"),
+    )
+}
+
+fn find_bin_dir_in(
+    explicit: Option<std::ffi::OsString>,
+    path: Option<std::ffi::OsString>,
+    debian_root: &Path,
+) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
         let dir = PathBuf::from(dir);
         if has_server_binaries(&dir) {
             return Ok(dir);
@@ -448,14 +460,14 @@ fn find_bin_dir() -> Result<PathBuf> {
             hint: INSTALL_HINT,
         });
     }
-    if let Some(path) = std::env::var_os("PATH") {
+    if let Some(path) = path {
         if let Some(dir) = std::env::split_paths(&path).find(|d| has_server_binaries(d)) {
             return Ok(dir);
         }
     }
     // Debian's layout: /usr/lib/postgresql/<major>/bin; take the highest major version.
     let mut best: Option<(u32, PathBuf)> = None;
-    if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
+    if let Ok(entries) = fs::read_dir(debian_root) {
         for entry in entries.flatten() {
             let bin = entry.path().join("bin");
             let version = entry
@@ -473,7 +485,7 @@ fn find_bin_dir() -> Result<PathBuf> {
     }
     best.map(|(_, dir)| dir)
         .ok_or_else(|| Error::ServerBinariesNotFound {
-            searched: "PATH and /usr/lib/postgresql/*/bin".into(),
+            searched: format!("PATH and {}/*/bin", debian_root.display()),
             hint: INSTALL_HINT,
         })
 }
@@ -555,4 +567,38 @@ fn free_port() -> Result<u16> {
         .local_addr()
         .map(|a| a.port())
         .map_err(|e| io_error("find a free TCP port".into(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_say_how_to_install_them() {
+        let nowhere = Path::new("/nonexistent/eventuate");
+        for explicit in [None, Some(nowhere.as_os_str().to_owned())] {
+            let err = find_bin_dir_in(explicit, Some(nowhere.as_os_str().to_owned()), nowhere)
+                .expect_err("no binaries there");
+            assert!(matches!(err, Error::ServerBinariesNotFound { .. }));
+            assert!(
+                err.to_string().contains("apt-get install postgresql"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn highest_debian_version_wins() {
+        let root = fresh_dir().expect("temp dir");
+        for version in ["9.6", "13", "15", "notaversion"] {
+            let bin = root.join(version).join("bin");
+            fs::create_dir_all(&bin).expect("mkdir");
+            for b in ["initdb", "pg_ctl", "postgres"] {
+                fs::write(bin.join(b), "").expect("touch");
+            }
+        }
+        let found = find_bin_dir_in(None, None, &root).expect("found");
+        assert_eq!(found, root.join("15").join("bin"));
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
 }

@@ -688,3 +688,59 @@ async fn count_after_matches_reads() {
         60
     );
 }
+
+/// The throwaway server itself: a restart keeps the port and the data (fault tests restart the
+/// server under a running application), and dropping it removes everything.
+#[tokio::test]
+async fn throwaway_server_restarts_and_cleans_up() {
+    use eventuate_postgres::embedded::{Options, ThrowawayPostgres};
+    let server = ThrowawayPostgres::start(Options::default().max_connections(20)).expect("start");
+    let db = server.create_database().await.expect("database");
+    // A short acquire timeout: while the server is down the pool retries until it expires.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect(&db.url)
+        .await
+        .expect("pool");
+    let store = PostgresEventStore::builder()
+        .migrate_on_connect(true)
+        .with_pool(pool)
+        .await
+        .expect("store");
+    store
+        .append(request("Order", "x", ExpectedVersion::New, 1))
+        .await
+        .expect("append");
+
+    server.stop().expect("stop");
+    let err = store
+        .append(request("Order", "x", ExpectedVersion::Exactly(1), 1))
+        .await
+        .expect_err("server is down");
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+
+    server.restart().expect("restart");
+    // The pool drops the dead connections and opens new ones to the same port.
+    let mut result = Err(err);
+    for _ in 0..20 {
+        result = store
+            .append(request("Order", "x", ExpectedVersion::Exactly(1), 1))
+            .await;
+        if result.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    result.expect("append after restart");
+    assert_eq!(store.load("Order", "x", 0).await.expect("load").len(), 2);
+
+    let root = server
+        .data_dir()
+        .parent()
+        .expect("data dir has a parent")
+        .to_owned();
+    drop(store);
+    drop(server);
+    assert!(!root.exists(), "{} is left behind", root.display());
+}
