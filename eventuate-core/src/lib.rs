@@ -122,6 +122,31 @@ pub mod __private {
         }
     }
 
+    /// The state of an aggregate with `#[aggregate(snapshot_every = ..)]`, as JSON.
+    #[diagnostic::on_unimplemented(
+        message = "aggregate `{Self}` takes snapshots (`snapshot_every`), so it must implement \
+                   `Serialize` and `Deserialize`",
+        label = "`{Self}` cannot be stored as a snapshot",
+        note = "derive them: `#[derive(Serialize, Deserialize)]`, or remove `snapshot_every` \
+                from `#[aggregate(..)]`"
+    )]
+    pub trait SnapshotState: Sized {
+        /// The state as JSON text.
+        fn to_snapshot_json(&self) -> Result<String, serde_json::Error>;
+        /// The state from JSON text.
+        fn from_snapshot_json(snapshot: &str) -> Result<Self, serde_json::Error>;
+    }
+
+    impl<T: serde::Serialize + serde::de::DeserializeOwned> SnapshotState for T {
+        fn to_snapshot_json(&self) -> Result<String, serde_json::Error> {
+            serde_json::to_string(self)
+        }
+
+        fn from_snapshot_json(snapshot: &str) -> Result<Self, serde_json::Error> {
+            serde_json::from_str(snapshot)
+        }
+    }
+
     /// Whether `name` is one of the type names of the event set `S`, for an `#[event_handler]`
     /// subscribed to an aggregate type. The bound `T: EventOf<S>` is the compile-time check that
     /// the handler takes one of the aggregate's events.

@@ -190,6 +190,13 @@ impl<'a> HandlerImpl<'a> {
                 format!("`#[{macro_name}]` does not support generic impl blocks"),
             );
         }
+        // The methods of a trait impl are not ours to check; the error above is enough.
+        if item.trait_.is_some() {
+            return HandlerImpl {
+                item,
+                methods: Vec::new(),
+            };
+        }
         let methods = item
             .items
             .iter()

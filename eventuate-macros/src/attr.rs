@@ -93,13 +93,7 @@ pub(crate) fn subscriber(cx: &Ctxt, args: TokenStream) -> SubscriberAttr {
                     "start" => attr.start = Some(meta.value()?.parse()?),
                     "partitions" => attr.partitions = Some(number(&meta, key)?),
                     "max_attempts" => attr.max_attempts = Some(number(&meta, key)?),
-                    "transactional" => {
-                        attr.transactional = Some(if meta.input.peek(Token![=]) {
-                            meta.value()?.parse::<LitBool>()?.value
-                        } else {
-                            true
-                        });
-                    }
+                    "transactional" => attr.transactional = Some(flag(&meta, key)?),
                     _ => return Ok(false),
                 }
                 Ok(true)
@@ -181,6 +175,22 @@ where
             format!("`{key}` must be an integer literal, e.g. `{key} = 10`"),
         )),
     }
+}
+
+/// `key` alone (true), or `key = true|false`.
+fn flag(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<bool> {
+    if !meta.input.peek(Token![=]) {
+        return Ok(true);
+    }
+    meta.value()?
+        .parse::<LitBool>()
+        .map(|lit| lit.value)
+        .map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                format!("`{key}` is a flag: write `{key}`, or `{key} = true` / `{key} = false`"),
+            )
+        })
 }
 
 fn type_list(meta: &ParseNestedMeta<'_>) -> syn::Result<Vec<Type>> {

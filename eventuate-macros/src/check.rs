@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::fmt::Display;
 
 use proc_macro2::Span;
-use quote::ToTokens;
+use quote::{ToTokens, quote};
 use syn::ext::IdentExt;
 use syn::{GenericArgument, PathArguments, ReturnType, Type};
 
@@ -103,6 +103,10 @@ fn type_key(ty: &Type) -> String {
         .replace("& ", "&")
 }
 
+fn type_key_of(tokens: &impl ToTokens) -> String {
+    type_key(&Type::Verbatim(tokens.to_token_stream()))
+}
+
 fn peel(ty: &Type) -> &Type {
     match ty {
         Type::Group(group) => peel(&group.elem),
@@ -158,7 +162,8 @@ pub(crate) fn events(cx: &Ctxt, set: &EventsEnum<'_>) {
 pub(crate) fn aggregate<'a>(cx: &Ctxt, agg: &'a AggregateStruct<'a>) -> Option<AggregatePlan<'a>> {
     let item = agg.item;
     let attr = &agg.attr;
-    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+    let generic = !item.generics.params.is_empty() || item.generics.where_clause.is_some();
+    if generic {
         cx.error_spanned_by(
             &item.generics,
             "generic aggregates are not supported: the stored entity type names one concrete \
@@ -201,6 +206,10 @@ pub(crate) fn aggregate<'a>(cx: &Ctxt, agg: &'a AggregateStruct<'a>) -> Option<A
         } else {
             ignored.push(key);
         }
+    }
+    if generic {
+        // No stub impl either: it could not name the type.
+        return None;
     }
     Some(AggregatePlan {
         ident: &item.ident,
@@ -296,15 +305,19 @@ fn apply_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<ApplyFn<'a>> {
             );
         }
     }
+    // On a mistake the event type is still taken, for the stub impl emitted with the errors.
     let event = match method.params.as_slice() {
         [param] => match peel(&param.ty) {
             Type::Reference(r) if r.mutability.is_none() => Some(&*r.elem),
-            _ => {
+            ty => {
                 cx.error_spanned_by(
                     &param.ty,
                     "an `#[apply]` method takes the event by shared reference: `event: &Event`",
                 );
-                None
+                match ty {
+                    Type::Reference(r) => Some(&*r.elem),
+                    ty => Some(ty),
+                }
             }
         },
         [] => {
@@ -316,12 +329,10 @@ fn apply_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<ApplyFn<'a>> {
             None
         }
         [_, extra @ ..] => {
-            for param in extra {
-                cx.error_spanned_by(
-                    param,
-                    "an `#[apply]` method takes exactly one parameter after `&mut self`: the event",
-                );
-            }
+            cx.error_spanned_by(
+                quote!(#(#extra),*),
+                "an `#[apply]` method takes exactly one parameter after `&mut self`: the event",
+            );
             None
         }
     }?;
@@ -349,15 +360,18 @@ fn command_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<CommandFn<'a>> {
              (state changes belong in `#[apply]` methods)",
         ),
         Some(r) => cx.error_spanned_by(r, "a command handler takes `&self`"),
-        None => cx.error_at(
-            method.parens(),
-            format!(
-                "`{}` has no `self`: every method of a `#[command_handler]` impl is a command \
-                 handler `fn(&self, command: C) -> Result<Event, Error>` or an `#[apply]` \
-                 method; move other functions to another impl block",
-                method.ident()
-            ),
-        ),
+        None => {
+            cx.error_at(
+                method.parens(),
+                format!(
+                    "`{}` has no `self`: every method of a `#[command_handler]` impl is a \
+                     command handler `fn(&self, command: C) -> Result<Event, Error>` or an \
+                     `#[apply]` method; move other functions to another impl block",
+                    method.ident()
+                ),
+            );
+            return None;
+        }
     }
     let command = match method.params.as_slice() {
         [param] => match peel(&param.ty) {
@@ -366,7 +380,7 @@ fn command_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<CommandFn<'a>> {
                     &param.ty,
                     "take the command by value or by shared reference (`&Command`)",
                 );
-                None
+                Some((&*r.elem, true))
             }
             Type::Reference(r) => Some((&*r.elem, true)),
             Type::ImplTrait(_) | Type::Infer(_) => {
@@ -384,13 +398,11 @@ fn command_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<CommandFn<'a>> {
             None
         }
         [_, extra @ ..] => {
-            for param in extra {
-                cx.error_spanned_by(
-                    param,
-                    "a command handler takes exactly one command parameter after `&self`; \
-                     put the values in the command struct",
-                );
-            }
+            cx.error_spanned_by(
+                quote!(#(#extra),*),
+                "a command handler takes exactly one command parameter after `&self`; put the \
+                 values in the command struct",
+            );
             None
         }
     };
@@ -502,13 +514,14 @@ pub(crate) fn subscriber<'a>(
                 let entity = entity_of(cx, item);
                 let key = match (&entity, item) {
                     (Entity::Name(name), _) => name.clone(),
-                    (_, EntityRef::Aggregate(path)) => path.to_token_stream().to_string(),
+                    (_, EntityRef::Aggregate(path)) => type_key_of(path),
                     (_, EntityRef::Name(lit)) => lit.value(),
                 };
                 if seen.contains(&key) {
+                    let message = format!("`{key}` is already in the list");
                     match item {
-                        EntityRef::Name(lit) => cx.error_spanned_by(lit, "subscribed twice"),
-                        EntityRef::Aggregate(path) => cx.error_spanned_by(path, "subscribed twice"),
+                        EntityRef::Name(lit) => cx.error_spanned_by(lit, message),
+                        EntityRef::Aggregate(path) => cx.error_spanned_by(path, message),
                     }
                 } else {
                     seen.push(key);
@@ -572,7 +585,7 @@ pub(crate) fn subscriber<'a>(
             handlers.push(handler);
         }
     }
-    if imp.methods.is_empty() {
+    if imp.methods.is_empty() && imp.item.trait_.is_none() {
         cx.error_spanned_by(
             self_ty,
             "this `#[event_handler]` impl has no handlers: add \
@@ -618,14 +631,17 @@ fn event_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<EventFn<'a>> {
              concurrently; keep mutable state behind a lock or in the database",
         ),
         Some(r) => cx.error_spanned_by(r, format!("an event handler takes `&self`: {SHAPE}")),
-        None => cx.error_at(
-            method.parens(),
-            format!(
-                "`{}` has no `self`: every method of an `#[event_handler]` impl is a handler \
-                 {SHAPE}; move other functions to another impl block",
-                method.ident()
-            ),
-        ),
+        None => {
+            cx.error_at(
+                method.parens(),
+                format!(
+                    "`{}` has no `self`: every method of an `#[event_handler]` impl is a \
+                     handler {SHAPE}; move other functions to another impl block",
+                    method.ident()
+                ),
+            );
+            return None;
+        }
     }
     let event = match method.params.as_slice() {
         [ctx, event] => {
@@ -654,9 +670,8 @@ fn event_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<EventFn<'a>> {
                 if params.len() == 1 { "" } else { "s" }
             );
             if params.len() > 2 {
-                for param in &params[2..] {
-                    cx.error_spanned_by(param, &message);
-                }
+                let extra = &params[2..];
+                cx.error_spanned_by(quote!(#(#extra),*), message);
             } else {
                 cx.error_at(method.parens(), message);
             }

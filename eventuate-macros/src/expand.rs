@@ -162,8 +162,12 @@ pub(crate) fn aggregate(plan: &AggregatePlan<'_>) -> TokenStream {
         .map(|n| quote!(const SNAPSHOT_VERSION: ::core::primitive::u32 = #n;));
     // Spanned at the struct: a state that cannot be (de)serialized is reported there.
     let snapshots = plan.snapshot_every.map(|_| {
-        let to_json = quote_spanned!(at(ident)=> #p::serde_json::to_string::<Self>(self));
-        let from_json = quote_spanned!(at(ident)=> #p::serde_json::from_str::<Self>(snapshot));
+        let to_json = quote_spanned!(at(ident)=>
+            <Self as #p::SnapshotState>::to_snapshot_json(self)
+        );
+        let from_json = quote_spanned!(at(ident)=>
+            <Self as #p::SnapshotState>::from_snapshot_json(snapshot)
+        );
         quote! {
             fn to_snapshot(
                 &self,
@@ -426,10 +430,10 @@ fn event_assertions(plan: &SubscriberPlan<'_>) -> TokenStream {
     let checks = plan.handlers.iter().map(|handler| {
         let (ty, name) = (handler.event, &handler.name);
         let message = format!(
-            "`{}` takes `{}` under the name `{}`, but `{}` stores that event under another \
-             name: put the stored name on the handler with `#[event(name = \"..\")]`",
+            "`{}` handles the event type name `{}`, but `{}` stores no event under that name \
+             (its event set renames the event with `#[event(name = \"..\")]`): put the stored \
+             name on the handler, `#[event(name = \"..\")]`",
             handler.method,
-            name,
             name,
             aggregate.to_token_stream(),
         );
