@@ -32,4 +32,3 @@ mod wakeup;
 pub use error::{Error, Result};
 pub use migrate::validate_schema;
 pub use store::{DEFAULT_MAX_PAYLOAD_BYTES, PostgresEventStore, PostgresEventStoreBuilder};
-pub use subscriptions::PgTransaction;

@@ -9,8 +9,9 @@
 //! - **Checkpoints** only move forward (the update keeps the larger position).
 //! - **Crash detection**: the `dirty` flag is set while a partition is held and cleared by a
 //!   clean release; a new holder that finds it set consumes carefully (see the core runtime).
-//! - **Transactional subscribers** get a `sqlx::Transaction` ([`PgTransaction`]) in which the
-//!   runtime also writes the checkpoint before committing: view and checkpoint move together.
+//! - **Transactional subscribers** get the connection of a transaction
+//!   (`ctx.transaction::<sqlx::PgConnection>()`) in which the runtime also writes the
+//!   checkpoint before committing: view and checkpoint move together.
 //! - **Wake-ups** come from [`crate::wakeup`]: in-process appends, LISTEN/NOTIFY from other
 //!   processes, and reconnects.
 
@@ -29,9 +30,7 @@ use uuid::Uuid;
 use crate::PostgresEventStore;
 use crate::store::quote;
 
-/// The transaction a transactional subscriber's handler writes its view in:
-/// `ctx.transaction::<PgTransaction>().await?` and use `&mut **tx` as the executor.
-pub type PgTransaction = Transaction<'static, Postgres>;
+type PgTransaction = Transaction<'static, Postgres>;
 
 /// SQL text of the subscription tables, qualified with the store's schema once.
 #[derive(Debug)]
@@ -219,8 +218,11 @@ struct CheckpointTx {
 }
 
 impl CheckpointTransaction for CheckpointTx {
+    // The connection rather than the `Transaction`: a type without a lifetime parameter is
+    // what `EventContext::transaction` can hand out and handlers can hold across awaits.
     fn resource(&mut self) -> &mut (dyn Any + Send) {
-        &mut self.tx
+        let conn: &mut sqlx::PgConnection = &mut self.tx;
+        conn
     }
 
     fn commit(self: Box<Self>, checkpoint: Position) -> BoxFuture<'static, Result<()>> {
