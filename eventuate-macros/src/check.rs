@@ -488,7 +488,7 @@ pub(crate) fn subscriber<'a>(
     cx: &Ctxt,
     attr: &'a SubscriberAttr,
     imp: &HandlerImpl<'a>,
-) -> Option<SubscriberPlan<'a>> {
+) -> SubscriberPlan<'a> {
     let self_ty = &*imp.item.self_ty;
     let mut entities = Vec::new();
     let mut checked_against = None;
@@ -512,10 +512,9 @@ pub(crate) fn subscriber<'a>(
             let mut seen: Vec<String> = Vec::new();
             for item in items {
                 let entity = entity_of(cx, item);
-                let key = match (&entity, item) {
-                    (Entity::Name(name), _) => name.clone(),
-                    (_, EntityRef::Aggregate(path)) => type_key_of(path),
-                    (_, EntityRef::Name(lit)) => lit.value(),
+                let key = match item {
+                    EntityRef::Name(lit) => lit.value(),
+                    EntityRef::Aggregate(path) => type_key_of(path),
                 };
                 if seen.contains(&key) {
                     let message = format!("`{key}` is already in the list");
@@ -592,14 +591,14 @@ pub(crate) fn subscriber<'a>(
              `async fn on_event(&self, ctx: &EventContext, event: &Event) -> Result<(), HandlerError>`",
         );
     }
-    Some(SubscriberPlan {
+    SubscriberPlan {
         self_ty,
         id,
         entities,
         checked_against,
         attr,
         handlers,
-    })
+    }
 }
 
 fn entity_of<'a>(cx: &Ctxt, entity: &'a EntityRef) -> Entity<'a> {

@@ -117,8 +117,8 @@ pub(crate) fn event_handler(args: TokenStream, input: TokenStream) -> TokenStrea
     };
     let model = HandlerImpl::from_syn(&cx, imp, "event_handler");
     let plan = check::subscriber(&cx, &attr, &model);
-    let code = plan.as_ref().map(expand::subscriber).unwrap_or_default();
-    let stubs = expand::subscriber_fallback(&imp.self_ty, plan.as_ref());
+    let code = expand::subscriber(&plan);
+    let stubs = expand::subscriber_fallback(&plan);
     let item = strip_helpers(imp, "event");
     finish(cx, item, code, stubs)
 }

@@ -452,12 +452,10 @@ fn event_assertions(plan: &SubscriberPlan<'_>) -> TokenStream {
 
 /// A stub `Subscriber` impl for an impl block with errors, plus the event checks that can still
 /// be made (so a wrong event type is reported together with the other mistakes).
-pub(crate) fn subscriber_fallback(
-    self_ty: &Type,
-    plan: Option<&SubscriberPlan<'_>>,
-) -> TokenStream {
+pub(crate) fn subscriber_fallback(plan: &SubscriberPlan<'_>) -> TokenStream {
     let p = private();
-    let assertions = plan.map(event_assertions);
+    let self_ty = plan.self_ty;
+    let assertions = event_assertions(plan);
     quote! {
         #[automatically_derived]
         impl #p::Subscriber for #self_ty {

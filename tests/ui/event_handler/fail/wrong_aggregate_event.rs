@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderCreated {}
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CustomerCreated {}
+mod customers {
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    pub struct CustomerCreated {}
+}
 
 #[derive(Debug, Clone, Events)]
 pub enum OrderEvent {
@@ -31,7 +33,7 @@ impl Billing {
         Ok(())
     }
 
-    async fn on_customer(&self, _: &EventContext, _: &CustomerCreated) -> Result<(), HandlerError> {
+    async fn on_customer(&self, _: &EventContext, _: &customers::CustomerCreated) -> Result<(), HandlerError> {
         Ok(())
     }
 }
