@@ -17,6 +17,9 @@
 
 #![warn(missing_docs)]
 
+// Lets the macros' generated code (`::eventuate_core::...`) work inside this crate too.
+extern crate self as eventuate_core;
+
 pub mod aggregate;
 pub mod envelope;
 pub mod error;

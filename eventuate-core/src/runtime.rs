@@ -357,19 +357,35 @@ impl Running {
     }
 
     /// Waits until every partition this node owns has no lag and every partition of every
-    /// subscriber is owned by someone, or the timeout passes (then [`Error::Config`]).
+    /// subscriber is owned by some node (this one or another), or the timeout passes (then
+    /// [`Error::Config`]).
     pub async fn wait_caught_up(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status().await?;
-            let expected: u32 = self
-                .shared
-                .subscribers
-                .iter()
-                .map(|r| r.subscription.partitions)
-                .sum();
-            let owned: Vec<_> = status.iter().filter(|s| s.owned).collect();
-            if owned.len() as u32 == expected && owned.iter().all(|s| s.lag == 0) {
+            let mut done = true;
+            for registered in &self.shared.subscribers {
+                let sub = &registered.subscription;
+                let leases = self
+                    .shared
+                    .subscriptions
+                    .leases(&sub.id, sub.partitions)
+                    .await?;
+                for lease in leases {
+                    done &= match lease.owner {
+                        None => false,
+                        // Ours: its consumer must be running and have no lag.
+                        Some(owner) if owner == self.node_id() => status.iter().any(|s| {
+                            s.subscriber_id == sub.id
+                                && s.partition == lease.partition
+                                && s.owned
+                                && s.lag == 0
+                        }),
+                        Some(_) => true,
+                    };
+                }
+            }
+            if done {
                 return Ok(());
             }
             if Instant::now() >= deadline {

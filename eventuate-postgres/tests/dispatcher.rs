@@ -325,7 +325,10 @@ async fn f_sixteen_writers_three_partitions() {
     })
     .await;
     for runtime in &runtimes {
-        runtime.wait_caught_up(Duration::from_secs(15)).await.ok();
+        runtime
+            .wait_caught_up(Duration::from_secs(15))
+            .await
+            .unwrap();
     }
     let owned: Vec<usize> = futures_util::future::join_all(runtimes.iter().map(|r| r.status()))
         .await

@@ -506,6 +506,13 @@ async fn competing_runtimes_share_nothing_and_take_over_from_a_dead_one() {
     for i in 21..=30 {
         deposit(&repo, &format!("acc-{}", i % 4), i).await;
     }
+    // The dead runtime's lease expires, then the survivor takes the partition.
+    for _ in 0..200 {
+        if survivor.status().await.unwrap().iter().any(|s| s.owned) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     survivor
         .wait_caught_up(Duration::from_secs(5))
         .await
