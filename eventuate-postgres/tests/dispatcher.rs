@@ -119,6 +119,7 @@ async fn c_consumer_dropped_between_handling_and_checkpoint() {
         .subscriber(view.clone())
         .start()
         .unwrap();
+    wait_owned(&runtime, 2).await;
     runtime
         .wait_caught_up(Duration::from_secs(15))
         .await
@@ -198,6 +199,7 @@ async fn d_two_runtimes_compete_then_one_is_dropped() {
     for i in 40..60 {
         tick(&store_a, &format!("c{}", i % 5), i).await;
     }
+    wait_owned(&survivor, 2).await;
     survivor
         .wait_caught_up(Duration::from_secs(15))
         .await

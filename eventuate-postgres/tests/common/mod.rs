@@ -266,3 +266,13 @@ pub fn distinct(log: &Log) -> usize {
         .collect::<HashSet<_>>()
         .len()
 }
+
+/// Waits until `runtime` itself consumes `partitions` partitions (after a crash the dead
+/// node's lease must expire first).
+pub async fn wait_owned(runtime: &eventuate_core::runtime::Running, partitions: usize) {
+    eventually(15, "the partitions are taken over", || {
+        let status = runtime.status();
+        async move { status.await.unwrap().iter().filter(|s| s.owned).count() >= partitions }
+    })
+    .await;
+}
