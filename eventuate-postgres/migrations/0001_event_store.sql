@@ -8,7 +8,7 @@
 -- in-memory store does too), accepts every valid JSON document (`jsonb` refuses "\u0000"), and
 -- is cheaper to write and to read back as text.
 CREATE TABLE events (
-    sequence       BIGSERIAL PRIMARY KEY,
+    sequence       BIGSERIAL,
     transaction_id BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
     event_id       UUID NOT NULL,
     entity_type    TEXT NOT NULL,
@@ -19,11 +19,11 @@ CREATE TABLE events (
     metadata       JSON NOT NULL,
     -- eventuate_core::name::entity_hash(entity_id), computed by the writer.
     partition_hash INT NOT NULL CHECK (partition_hash >= 0),
+    -- The stream order; also the primary key, which spares every append one more index.
+    CONSTRAINT events_pkey PRIMARY KEY (transaction_id, sequence),
     CONSTRAINT events_event_id_unique UNIQUE (event_id),
     CONSTRAINT events_entity_version_unique UNIQUE (entity_type, entity_id, entity_version)
 );
-
-CREATE INDEX events_stream_order ON events (transaction_id, sequence);
 
 -- Commands already applied, keyed by the event whose handler sent them.
 CREATE TABLE processed_commands (

@@ -323,24 +323,42 @@ impl PostgresEventStore {
             })?;
         // Fits: entity_hash is 31 bits.
         let hash = i32::try_from(eventuate_core::name::entity_hash(entity_id)).unwrap_or(0);
-        let statement = match (&request.expected, &request.idempotency) {
+        let statements = match (&request.expected, &request.idempotency) {
             (ExpectedVersion::New, None) => &sql.append_new,
             (ExpectedVersion::Exactly(_), None) => &sql.append_exactly,
             (ExpectedVersion::New, Some(_)) => &sql.append_new_key,
             (ExpectedVersion::Exactly(_), Some(_)) => &sql.append_exactly_key,
         };
+        // Most commands append one event: a plain row is cheaper for the server than UNNEST.
+        let single = match request.events.as_slice() {
+            [event] => Some(event),
+            _ => None,
+        };
+        let statement = if single.is_some() {
+            &statements.one
+        } else {
+            &statements.many
+        };
         let context = || format!("append to {entity_type} `{entity_id}`");
 
         for _ in 0..GUARD_ATTEMPTS {
-            let mut query = sqlx::query(statement)
-                .bind(&event_ids)
-                .bind(&event_types)
-                .bind(&payloads)
-                .bind(&metadata)
-                .bind(entity_type)
-                .bind(entity_id)
-                .bind(base)
-                .bind(hash);
+            let query = sqlx::query(statement);
+            let mut query = match single {
+                Some(event) => query
+                    .bind(event.event_id)
+                    .bind(event.event_type.as_str())
+                    .bind(event.payload.as_str())
+                    .bind(metadata[0].as_str()),
+                None => query
+                    .bind(&event_ids)
+                    .bind(&event_types)
+                    .bind(&payloads)
+                    .bind(&metadata),
+            }
+            .bind(entity_type)
+            .bind(entity_id)
+            .bind(base)
+            .bind(hash);
             if let Some(key) = &request.idempotency {
                 query = query
                     .bind(key.subscriber_id.as_str())
@@ -806,10 +824,10 @@ const HORIZON: &str = "(SELECT COALESCE(\
 /// as parameters). sqlx prepares each on first use per connection and caches it.
 #[derive(Debug)]
 struct Sql {
-    append_new: String,
-    append_exactly: String,
-    append_new_key: String,
-    append_exactly_key: String,
+    append_new: AppendSql,
+    append_exactly: AppendSql,
+    append_new_key: AppendSql,
+    append_exactly_key: AppendSql,
     key_exists: String,
     current_version: String,
     load: String,
@@ -826,46 +844,68 @@ struct Sql {
     load_snapshot: String,
 }
 
+/// One kind of append, for one event and for several.
+#[derive(Debug)]
+struct AppendSql {
+    one: String,
+    many: String,
+}
+
 impl Sql {
     fn new(schema: &str) -> Self {
         let s = quote(schema);
-        // $1..$4: per-event arrays; $5 entity type, $6 entity id, $7 the version the append
-        // builds on (0 for a create), $8 partition hash; $9..$11 the idempotency key.
-        let guard_new = format!(
-            "NOT EXISTS (SELECT 1 FROM {s}.events WHERE entity_type = $5 AND entity_id = $6)"
-        );
-        // The previous version must come from an older transaction, so that the stream, which
+        // $1..$4: event id, type, payload and metadata (scalars for one event, arrays for
+        // several); $5 entity type, $6 entity id, $7 the version the append builds on (0 for a
+        // create), $8 partition hash; $9..$11 the idempotency key.
+        //
+        // A create needs no guard: versions start at 1 and have no gaps, so an existing entity
+        // has a version 1 and the unique key turns the insert into a unique violation, which is
+        // mapped to `EntityExists`. An update must check that version $7 exists (or it could
+        // leave a gap), and that it comes from an older transaction, so that the stream, which
         // orders by transaction id, keeps the entity's versions ascending. For the store's own
-        // single-statement appends this always holds; see `append_in`.
+        // single-statement appends that always holds; see `append_in`.
         let guard_exactly = format!(
             "EXISTS (SELECT 1 FROM {s}.events WHERE entity_type = $5 AND entity_id = $6 \
              AND entity_version = $7 \
              AND transaction_id < pg_current_xact_id()::text::bigint)"
         );
-        let insert = |condition: &str| {
-            format!(
-                "INSERT INTO {s}.events (event_id, entity_type, entity_id, entity_version, \
-                 event_type, payload, metadata, partition_hash) \
+        let columns = format!(
+            "INSERT INTO {s}.events (event_id, entity_type, entity_id, entity_version, \
+             event_type, payload, metadata, partition_hash)"
+        );
+        let returning = "RETURNING transaction_id, sequence, entity_version";
+        let one_values = "$1::uuid, $5, $6, $7 + 1, $2::text, $3::text::json, $4::text::json, $8";
+        let insert = |condition: Option<&str>| AppendSql {
+            one: match condition {
+                None => format!("{columns} VALUES ({one_values}) {returning}"),
+                Some(c) => format!("{columns} SELECT {one_values} WHERE {c} {returning}"),
+            },
+            many: format!(
+                "{columns} \
                  SELECT e.event_id, $5, $6, $7 + e.ord, e.event_type, e.payload::json, \
                  e.metadata::json, $8 \
                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY \
                  AS e(event_id, event_type, payload, metadata, ord) \
-                 WHERE {condition} \
-                 ORDER BY e.ord \
-                 RETURNING transaction_id, sequence, entity_version"
-            )
+                 {} ORDER BY e.ord {returning}",
+                condition.map(|c| format!("WHERE {c}")).unwrap_or_default()
+            ),
         };
         // The key row is inserted only when the version guard passes, and the events only when
-        // the key row was inserted: one statement, so a failed guard records no key and a
-        // repeated key writes no event.
-        let with_key = |guard: &str| {
-            format!(
+        // the key row was inserted: one statement, so a failed guard or a unique violation
+        // records no key, and a repeated key writes no event.
+        let with_key = |guard: Option<&str>| {
+            let key = format!(
                 "WITH key AS (INSERT INTO {s}.processed_commands \
                  (subscriber_id, triggering_event_id, sequence) \
-                 SELECT $9, $10, $11 WHERE {guard} \
-                 ON CONFLICT DO NOTHING RETURNING 1) {}",
-                insert("EXISTS (SELECT 1 FROM key)")
-            )
+                 SELECT $9, $10, $11 {} \
+                 ON CONFLICT DO NOTHING RETURNING 1)",
+                guard.map(|g| format!("WHERE {g}")).unwrap_or_default()
+            );
+            let events = insert(Some("EXISTS (SELECT 1 FROM key)"));
+            AppendSql {
+                one: format!("{key} {}", events.one),
+                many: format!("{key} {}", events.many),
+            }
         };
         // Stream reads: $1, $2 the position to read after, $3 the limit, then the filters.
         let read = |filters: &str| {
@@ -883,10 +923,10 @@ impl Sql {
             )
         };
         Sql {
-            append_new: insert(&guard_new),
-            append_exactly: insert(&guard_exactly),
-            append_new_key: with_key(&guard_new),
-            append_exactly_key: with_key(&guard_exactly),
+            append_new: insert(None),
+            append_exactly: insert(Some(&guard_exactly)),
+            append_new_key: with_key(None),
+            append_exactly_key: with_key(Some(&guard_exactly)),
             key_exists: format!(
                 "SELECT EXISTS (SELECT 1 FROM {s}.processed_commands WHERE subscriber_id = $1 \
                  AND triggering_event_id = $2 AND sequence = $3)"
