@@ -33,6 +33,13 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     fn from_snapshot(_snapshot: &str) -> Option<Result<Self, serde_json::Error>> {
         None
     }
+
+    /// A copy of the state for the repository's aggregate cache; `None` (the default) keeps
+    /// this aggregate out of the cache. `#[aggregate]` returns a clone when the struct is
+    /// `Clone`.
+    fn clone_for_cache(&self) -> Option<Self> {
+        None
+    }
 }
 
 /// Why a stored event could not be turned into an [`EventSet`] value.

@@ -1,24 +1,5 @@
-//! # eventuate-core
-//!
-//! Event-sourced aggregates and durable subscribers for Rust, declared with attributes on
-//! plain structs and impl blocks. See the repository README for the full guide.
-//!
-//! The layout follows the concepts:
-//! - [`aggregate`]: the aggregate model ([`Aggregate`], [`EventSet`], [`Apply`],
-//!   [`HandleCommand`]);
-//! - [`envelope`]: what is stored ([`EventEnvelope`], [`EventMetadata`], [`Position`]);
-//! - [`store`]: the [`EventStore`] contract; [`memory`]: the in-memory store;
-//! - [`repository`]: create, update and load aggregates by command;
-//! - [`subscriber`]: the [`Subscriber`] contract and the [`EventContext`] of a delivery;
-//! - [`runtime`]: the dispatcher that feeds subscribers ([`Eventuate`]), over any store that
-//!   also implements [`runtime::SubscriptionStore`];
-//! - [`fixture`]: given/when/then tests for aggregates;
-//! - [`name`]: what names are acceptable; [`error`]: the one error type.
-
+#![doc = include_str!("../../README.md")]
 #![warn(missing_docs)]
-
-// Lets the macros' generated code (`::eventuate_core::...`) work inside this crate too.
-extern crate self as eventuate_core;
 
 pub mod aggregate;
 pub mod envelope;
@@ -92,6 +73,36 @@ pub mod __private {
                 source: Box::new(source),
             })
         })
+    }
+
+    /// Autoref specialization for [`crate::Aggregate::clone_for_cache`]: `(&CacheProbe(x))
+    /// .cache_clone()` resolves to [`CacheViaClone`] when `T: Clone` (found without autoref)
+    /// and to [`CacheFallback`] otherwise.
+    #[derive(Debug)]
+    pub struct CacheProbe<'a, T>(pub &'a T);
+
+    /// Picked when the aggregate is `Clone`.
+    pub trait CacheViaClone<T> {
+        /// A clone.
+        fn cache_clone(&self) -> Option<T>;
+    }
+
+    impl<T: Clone> CacheViaClone<T> for CacheProbe<'_, T> {
+        fn cache_clone(&self) -> Option<T> {
+            Some(self.0.clone())
+        }
+    }
+
+    /// Picked when the aggregate is not `Clone`: it stays out of the cache.
+    pub trait CacheFallback<T> {
+        /// Nothing.
+        fn cache_clone(&self) -> Option<T>;
+    }
+
+    impl<T> CacheFallback<T> for &CacheProbe<'_, T> {
+        fn cache_clone(&self) -> Option<T> {
+            None
+        }
     }
 
     /// Encodes one event struct as JSON text.

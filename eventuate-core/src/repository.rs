@@ -1,10 +1,21 @@
 //! The aggregate repository: create and update aggregates by command (load -> decide ->
 //! append, retried on a concurrency conflict), load them (from the latest snapshot plus later
 //! events), and take snapshots by policy.
+//!
+//! ## The aggregate cache
+//!
+//! With `cache_capacity > 0`, an update starts from the state the previous command on the same
+//! entity left behind instead of reading the entity's events again. The cache can be stale
+//! (another process appended), and that is safe: the append carries the cached version as its
+//! expected version, so a stale state ends in a concurrency conflict, the entry is dropped and
+//! the command is retried on a fresh load. An entry is *taken out* while a command works on it
+//! and put back only after a successful append, so two concurrent commands never share a state
+//! (the second simply loads), and aggregates need not be `Clone`.
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
@@ -18,11 +29,59 @@ pub struct RepositoryOptions {
     /// How many times a command is processed before a run of concurrency conflicts is given
     /// up as [`Error::RetriesExhausted`].
     pub max_attempts: u32,
+    /// How many aggregates the cache keeps (0: no cache). See the module docs.
+    pub cache_capacity: usize,
 }
 
 impl Default for RepositoryOptions {
     fn default() -> Self {
-        RepositoryOptions { max_attempts: 10 }
+        RepositoryOptions {
+            max_attempts: 10,
+            cache_capacity: 0,
+        }
+    }
+}
+
+type CacheKey = (&'static str, String);
+
+/// Aggregate states by entity, each a `(version, A)` behind `dyn Any`; FIFO eviction.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<CacheKey, Box<dyn Any + Send>>,
+    order: VecDeque<CacheKey>,
+}
+
+impl Cache {
+    fn take<A: Aggregate>(&mut self, entity_id: &str) -> Option<(u64, A)> {
+        let entry = self
+            .entries
+            .remove(&(A::ENTITY_TYPE, entity_id.to_owned()))?;
+        entry.downcast::<(u64, A)>().ok().map(|b| *b)
+    }
+
+    fn put<A: Aggregate>(&mut self, capacity: usize, entity_id: String, version: u64, state: A) {
+        let key = (A::ENTITY_TYPE, entity_id);
+        if self
+            .entries
+            .insert(key.clone(), Box::new((version, state)))
+            .is_none()
+        {
+            self.order.push_back(key);
+        }
+        while self.entries.len() > capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.entries.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        // Keys of entries taken out and never put back linger in `order`; drop them when
+        // they dominate.
+        if self.order.len() > 2 * capacity.max(16) {
+            let entries = &self.entries;
+            self.order.retain(|k| entries.contains_key(k));
+        }
     }
 }
 
@@ -96,6 +155,7 @@ pub struct Loaded<A> {
 pub struct Repository {
     store: Arc<dyn EventStore>,
     options: RepositoryOptions,
+    cache: Option<Arc<Mutex<Cache>>>,
 }
 
 impl fmt::Debug for Repository {
@@ -117,13 +177,39 @@ impl Repository {
         Repository {
             store,
             options: RepositoryOptions::default(),
+            cache: None,
         }
     }
 
-    /// Replaces the options.
+    /// Replaces the options (a new, empty cache if `cache_capacity > 0`).
     pub fn with_options(mut self, options: RepositoryOptions) -> Self {
+        self.cache = (options.cache_capacity > 0).then(Arc::default);
         self.options = options;
         self
+    }
+
+    fn cache_take<A: Aggregate>(&self, entity_id: &str) -> Option<Loaded<A>> {
+        let cache = self.cache.as_ref()?;
+        let (version, state) = cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take::<A>(entity_id)?;
+        Some(Loaded {
+            entity_id: entity_id.to_owned(),
+            version,
+            state,
+        })
+    }
+
+    fn cache_put<A: Aggregate>(&self, entity_id: &str, version: u64, state: A) {
+        if let Some(cache) = &self.cache {
+            cache.lock().unwrap_or_else(|p| p.into_inner()).put(
+                self.options.cache_capacity,
+                entity_id.to_owned(),
+                version,
+                state,
+            );
+        }
     }
 
     /// The underlying store.
@@ -203,15 +289,22 @@ impl Repository {
         options.command_id.get_or_insert_with(Uuid::new_v4);
         let attempts = self.options.max_attempts.max(1);
         for _ in 0..attempts {
-            let loaded = self.load::<A>(entity_id).await?;
-            let events = command
-                .process(&loaded.state)
-                .map_err(|source| Error::Rejected {
-                    entity_type: A::ENTITY_TYPE.to_owned(),
-                    entity_id: entity_id.to_owned(),
-                    command: command.command_type(),
-                    source,
-                })?;
+            let loaded = match self.cache_take::<A>(entity_id) {
+                Some(cached) => cached,
+                None => self.load::<A>(entity_id).await?,
+            };
+            let events = match command.process(&loaded.state) {
+                Ok(events) => events,
+                Err(source) => {
+                    self.cache_put(entity_id, loaded.version, loaded.state);
+                    return Err(Error::Rejected {
+                        entity_type: A::ENTITY_TYPE.to_owned(),
+                        entity_id: entity_id.to_owned(),
+                        command: command.command_type(),
+                        source,
+                    });
+                }
+            };
             if events.is_empty() {
                 return Ok(Committed {
                     entity_id: entity_id.to_owned(),
@@ -295,6 +388,11 @@ impl Repository {
             } => {
                 for event in &events {
                     state.apply(event);
+                }
+                if self.cache.is_some() {
+                    if let Some(copy) = state.clone_for_cache() {
+                        self.cache_put(&entity_id, new_version, copy);
+                    }
                 }
                 self.maybe_snapshot(&entity_id, &state, version, new_version)
                     .await;

@@ -206,6 +206,13 @@ pub(crate) fn aggregate(plan: &AggregatePlan<'_>) -> TokenStream {
                 #apply
             }
 
+            // A clone when the struct is `Clone` (autoref specialization), else no caching.
+            fn clone_for_cache(&self) -> ::core::option::Option<Self> {
+                #[allow(unused_imports)]
+                use #p::{CacheFallback as _, CacheViaClone as _};
+                (&#p::CacheProbe(self)).cache_clone()
+            }
+
             #snapshots
         }
 

@@ -208,8 +208,10 @@ async fn conflicts_are_retried_then_given_up() {
         conflicts: AtomicUsize::new(2),
         appends: AtomicUsize::new(0),
     });
-    let repo =
-        Repository::from_arc(store.clone()).with_options(RepositoryOptions { max_attempts: 3 });
+    let repo = Repository::from_arc(store.clone()).with_options(RepositoryOptions {
+        max_attempts: 3,
+        ..RepositoryOptions::default()
+    });
     let ok = repo
         .update::<Account>("a", Deposit { amount: 7 })
         .await
@@ -392,4 +394,145 @@ async fn cause_tracing_metadata_is_recorded() {
     assert_eq!(m.causation_id, None);
     assert_eq!(m.command_type.as_deref(), Some("Open"));
     assert_eq!(m.headers.get("request").map(String::as_str), Some("r-1"));
+}
+
+/// Counts the loads that reach the store.
+struct CountingLoads {
+    inner: InMemoryEventStore,
+    loads: AtomicUsize,
+}
+
+impl EventStore for CountingLoads {
+    fn append(
+        &self,
+        request: AppendRequest,
+    ) -> BoxFuture<'_, eventuate_core::Result<AppendOutcome>> {
+        self.inner.append(request)
+    }
+    fn load<'a>(
+        &'a self,
+        t: &'a str,
+        id: &'a str,
+        after: u64,
+    ) -> BoxFuture<'a, eventuate_core::Result<Vec<EventEnvelope>>> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(t, id, after)
+    }
+    fn read_stream<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, eventuate_core::Result<Vec<EventEnvelope>>> {
+        self.inner.read_stream(after, filter, limit)
+    }
+    fn head(&self) -> BoxFuture<'_, eventuate_core::Result<Position>> {
+        self.inner.head()
+    }
+    fn save_snapshot(&self, s: Snapshot) -> BoxFuture<'_, eventuate_core::Result<()>> {
+        self.inner.save_snapshot(s)
+    }
+    fn load_snapshot<'a>(
+        &'a self,
+        t: &'a str,
+        id: &'a str,
+        v: u32,
+    ) -> BoxFuture<'a, eventuate_core::Result<Option<Snapshot>>> {
+        self.inner.load_snapshot(t, id, v)
+    }
+}
+
+fn cached(store: Arc<dyn EventStore>) -> Repository {
+    Repository::from_arc(store).with_options(RepositoryOptions {
+        cache_capacity: 100,
+        ..RepositoryOptions::default()
+    })
+}
+
+#[tokio::test]
+async fn the_cache_saves_loads_and_a_stale_entry_only_costs_a_retry() {
+    let inner = InMemoryEventStore::new();
+    let store = Arc::new(CountingLoads {
+        inner: inner.clone(),
+        loads: AtomicUsize::new(0),
+    });
+    let repo = cached(store.clone());
+    repo.create_with_id::<Account>("a", Open { owner: "x".into() })
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        repo.update::<Account>("a", Deposit { amount: 1 })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        0,
+        "every update started from the cached state"
+    );
+    // A rejected command leaves the cached state usable.
+    repo.update::<Account>("a", Withdraw { amount: 100 })
+        .await
+        .unwrap_err();
+    repo.update::<Account>("a", Deposit { amount: 1 })
+        .await
+        .unwrap();
+    assert_eq!(store.loads.load(Ordering::SeqCst), 0);
+
+    // Another process (another repository) appends: our cache is stale.
+    Repository::new(inner.clone())
+        .update::<Account>("a", Deposit { amount: 10 })
+        .await
+        .unwrap();
+    let after = repo
+        .update::<Account>("a", Deposit { amount: 1 })
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.version, after.state.balance),
+        (9, 17),
+        "the stale entry conflicted and the command ran again on the real state"
+    );
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        1,
+        "one reload after the conflict"
+    );
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded() {
+    let store = Arc::new(CountingLoads {
+        inner: InMemoryEventStore::new(),
+        loads: AtomicUsize::new(0),
+    });
+    let repo = Repository::from_arc(store.clone()).with_options(RepositoryOptions {
+        cache_capacity: 2,
+        ..RepositoryOptions::default()
+    });
+    for id in ["a", "b", "c"] {
+        repo.create_with_id::<Account>(id, Open { owner: id.into() })
+            .await
+            .unwrap();
+        repo.update::<Account>(id, Deposit { amount: 1 })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        0,
+        "a create leaves its state in the cache"
+    );
+    repo.update::<Account>("a", Deposit { amount: 1 })
+        .await
+        .unwrap();
+    assert_eq!(store.loads.load(Ordering::SeqCst), 1, "`a` was evicted");
+    repo.update::<Account>("c", Deposit { amount: 1 })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        1,
+        "`c` was still cached"
+    );
 }

@@ -79,6 +79,9 @@ impl Aggregate for Account {
     fn from_snapshot(snapshot: &str) -> Option<Result<Self, serde_json::Error>> {
         Some(serde_json::from_str(snapshot))
     }
+    fn clone_for_cache(&self) -> Option<Self> {
+        Some(self.clone())
+    }
 }
 
 #[derive(Debug, Clone)]
