@@ -27,7 +27,7 @@ mod migrate;
 pub mod ordering;
 mod store;
 pub mod subscriptions;
-mod wakeup;
+pub mod wakeup;
 
 pub use error::{Error, Result};
 pub use migrate::validate_schema;
