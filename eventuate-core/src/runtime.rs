@@ -9,27 +9,44 @@
 //! entity type and partition), delivers each event in order, and moves the checkpoint.
 //!
 //! ## Delivery guarantees
-//! - **Every event, at least once, in order per entity.** The consumer only moves its
-//!   checkpoint past an event after the handler succeeded or the event was parked; the stream
-//!   read never skips a committed event (the store's guarantee).
+//!
+//! Each is proved by a test that fails if it breaks (`eventuate-postgres/tests/dispatcher.rs`
+//! runs the fault cases on a real PostgreSQL; `tests/tests/runtime_memory.rs` on the in-memory
+//! store).
+//! - **Every event, at least once, in order per entity.** The consumer moves its checkpoint
+//!   past an event only after the handler succeeded or the event was parked, and the store's
+//!   stream read never skips a committed event. Proved by `dispatcher.rs` `c_consumer_dropped_
+//!   between_handling_and_checkpoint` and `f_sixteen_writers_three_partitions`.
+//! - **One consumer per partition; partitions spread and taken over.** Leases fence every
+//!   write; each node takes `ceil(partitions / live nodes)`. Proved by `dispatcher.rs`
+//!   `d_two_runtimes_compete_then_one_is_dropped` and `f_sixteen_writers_three_partitions`,
+//!   `runtime_memory.rs` `partitions_spread_over_runtimes_and_keep_per_entity_order`.
 //! - **Wake-ups are hints.** A consumer waits for [`SubscriptionStore::wakeups`] *or* the poll
-//!   interval, and always reads from the store, so a lost notification delays, never loses.
+//!   interval and always reads from the store. Proved by `dispatcher.rs`
+//!   `a_listener_connection_killed_mid_stream` (30 s poll interval: only reconnect catch-up
+//!   can deliver) and `server_restart.rs` `b_server_restarted_mid_stream`.
 //! - **Failures.** A failing or panicking handler is retried with exponential backoff; after
-//!   `max_attempts` the event is parked, and later events of the same entity are parked behind
-//!   it (order per entity is never violated) while other entities keep flowing. Parked events
-//!   can be listed and replayed ([`Running::parked`], [`Running::replay`]).
+//!   `max_attempts` the event is parked and later events of the same entity are parked behind
+//!   it, while other entities keep flowing; parked events are listed and replayed in order
+//!   ([`Running::parked`], [`Running::replay`]). Proved by `dispatcher.rs`
+//!   `e_poison_event_parked_and_replayed`, `runtime_memory.rs`
+//!   `poison_events_are_parked_with_their_entity_and_replayed_in_order` and
+//!   `a_panicking_handler_is_a_failure_not_a_dead_consumer`.
 //! - **Crashes.** A partition taken over from a holder that did not release it cleanly is
 //!   consumed carefully for one batch: one event at a time, its attempt count persisted before
 //!   the handler runs and the checkpoint saved after it, so an event that crashes the process
-//!   is parked after at most `max_attempts` further crashes. (Outside that window the first
-//!   attempt of an event is not persisted individually: that would add a write to every
-//!   delivery; the lease's "not released cleanly" flag covers it.)
-//! - **Exactly-once views.** A transactional subscriber's handler writes through
+//!   is parked after at most `max_attempts + 1` crashes. (Outside that window the first attempt
+//!   of an event is not persisted on its own: that would add a write to every delivery; the
+//!   lease's "not released cleanly" flag stands in for it.) Proved by `runtime_memory.rs`
+//!   `an_event_that_keeps_crashing_the_process_gets_parked`.
+//! - **Exactly-once views.** A transactional subscriber writes through
 //!   [`EventContext::transaction`]; the runtime commits that transaction together with the
-//!   checkpoint, so a crash leaves view and checkpoint consistent.
-//! - **Fencing.** Every checkpoint write is conditional on holding the lease; a consumer that
-//!   lost it stops without moving the checkpoint.
+//!   checkpoint. Commands sent with [`EventContext::update`] are deduplicated by the
+//!   triggering event. Proved by `dispatcher.rs` (a) to (f), which check the view for
+//!   duplicates after every fault, and `runtime_memory.rs`
+//!   `a_redelivered_event_does_not_apply_its_command_twice`.
 //! - **Graceful shutdown.** In-flight handlers finish, checkpoints are saved, leases released.
+//!   Proved by `runtime_memory.rs` `start_from_now_skips_history_and_shutdown_keeps_the_checkpoint`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
