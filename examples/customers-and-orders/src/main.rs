@@ -1,0 +1,263 @@
+//! `customers-and-orders`: plays the scripted scenario (default), serves the HTTP API
+//! (`serve`), or starts a throwaway PostgreSQL for a two-process setup (`db`). See `--help`
+//! and the README.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use customers_and_orders::{App, Role, log, scenario};
+use eventuate_core::BoxError;
+use eventuate_postgres::embedded::{Options, ThrowawayPostgres};
+
+const USAGE: &str = "\
+usage:
+  customers-and-orders [run] [--in-memory]
+      Play the scripted scenario through the HTTP API, print what happened, exit 0 if the
+      outcome is as expected. Uses DATABASE_URL, or else starts a throwaway PostgreSQL (or,
+      without PostgreSQL binaries, the in-memory store).
+  customers-and-orders serve [--role all|customers|orders] [--listen ADDR] [--in-memory]
+      Serve the HTTP API (default 127.0.0.1:8080) and run the subscribers until Ctrl-C.
+      `customers` and `orders` are the two halves of the application: run one process of each
+      with the same DATABASE_URL.
+  customers-and-orders db
+      Start a throwaway PostgreSQL, print its DATABASE_URL, and keep it until Ctrl-C.
+
+environment: DATABASE_URL (PostgreSQL to use), LOG (error|warn|info|debug|trace, default warn)";
+
+#[derive(Debug)]
+enum Command {
+    Run { in_memory: bool },
+    Serve(ServeArgs),
+    Db,
+    Help,
+}
+
+#[derive(Debug)]
+struct ServeArgs {
+    role: Role,
+    listen: SocketAddr,
+    in_memory: bool,
+}
+
+fn parse(args: &[String]) -> Result<Command, String> {
+    let (command, rest) = match args.first().map(String::as_str) {
+        None => ("run", &args[..0]),
+        Some(flag) if flag.starts_with('-') => ("run", args),
+        Some(command) => (command, &args[1..]),
+    };
+    if rest.iter().any(|a| a == "--help" || a == "-h") || command == "help" {
+        return Ok(Command::Help);
+    }
+    let mut serve = ServeArgs {
+        role: Role::All,
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        in_memory: false,
+    };
+    let mut rest = rest.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = |name: &str| {
+            rest.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match (command, arg.as_str()) {
+            ("run" | "serve", "--in-memory") => serve.in_memory = true,
+            ("serve", "--role") => serve.role = value("--role")?.parse()?,
+            ("serve", "--listen") => {
+                let addr = value("--listen")?;
+                serve.listen = addr.parse().map_err(|e| {
+                    format!("--listen `{addr}`: {e} (expected e.g. 127.0.0.1:8080)")
+                })?;
+            }
+            (_, other) => return Err(format!("unexpected argument `{other}` for `{command}`")),
+        }
+    }
+    match command {
+        "run" => Ok(Command::Run {
+            in_memory: serve.in_memory,
+        }),
+        "serve" => Ok(Command::Serve(serve)),
+        "db" => Ok(Command::Db),
+        other => Err(format!("unknown command `{other}`")),
+    }
+}
+
+fn main() -> ExitCode {
+    log::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse(&args) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("error: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Help = command {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut server = None;
+    let result = runtime.block_on(async {
+        match command {
+            Command::Run { in_memory } => run(in_memory, &mut server).await,
+            Command::Serve(args) => serve(args, &mut server).await,
+            Command::Db => db().await,
+            Command::Help => Ok(ExitCode::SUCCESS),
+        }
+    });
+    // Stop every task (connections included) before the throwaway server goes away, so that
+    // nothing reports its disappearance.
+    drop(runtime);
+    drop(server);
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Opens the application: on DATABASE_URL, else on a throwaway PostgreSQL (kept in
+/// `server`), else in memory.
+async fn open(
+    role: Role,
+    in_memory: bool,
+    server: &mut Option<ThrowawayPostgres>,
+) -> Result<App, BoxError> {
+    if in_memory {
+        return in_memory_app(role, "--in-memory");
+    }
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        let app = App::postgres(&url, role).await?;
+        println!("store: PostgreSQL at DATABASE_URL");
+        return Ok(app);
+    }
+    if role != Role::All {
+        return Err(format!(
+            "--role {role} runs one half of the application; point it and the other half at \
+             one database with DATABASE_URL (`customers-and-orders db` starts one)"
+        )
+        .into());
+    }
+    let started = Instant::now();
+    match tokio::task::spawn_blocking(|| ThrowawayPostgres::start(Options::default())).await? {
+        Ok(pg) => {
+            let app = App::postgres(&pg.url(), role).await?;
+            println!(
+                "store: a throwaway PostgreSQL at {} (started in {} ms, removed at exit)",
+                pg.url(),
+                started.elapsed().as_millis()
+            );
+            *server = Some(pg);
+            Ok(app)
+        }
+        Err(e) => {
+            println!("no PostgreSQL to use: {e}");
+            in_memory_app(role, "no PostgreSQL")
+        }
+    }
+}
+
+fn in_memory_app(role: Role, why: &str) -> Result<App, BoxError> {
+    if role != Role::All {
+        return Err(format!("--role {role} needs PostgreSQL (DATABASE_URL): the in-memory store lives in one process").into());
+    }
+    println!("store: in memory ({why}); the view and the confirmations are in memory too");
+    Ok(App::in_memory())
+}
+
+async fn run(
+    in_memory: bool,
+    server: &mut Option<ThrowawayPostgres>,
+) -> Result<ExitCode, BoxError> {
+    let t0 = Instant::now();
+    let app = open(Role::All, in_memory, server).await?;
+    let started = app.start()?;
+    let mut out = std::io::stdout();
+    let outcome = scenario::run(&app, &started, &mut out).await;
+    started.running.shutdown().await?;
+    let outcome = outcome?;
+    let verdict = if outcome.as_expected() {
+        "as expected"
+    } else {
+        "NOT as expected"
+    };
+    println!(
+        "\noutcome: orders {:?}, reserved credit {}, {} confirmations, idempotent retry {}: {verdict} \
+         (total {} ms)",
+        outcome.orders,
+        outcome.reserved_credit.as_cents(),
+        outcome.confirmations,
+        if outcome.retry_returned_same_order {
+            "returned the same order"
+        } else {
+            "created another order"
+        },
+        t0.elapsed().as_millis()
+    );
+    Ok(if outcome.as_expected() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn serve(
+    args: ServeArgs,
+    server: &mut Option<ThrowawayPostgres>,
+) -> Result<ExitCode, BoxError> {
+    let app = open(args.role, args.in_memory, server).await?;
+    let started = app.start()?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!(
+        "serving role `{}` on http://{} (Ctrl-C to stop)",
+        args.role,
+        listener.local_addr()?
+    );
+    let served = axum::serve(listener, started.router.clone())
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    println!("stopping: finishing in-flight events, saving checkpoints");
+    let stopped = tokio::time::timeout(Duration::from_secs(30), started.running.shutdown()).await;
+    served?;
+    stopped.map_err(|_| "the dispatcher did not stop within 30 s")??;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn db() -> Result<ExitCode, BoxError> {
+    let pg = tokio::task::spawn_blocking(|| ThrowawayPostgres::start(Options::default())).await??;
+    println!("DATABASE_URL={}", pg.url());
+    println!(
+        "(a throwaway PostgreSQL in {}; Ctrl-C stops and removes it)",
+        pg.data_dir().display()
+    );
+    shutdown_signal().await;
+    drop(pg);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match terminate.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+}
