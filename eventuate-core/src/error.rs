@@ -245,6 +245,31 @@ impl Error {
         }
     }
 
+    /// Whether retrying the same operation can never succeed: business rejections, bad input,
+    /// undecodable data, misuse. A handler error built from such an error is permanent (the
+    /// event is parked without further attempts). Conflicts, lost leases and backend failures
+    /// are transient.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Rejected { .. }
+            | Error::EntityExists { .. }
+            | Error::EntityNotFound { .. }
+            | Error::EmptyAppend { .. }
+            | Error::UnknownEventType { .. }
+            | Error::Decode { .. }
+            | Error::Encode { .. }
+            | Error::InvalidPayload { .. }
+            | Error::PayloadTooLarge { .. }
+            | Error::InvalidName { .. }
+            | Error::Config(_) => true,
+            Error::Conflict { .. }
+            | Error::RetriesExhausted { .. }
+            | Error::Handler { .. }
+            | Error::LeaseLost { .. }
+            | Error::Backend { .. } => false,
+        }
+    }
+
     /// Whether this is an optimistic-concurrency conflict.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Conflict { .. })

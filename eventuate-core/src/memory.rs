@@ -466,6 +466,10 @@ impl SubscriptionStore for InMemoryEventStore {
         ready(result)
     }
 
+    fn supports_transactions(&self) -> bool {
+        false
+    }
+
     fn begin<'a>(
         &'a self,
         key: &'a PartitionKey,

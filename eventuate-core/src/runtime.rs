@@ -211,6 +211,16 @@ impl Eventuate {
         let mut ids = BTreeSet::new();
         for registered in &self.subscribers {
             registered.subscription.validate()?;
+            if registered.subscription.transactional && !self.subscriptions.supports_transactions()
+            {
+                return Err(Error::Config(format!(
+                    "subscriber `{}` is transactional (it writes a view in the checkpoint's \
+                     transaction), but this store has no transactions; run it on the \
+                     PostgreSQL store, or register it with `.transactional(false)` and make its \
+                     writes idempotent",
+                    registered.subscription.id
+                )));
+            }
             if !ids.insert(registered.subscription.id.clone()) {
                 return Err(Error::Config(format!(
                     "two subscribers are registered with the id `{}`; subscriber ids must be unique",

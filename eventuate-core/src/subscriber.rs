@@ -226,12 +226,16 @@ impl HandlerError {
     }
 }
 
+/// Any error converts with `?`. An [`Error`] that retrying cannot fix
+/// ([`Error::is_permanent`], e.g. a command rejected by the target aggregate) makes a
+/// permanent handler error: the event is parked at once instead of being retried.
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     fn from(e: E) -> Self {
-        HandlerError {
-            source: Box::new(e),
-            permanent: false,
-        }
+        let source: BoxError = Box::new(e);
+        let permanent = source
+            .downcast_ref::<Error>()
+            .is_some_and(Error::is_permanent);
+        HandlerError { source, permanent }
     }
 }
 
@@ -281,6 +285,11 @@ impl fmt::Debug for EventContext {
             .finish_non_exhaustive()
     }
 }
+
+/// The header naming the subscriber that sent a command, set on the command's events by
+/// [`EventContext::update`] and [`EventContext::create`] (cause tracing: which handler
+/// reacted to the causing event).
+pub const SENT_BY_HEADER: &str = "eventuate.sent-by";
 
 /// Mutable access to the store transaction of a transactional delivery.
 pub type TransactionGuard<'a, T> = MappedMutexGuard<'a, T>;
@@ -355,7 +364,11 @@ impl EventContext {
                     .correlation_id
                     .unwrap_or(self.event.event_id),
             ),
-            headers: self.event.metadata.headers.clone(),
+            headers: {
+                let mut headers = self.event.metadata.headers.clone();
+                headers.insert(SENT_BY_HEADER.to_owned(), self.subscriber_id.to_string());
+                headers
+            },
             idempotency: Some(IdempotencyKey {
                 subscriber_id: self.subscriber_id.to_string(),
                 triggering_event_id: self.event.event_id,

@@ -122,6 +122,12 @@ pub trait SubscriptionStore: Send + Sync + 'static {
         attempts: u32,
     ) -> BoxFuture<'a, Result<()>>;
 
+    /// Whether [`SubscriptionStore::begin`] works: the runtime refuses to start a
+    /// transactional subscriber on a store without transactions.
+    fn supports_transactions(&self) -> bool {
+        true
+    }
+
     /// Begins a store transaction whose commit also moves the checkpoint (transactional
     /// subscribers). Stores without transactions return [`crate::Error::Config`].
     fn begin<'a>(

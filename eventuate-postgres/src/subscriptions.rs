@@ -252,6 +252,16 @@ impl CheckpointTransaction for CheckpointTx {
     }
 }
 
+impl PostgresEventStore {
+    /// Stops the store's background tasks (the NOTIFY forwarder and the LISTEN connection)
+    /// and closes its pool. Call it after shutting the runtime down; the store (and its
+    /// clones) must not be used afterwards.
+    pub async fn close(&self) {
+        self.wakeup().stop();
+        self.pool().close().await;
+    }
+}
+
 impl SubscriptionStore for PostgresEventStore {
     fn heartbeat(&self, node: Uuid, ttl: Duration) -> BoxFuture<'_, Result<Vec<Uuid>>> {
         Box::pin(async move {

@@ -90,6 +90,11 @@ impl Wakeup {
         });
     }
 
+    /// Ends the forwarder and the listening connection.
+    pub(crate) fn stop(&self) {
+        self.stop.send_replace(());
+    }
+
     /// A receiver of wake-ups; starts the forwarder and the listening connection.
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.start_forwarder();

@@ -181,6 +181,15 @@ async fn handlers_update_aggregates_with_cause_tracing() {
         mirrored_deposit.metadata.command_type.as_deref(),
         Some("Deposit")
     );
+    assert_eq!(
+        mirrored_deposit
+            .metadata
+            .headers
+            .get(eventuate_core::subscriber::SENT_BY_HEADER)
+            .map(String::as_str),
+        Some("mirror"),
+        "the events record which subscriber sent their command"
+    );
     runtime.shutdown().await.unwrap();
 }
 
@@ -663,4 +672,54 @@ async fn a_transactional_subscriber_on_the_memory_store_is_told_why_it_cannot_ru
     let ctx = EventContext::new(repo, "view", event);
     let err = ctx.transaction::<()>().await.unwrap_err();
     assert!(err.to_string().contains("not transactional"), "{err}");
+    let refused = Eventuate::new(store)
+        .subscriber_with(Recorder::new("view"), |s| s.transactional(true))
+        .start();
+    assert!(
+        matches!(refused, Err(Error::Config(m)) if m.contains("has no transactions")),
+        "a transactional subscriber is refused at start on a store without transactions"
+    );
+}
+
+/// Sends a command the target refuses: retrying cannot help, so it is parked at once.
+struct Overdraw;
+
+impl Subscriber for Overdraw {
+    fn subscription(&self) -> Subscription {
+        Subscription::new("overdraw", ["Account"]).event_types(["Opened"])
+    }
+    async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+        ctx.update::<Account>(ctx.entity_id(), Withdraw { amount: 1_000 })
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_target_refuses_is_parked_without_retries() {
+    let runtime = Eventuate::new(InMemoryEventStore::new())
+        .options(fast())
+        .subscriber(Overdraw)
+        .start()
+        .unwrap();
+    runtime
+        .repository()
+        .create_with_id::<Account>("poor", Open { owner: "p".into() })
+        .await
+        .unwrap();
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let parked = runtime.parked("overdraw").await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].attempts, 1, "no retries for a rejected command");
+    assert!(
+        parked[0].error.contains("insufficient funds"),
+        "{}",
+        parked[0].error
+    );
+    let status = runtime.status().await.unwrap();
+    assert_eq!(status[0].retried, 0);
+    runtime.shutdown().await.unwrap();
 }
