@@ -151,6 +151,9 @@ pub mod __private {
         fn from_snapshot_json(snapshot: &str) -> Result<Self, serde_json::Error>;
     }
 
+    // Without this, rustc explains the failure in serde's terms and lists serde's
+    // implementors, a list that changes with the crate features of the build.
+    #[diagnostic::do_not_recommend]
     impl<T: serde::Serialize + serde::de::DeserializeOwned> SnapshotState for T {
         fn to_snapshot_json(&self) -> Result<String, serde_json::Error> {
             serde_json::to_string(self)

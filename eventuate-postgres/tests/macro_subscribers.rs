@@ -1,5 +1,6 @@
 //! The macro-generated aggregates and subscribers run unchanged on the PostgreSQL dispatcher:
-//! only the store differs from the in-memory run.
+//! only the store differs from the in-memory run. (Here rather than in `tests/`, so that the
+//! trybuild project of `tests/` does not have to build sqlx.)
 
 #![allow(clippy::unwrap_used)]
 
