@@ -112,6 +112,8 @@ pub struct ThrowawayPostgres {
     run_as: Option<RunAs>,
     running: Mutex<bool>,
     watchdog: Mutex<Option<(Child, ChildStdin)>>,
+    /// The watchdog's process group, which the server tools join (0 before it exists).
+    watchdog_group: std::sync::atomic::AtomicU32,
 }
 
 impl fmt::Debug for ThrowawayPostgres {
@@ -146,6 +148,7 @@ impl ThrowawayPostgres {
             run_as,
             running: Mutex::new(false),
             watchdog: Mutex::new(None),
+            watchdog_group: std::sync::atomic::AtomicU32::new(0),
         };
         // From here on, dropping `server` cleans up; the watchdog covers an abrupt exit.
         server.spawn_watchdog()?;
@@ -313,10 +316,18 @@ impl ThrowawayPostgres {
     }
 
     fn spawn_watchdog(&self) -> Result<()> {
-        // `read` returns when the pipe closes, i.e. when this process has exited or dropped
-        // the server. Its own process group keeps it out of reach of a terminal's Ctrl-C.
-        let script =
-            r#"read _ignored; "$0" -D "$1" stop -m immediate >/dev/null 2>&1; rm -rf "$2""#;
+        // `read` returns when the pipe closes, i.e. when this process has exited, or with
+        // `done` when the server was dropped and cleaned up in order. Its own process group
+        // keeps it out of reach of a terminal's Ctrl-C. `initdb` and `pg_ctl` run in that group
+        // too: if this process dies while one of them runs, the watchdog ends it first, so
+        // that it cannot recreate the directory or start a server after the clean-up.
+        let script = r#"read line
+[ "$line" = done ] && exit 0
+trap '' TERM
+kill -TERM 0 2>/dev/null
+sleep 1
+"$0" -D "$1" stop -m immediate >/dev/null 2>&1
+rm -rf "$2""#;
         let mut cmd = self.as_user(Command::new("sh"));
         cmd.arg("-c")
             .arg(script)
@@ -334,12 +345,21 @@ impl ThrowawayPostgres {
             .stdin
             .take()
             .ok_or_else(|| server_error("watchdog", "no stdin pipe".into()))?;
+        self.watchdog_group
+            .store(child.id(), std::sync::atomic::Ordering::Relaxed);
         *lock(&self.watchdog) = Some((child, stdin));
         Ok(())
     }
 
     fn command(&self, program: &str) -> Command {
-        self.as_user(Command::new(self.bin_dir.join(program)))
+        let mut cmd = self.as_user(Command::new(self.bin_dir.join(program)));
+        let group = self
+            .watchdog_group
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Ok(group @ 1..) = i32::try_from(group) {
+            cmd.process_group(group);
+        }
+        cmd
     }
 
     fn as_user(&self, mut cmd: Command) -> Command {
@@ -356,11 +376,13 @@ impl ThrowawayPostgres {
 impl Drop for ThrowawayPostgres {
     fn drop(&mut self) {
         let _ = self.stop();
-        if let Some((mut child, stdin)) = lock(&self.watchdog).take() {
+        let _ = fs::remove_dir_all(&self.root);
+        if let Some((mut child, mut stdin)) = lock(&self.watchdog).take() {
+            // Everything is cleaned up: release the watchdog without its clean-up.
+            let _ = stdin.write_all(b"done\n");
             drop(stdin);
             let _ = child.wait();
         }
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
 
