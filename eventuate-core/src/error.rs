@@ -88,6 +88,21 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// An event id of the append is already stored, or appears twice in it: event ids are
+    /// unique, so a writer that reuses one would make two events indistinguishable.
+    #[error(
+        "event id {event_id} in the append to {entity_type} `{entity_id}` is already taken; \
+         every event needs a fresh id"
+    )]
+    DuplicateEventId {
+        /// Entity type of the refused append.
+        entity_type: String,
+        /// Entity id of the refused append.
+        entity_id: String,
+        /// The reused event id.
+        event_id: uuid::Uuid,
+    },
+
     /// A stored event names a type the reader's event set does not know.
     #[error(
         "unknown event type `{event_type}` for {entity_type} `{entity_id}` at version {version}; \
@@ -255,6 +270,7 @@ impl Error {
             | Error::EntityExists { .. }
             | Error::EntityNotFound { .. }
             | Error::EmptyAppend { .. }
+            | Error::DuplicateEventId { .. }
             | Error::UnknownEventType { .. }
             | Error::Decode { .. }
             | Error::Encode { .. }

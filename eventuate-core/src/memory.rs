@@ -150,16 +150,16 @@ impl InMemoryEventStore {
             }
             _ => {}
         }
-        let mut ids = HashSet::with_capacity(request.events.len());
-        if let Some(existing) = request
+        if let Some(taken) = request
             .events
             .iter()
-            .find(|e| state.event_ids.contains(&e.event_id) || !ids.insert(e.event_id))
+            .find(|e| state.event_ids.contains(&e.event_id))
         {
-            return Err(Error::Config(format!(
-                "event id {} is already stored; event ids must be unique",
-                existing.event_id
-            )));
+            return Err(Error::DuplicateEventId {
+                entity_type: entity.0,
+                entity_id: entity.1,
+                event_id: taken.event_id,
+            });
         }
         state.transactions += 1;
         let transaction = state.transactions;

@@ -249,8 +249,16 @@ pub fn validate_append(request: &AppendRequest) -> Result<()> {
             request.entity_type, request.entity_id
         )));
     }
+    let mut ids = std::collections::HashSet::with_capacity(request.events.len());
     for event in &request.events {
         crate::name::validate_event_type(&event.event_type)?;
+        if !ids.insert(event.event_id) {
+            return Err(crate::Error::DuplicateEventId {
+                entity_type: request.entity_type.clone(),
+                entity_id: request.entity_id.clone(),
+                event_id: event.event_id,
+            });
+        }
     }
     if let Some(key) = &request.idempotency {
         crate::name::validate_subscriber_id(&key.subscriber_id)?;

@@ -36,6 +36,7 @@ macro_rules! store_behaviour_suite {
             update_of_missing_entity_fails, bad_input_is_rejected_and_changes_nothing,
             idempotent_appends, concurrent_appends_one_winner, concurrent_idempotent_appends,
             stream_order_filter_and_partitions, head_and_count, snapshots,
+            duplicate_event_ids_are_rejected,
             concurrent_writers_reader_sees_everything_once);
     };
     (@cases $factory:expr; $($case:ident),*) => {
@@ -837,4 +838,65 @@ pub async fn concurrent_writers_reader_sees_everything_once(store: &dyn EventSto
         );
         *last = e.entity_version;
     }
+}
+
+/// Reusing an event id, across appends or within one, is `DuplicateEventId` naming it, and
+/// writes nothing.
+pub async fn duplicate_event_ids_are_rejected(store: &dyn EventStore) {
+    let id = unique("d");
+    let first = event("A", 1);
+    let taken = first.event_id;
+    append_settled(
+        store,
+        request("Order", &id, ExpectedVersion::New, vec![first.clone()]),
+    )
+    .await;
+    let before = snapshot_of_store(store).await;
+    let mut again = event("A", 2);
+    again.event_id = taken;
+    let other = unique("d");
+    for req in [
+        request(
+            "Order",
+            &other,
+            ExpectedVersion::New,
+            vec![event("A", 1), again.clone()],
+        ),
+        request("Order", &id, ExpectedVersion::Exactly(1), vec![again]),
+    ] {
+        let err = store
+            .append(req)
+            .await
+            .expect_err("a reused event id must be refused");
+        match err {
+            Error::DuplicateEventId { event_id, .. } => assert_eq!(event_id, taken),
+            other => panic!("expected DuplicateEventId, got {other:?}"),
+        }
+    }
+    let twice = event("A", 3);
+    let err = store
+        .append(request(
+            "Order",
+            &other,
+            ExpectedVersion::New,
+            vec![twice.clone(), twice.clone()],
+        ))
+        .await
+        .expect_err("an id twice in one append must be refused");
+    assert!(
+        matches!(err, Error::DuplicateEventId { event_id, .. } if event_id == twice.event_id),
+        "{err:?}"
+    );
+    assert_eq!(
+        snapshot_of_store(store).await,
+        before,
+        "nothing was written"
+    );
+    assert!(
+        store
+            .load("Order", &other, 0)
+            .await
+            .expect("load")
+            .is_empty()
+    );
 }

@@ -391,14 +391,33 @@ impl PostgresEventStore {
                     if db.is_unique_violation()
                         && db.constraint() == Some("events_event_id_unique") =>
                 {
-                    return Err(eventuate_core::Error::backend(
-                        format!(
-                            "{}: an event id of this append is already stored; every event \
-                             needs a fresh id",
-                            context()
+                    // Which one? Ask the pool: in the caller's transaction the failure aborted it.
+                    let mut other = self
+                        .inner
+                        .pool
+                        .acquire()
+                        .await
+                        .map_err(|e| eventuate_core::Error::backend(context(), e))?;
+                    let taken: Option<Uuid> = sqlx::query_scalar(&format!(
+                        "SELECT event_id FROM {}.events WHERE event_id = ANY($1) LIMIT 1",
+                        quote(&self.inner.schema)
+                    ))
+                    .bind(&event_ids)
+                    .fetch_optional(&mut *other)
+                    .await
+                    .map_err(|e| eventuate_core::Error::backend(context(), e))?;
+                    return Err(match taken {
+                        Some(event_id) => eventuate_core::Error::DuplicateEventId {
+                            entity_type: request.entity_type.clone(),
+                            entity_id: request.entity_id.clone(),
+                            event_id,
+                        },
+                        // Taken by a transaction that has not committed (or rolled back) yet.
+                        None => eventuate_core::Error::backend(
+                            format!("{}: an event id of this append is already taken", context()),
+                            sqlx::Error::Database(db),
                         ),
-                        sqlx::Error::Database(db),
-                    ));
+                    });
                 }
                 Err(e) => return Err(backend(context(), e)),
             };
