@@ -82,6 +82,9 @@ pub struct RuntimeOptions {
     /// Lease duration; leases are renewed every third of it. A dead node's partitions are
     /// taken over after at most this long.
     pub lease_ttl: Duration,
+    /// How long [`Running::shutdown`] waits for in-flight handlers before aborting them (their
+    /// events are delivered again after the restart).
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -91,6 +94,7 @@ impl Default for RuntimeOptions {
             batch_size: 256,
             poll_interval: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -241,6 +245,7 @@ impl Eventuate {
             stop,
             status: Mutex::new(BTreeMap::new()),
             consumers: tokio::sync::Mutex::new(HashMap::new()),
+            aborts: Mutex::new(Vec::new()),
         });
         let manager = tokio::spawn(manage(shared.clone()));
         Ok(Running {
@@ -266,6 +271,9 @@ struct Shared {
     stop: watch::Sender<bool>,
     status: Mutex<BTreeMap<(String, u32), Arc<Counters>>>,
     consumers: tokio::sync::Mutex<HashMap<(String, u32), ConsumerHandle>>,
+    // Every consumer task ever spawned, reachable without awaiting: dropping a `Running`
+    // must stop them even while the manager holds `consumers`.
+    aborts: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Shared {
@@ -453,11 +461,15 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Some(manager) = self.manager.take() {
             manager.abort();
-            // Abort consumers too: dropping without shutdown simulates a crash.
-            if let Ok(consumers) = self.shared.consumers.try_lock() {
-                for handle in consumers.values() {
-                    handle.task.abort();
-                }
+            // Abort consumers too: dropping without shutdown is a crash.
+            for abort in self
+                .shared
+                .aborts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+            {
+                abort.abort();
             }
         }
     }
@@ -495,8 +507,15 @@ async fn manage(shared: Arc<Shared>) {
     for handle in consumers.values() {
         handle.stop.send_replace(true);
     }
-    for (_, handle) in consumers.drain() {
-        let _ = handle.task.await;
+    let deadline = tokio::time::Instant::now() + shared.options.shutdown_timeout;
+    for (key, mut handle) in consumers.drain() {
+        if tokio::time::timeout_at(deadline, &mut handle.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(subscriber = %key.0, partition = key.1, "handler still running at the shutdown timeout; aborting it");
+            handle.task.abort();
+        }
     }
     if let Err(e) = shared.subscriptions.leave(node).await {
         tracing::warn!(%node, error = %e, "could not deregister node");
@@ -564,6 +583,11 @@ async fn balance(shared: &Arc<Shared>) -> Result<()> {
                 let (stop, stop_rx) = watch::channel(false);
                 let consumer = Consumer::new(shared.clone(), registered.clone(), key, claim);
                 let task = tokio::spawn(consumer.run(stop_rx));
+                {
+                    let mut aborts = shared.aborts.lock().unwrap_or_else(|p| p.into_inner());
+                    aborts.retain(|a| !a.is_finished());
+                    aborts.push(task.abort_handle());
+                }
                 consumers.insert(
                     (sub.id.clone(), lease.partition),
                     ConsumerHandle { stop, task },

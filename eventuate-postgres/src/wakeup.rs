@@ -186,14 +186,15 @@ async fn listen(
                             bump(&sender);
                         }
                     }
-                    // The connection dropped; the next `try_recv` reconnects and re-LISTENs.
+                    // The connection dropped. sqlx would reconnect inside the next `try_recv`,
+                    // but silently: reconnect here instead, so that the catch-up wake-up comes
+                    // after LISTEN is active again and nothing notified in between is missed.
                     Ok(None) => {
                         tracing::warn!("LISTEN connection lost; reconnecting");
-                        bump(&sender);
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
-                        bump(&sender);
                         break;
                     }
                 },

@@ -41,13 +41,21 @@ async fn a_listener_connection_killed_mid_stream() {
     for i in 0..60 {
         tick(&writer, &format!("c{}", i % 6), i).await;
         if i % 20 == 10 {
-            let killed: Vec<i32> = sqlx::query_scalar(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-                 AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
-            )
-            .fetch_all(writer.pool())
-            .await
-            .unwrap();
+            // The listener may still be (re)connecting: wait for it, then kill it.
+            let mut killed = Vec::new();
+            for _ in 0..250 {
+                killed = sqlx::query_scalar::<_, i32>(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                     AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+                )
+                .fetch_all(writer.pool())
+                .await
+                .unwrap();
+                if !killed.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             assert!(!killed.is_empty(), "found the listening connection");
             for pid in killed {
                 sqlx::query("SELECT pg_terminate_backend($1)")

@@ -723,3 +723,46 @@ async fn a_command_the_target_refuses_is_parked_without_retries() {
     assert_eq!(status[0].retried, 0);
     runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_forever_for_a_hung_handler() {
+    let recorder = Recorder {
+        hang_amount: Some(5),
+        ..Recorder::new("hangs")
+    };
+    let store = InMemoryEventStore::new();
+    let runtime = Eventuate::new(store.clone())
+        .options(RuntimeOptions {
+            shutdown_timeout: Duration::from_millis(200),
+            ..fast()
+        })
+        .subscriber(recorder.clone())
+        .start()
+        .unwrap();
+    deposit(&runtime.repository(), "a", 5).await;
+    eventually("the handler hangs", || recorder.hung.load(Ordering::SeqCst)).await;
+    tokio::time::timeout(Duration::from_secs(5), runtime.shutdown())
+        .await
+        .expect("shutdown returned after its timeout")
+        .unwrap();
+    // The hung event was not checkpointed: the next runtime delivers it again.
+    recorder.fixed.store(true, Ordering::SeqCst);
+    let runtime = Eventuate::new(store)
+        .options(fast())
+        .subscriber(recorder.clone())
+        .start()
+        .unwrap();
+    // The aborted consumer did not release its lease (an abort is a crash): wait it out.
+    for _ in 0..200 {
+        if runtime.status().await.unwrap().iter().any(|s| s.owned) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(recorder.amounts(), vec![("a".into(), 5)]);
+    runtime.shutdown().await.unwrap();
+}
