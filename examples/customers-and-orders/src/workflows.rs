@@ -8,7 +8,8 @@
 //!
 //! Commands go through [`EventContext::update`], which is idempotent per triggering event and
 //! records the event as the command's cause (so the outcome can be traced back to the HTTP
-//! request). Each side subscribes to the *other* side's aggregate, so the customer side and
+//! request). A command the target refuses, or a missing aggregate, turns into a permanent
+//! handler error through `?`: the event is parked at once rather than retried. Each side subscribes to the *other* side's aggregate, so the customer side and
 //! the order side can run in different processes.
 
 use eventuate_core::prelude::*;
@@ -31,9 +32,7 @@ impl CustomerWorkflow {
             order_id: ctx.entity_id().to_owned(),
             amount: event.total,
         };
-        ctx.update::<Customer>(&event.customer_id, command)
-            .await
-            .map_err(retry_unless_refused)?;
+        ctx.update::<Customer>(&event.customer_id, command).await?;
         Ok(())
     }
 }
@@ -49,9 +48,7 @@ impl OrderWorkflow {
         ctx: &EventContext,
         event: &CreditReserved,
     ) -> Result<(), HandlerError> {
-        ctx.update::<Order>(&event.order_id, ApproveOrder)
-            .await
-            .map_err(retry_unless_refused)?;
+        ctx.update::<Order>(&event.order_id, ApproveOrder).await?;
         Ok(())
     }
 
@@ -65,19 +62,7 @@ impl OrderWorkflow {
             event.amount, event.available
         );
         ctx.update::<Order>(&event.order_id, RejectOrder { reason })
-            .await
-            .map_err(retry_unless_refused)?;
+            .await?;
         Ok(())
-    }
-}
-
-/// A refused command or a missing aggregate will be refused again: park the event at once
-/// (`HandlerError::permanent`). Anything else (the database, a conflict storm) is retried.
-pub(crate) fn retry_unless_refused(error: Error) -> HandlerError {
-    match error {
-        Error::Rejected { .. } | Error::EntityNotFound { .. } | Error::InvalidName { .. } => {
-            HandlerError::permanent(error)
-        }
-        other => HandlerError::from(other),
     }
 }
