@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use crate::aggregate::{Aggregate, Command, DecodeError, EventSet};
-use crate::store::{AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey};
+use crate::store::{
+    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, StoredEvent,
+};
 use crate::{Error, EventEnvelope, EventMetadata, NewEvent, Position, Result, Snapshot};
 
 /// Repository settings.
@@ -487,11 +489,14 @@ impl Repository {
                 }
             }
         }
-        let envelopes = self.store.load(A::ENTITY_TYPE, entity_id, version).await?;
-        for envelope in &envelopes {
-            let event = decode_event::<A::Event>(envelope)?;
-            state.apply(&event);
-            version = envelope.entity_version;
+        let stored = self
+            .store
+            .load_for_fold(A::ENTITY_TYPE, entity_id, version)
+            .await?;
+        for event in &stored {
+            let decoded = decode_stored::<A::Event>(A::ENTITY_TYPE, entity_id, event)?;
+            state.apply(&decoded);
+            version = event.entity_version;
         }
         Ok((version > 0).then(|| Loaded {
             entity_id: entity_id.to_owned(),
@@ -503,18 +508,49 @@ impl Repository {
 
 /// Decodes a stored event into an event set, with errors naming entity, version and type.
 pub fn decode_event<E: EventSet>(envelope: &EventEnvelope) -> Result<E> {
-    E::decode(&envelope.event_type, &envelope.payload).map_err(|e| match e {
+    decode_parts(
+        &envelope.entity_type,
+        &envelope.entity_id,
+        envelope.entity_version,
+        &envelope.event_type,
+        &envelope.payload,
+    )
+}
+
+/// [`decode_event`] for a [`StoredEvent`] of a known entity.
+pub fn decode_stored<E: EventSet>(
+    entity_type: &str,
+    entity_id: &str,
+    event: &StoredEvent,
+) -> Result<E> {
+    decode_parts(
+        entity_type,
+        entity_id,
+        event.entity_version,
+        &event.event_type,
+        &event.payload,
+    )
+}
+
+fn decode_parts<E: EventSet>(
+    entity_type: &str,
+    entity_id: &str,
+    version: u64,
+    event_type: &str,
+    payload: &str,
+) -> Result<E> {
+    E::decode(event_type, payload).map_err(|e| match e {
         DecodeError::UnknownType => Error::UnknownEventType {
-            entity_type: envelope.entity_type.clone(),
-            entity_id: envelope.entity_id.clone(),
-            version: envelope.entity_version,
-            event_type: envelope.event_type.clone(),
+            entity_type: entity_type.to_owned(),
+            entity_id: entity_id.to_owned(),
+            version,
+            event_type: event_type.to_owned(),
         },
         DecodeError::Json(source) => Error::Decode {
-            entity_type: envelope.entity_type.clone(),
-            entity_id: envelope.entity_id.clone(),
-            version: envelope.entity_version,
-            event_type: envelope.event_type.clone(),
+            entity_type: entity_type.to_owned(),
+            entity_id: entity_id.to_owned(),
+            version,
+            event_type: event_type.to_owned(),
             source,
         },
     })

@@ -730,7 +730,10 @@ impl Consumer {
                         self.shared.options.batch_size,
                     )
                     .await?;
-                let empty = batch.is_empty();
+                // A short batch reached the head: wait instead of reading again. Safe, since
+                // the wake-up signal was borrowed before the read, so an append that landed
+                // meanwhile still wakes us at once.
+                let at_head = batch.len() < self.shared.options.batch_size;
                 for event in batch {
                     if *stop.borrow() {
                         break;
@@ -738,7 +741,7 @@ impl Consumer {
                     self.deliver(event, stop).await?;
                 }
                 self.save().await?;
-                Ok::<bool, Interrupt>(empty)
+                Ok::<bool, Interrupt>(at_head)
             };
             match step.await {
                 Ok(false) => failures = 0,

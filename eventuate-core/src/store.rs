@@ -120,6 +120,18 @@ pub struct Snapshot {
     pub payload: String,
 }
 
+/// What rebuilding an aggregate needs of a stored event: no metadata, no position. Loading
+/// only these columns is what makes a load cost about what a hand-written query costs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The entity's version after this event.
+    pub entity_version: u64,
+    /// Type name.
+    pub event_type: String,
+    /// The payload as JSON text.
+    pub payload: String,
+}
+
 /// An event store. See the module docs for why the futures are boxed.
 ///
 /// Guarantees every implementation gives, checked by the shared behaviour suite
@@ -145,6 +157,28 @@ pub trait EventStore: Send + Sync + 'static {
         entity_id: &'a str,
         after_version: u64,
     ) -> BoxFuture<'a, Result<Vec<EventEnvelope>>>;
+
+    /// [`EventStore::load`] reduced to what folding an aggregate needs. The default maps
+    /// `load`; stores override it to read less.
+    fn load_for_fold<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        after_version: u64,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>>> {
+        Box::pin(async move {
+            Ok(self
+                .load(entity_type, entity_id, after_version)
+                .await?
+                .into_iter()
+                .map(|e| StoredEvent {
+                    entity_version: e.entity_version,
+                    event_type: e.event_type,
+                    payload: e.payload,
+                })
+                .collect())
+        })
+    }
 
     /// Reads up to `limit` events after `after` in stream order.
     fn read_stream<'a>(
@@ -200,6 +234,14 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         after_version: u64,
     ) -> BoxFuture<'a, Result<Vec<EventEnvelope>>> {
         (**self).load(entity_type, entity_id, after_version)
+    }
+    fn load_for_fold<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        after_version: u64,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>>> {
+        (**self).load_for_fold(entity_type, entity_id, after_version)
     }
     fn read_stream<'a>(
         &'a self,

@@ -544,6 +544,36 @@ impl PostgresEventStore {
         rows.iter().map(|row| envelope(row, &context)).collect()
     }
 
+    /// Three columns instead of the envelope's nine: rebuilding an aggregate needs neither
+    /// metadata nor positions, and the metadata JSON was most of the bytes and decode time.
+    async fn load_fold(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        after_version: u64,
+    ) -> CoreResult<Vec<eventuate_core::StoredEvent>> {
+        eventuate_core::name::validate_entity_type(entity_type)?;
+        eventuate_core::name::validate_entity_id(entity_id)?;
+        let context = || format!("load {entity_type} `{entity_id}`");
+        let rows = sqlx::query(&self.inner.sql.load_fold)
+            .bind(entity_type)
+            .bind(entity_id)
+            .bind(i64::try_from(after_version).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| backend(context(), e))?;
+        rows.iter()
+            .map(|row| {
+                let version: i64 = get(row, 0, &context)?;
+                Ok(eventuate_core::StoredEvent {
+                    entity_version: to_u64(version),
+                    event_type: get(row, 1, &context)?,
+                    payload: get(row, 2, &context)?,
+                })
+            })
+            .collect()
+    }
+
     async fn read(
         &self,
         after: Position,
@@ -700,6 +730,15 @@ impl EventStore for PostgresEventStore {
         Box::pin(self.load_events(entity_type, entity_id, after_version))
     }
 
+    fn load_for_fold<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        after_version: u64,
+    ) -> BoxFuture<'a, CoreResult<Vec<eventuate_core::StoredEvent>>> {
+        Box::pin(self.load_fold(entity_type, entity_id, after_version))
+    }
+
     fn read_stream<'a>(
         &'a self,
         after: Position,
@@ -850,6 +889,7 @@ struct Sql {
     key_exists: String,
     current_version: String,
     load: String,
+    load_fold: String,
     read_all: String,
     read_types: String,
     read_partition: String,
@@ -956,6 +996,11 @@ impl Sql {
             ),
             load: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                 WHERE entity_type = $1 AND entity_id = $2 AND entity_version > $3 \
+                 ORDER BY entity_version"
+            ),
+            load_fold: format!(
+                "SELECT entity_version, event_type, payload::text FROM {s}.events \
                  WHERE entity_type = $1 AND entity_id = $2 AND entity_version > $3 \
                  ORDER BY entity_version"
             ),

@@ -132,11 +132,14 @@ async fn forward(
         }
         appended.borrow_and_update();
         bump(&sender);
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&channel)
-            .bind(&token)
-            .execute(&pool)
-            .await
+        // A hint: it need not wait for a disk flush of its own (a NOTIFY always takes a
+        // transaction id, and with synchronous_commit on its commit would wait for the WAL).
+        if let Err(e) =
+            sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
+                .bind(&channel)
+                .bind(&token)
+                .execute(&pool)
+                .await
         {
             // Other processes will find the events by polling.
             tracing::debug!(error = %e, "NOTIFY failed");
