@@ -466,33 +466,37 @@ impl Repository {
     pub async fn find<A: Aggregate>(&self, entity_id: &str) -> Result<Option<Loaded<A>>> {
         crate::name::validate_entity_id(entity_id)?;
         let (mut state, mut version) = (A::default(), 0);
-        if A::SNAPSHOT_EVERY.is_some() {
-            if let Some(snapshot) = self
+        let stored = if A::SNAPSHOT_EVERY.is_some() {
+            let (snapshot, after_snapshot) = self
                 .store
-                .load_snapshot(A::ENTITY_TYPE, entity_id, A::SNAPSHOT_VERSION)
-                .await?
-            {
-                match A::from_snapshot(&snapshot.payload) {
-                    Some(Ok(restored)) => {
-                        state = restored;
-                        version = snapshot.entity_version;
-                    }
-                    // An unreadable snapshot costs a full replay, never a wrong state.
-                    Some(Err(e)) => tracing::warn!(
+                .load_with_snapshot(A::ENTITY_TYPE, entity_id, A::SNAPSHOT_VERSION)
+                .await?;
+            match snapshot.map(|s| (A::from_snapshot(&s.payload), s.entity_version)) {
+                None | Some((None, _)) => after_snapshot,
+                Some((Some(Ok(restored)), at)) => {
+                    state = restored;
+                    version = at;
+                    after_snapshot
+                }
+                // An unreadable snapshot costs a full replay, never a wrong state.
+                Some((Some(Err(e)), at)) => {
+                    tracing::warn!(
                         entity_type = A::ENTITY_TYPE,
                         entity_id,
-                        version = snapshot.entity_version,
+                        version = at,
                         error = %e,
                         "ignoring snapshot that does not decode"
-                    ),
-                    None => {}
+                    );
+                    self.store
+                        .load_for_fold(A::ENTITY_TYPE, entity_id, 0)
+                        .await?
                 }
             }
-        }
-        let stored = self
-            .store
-            .load_for_fold(A::ENTITY_TYPE, entity_id, version)
-            .await?;
+        } else {
+            self.store
+                .load_for_fold(A::ENTITY_TYPE, entity_id, 0)
+                .await?
+        };
         for event in &stored {
             let decoded = decode_stored::<A::Event>(A::ENTITY_TYPE, entity_id, event)?;
             state.apply(&decoded);

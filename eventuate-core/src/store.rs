@@ -180,6 +180,25 @@ pub trait EventStore: Send + Sync + 'static {
         })
     }
 
+    /// The latest snapshot written with `snapshot_version` and the events after it (all events
+    /// when there is none): what loading an aggregate that takes snapshots needs. The default
+    /// makes the two calls; stores override it to answer in one round trip.
+    fn load_with_snapshot<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        snapshot_version: u32,
+    ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<StoredEvent>)>> {
+        Box::pin(async move {
+            let snapshot = self
+                .load_snapshot(entity_type, entity_id, snapshot_version)
+                .await?;
+            let after = snapshot.as_ref().map_or(0, |s| s.entity_version);
+            let events = self.load_for_fold(entity_type, entity_id, after).await?;
+            Ok((snapshot, events))
+        })
+    }
+
     /// Reads up to `limit` events after `after` in stream order.
     fn read_stream<'a>(
         &'a self,
@@ -242,6 +261,14 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         after_version: u64,
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>>> {
         (**self).load_for_fold(entity_type, entity_id, after_version)
+    }
+    fn load_with_snapshot<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        snapshot_version: u32,
+    ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<StoredEvent>)>> {
+        (**self).load_with_snapshot(entity_type, entity_id, snapshot_version)
     }
     fn read_stream<'a>(
         &'a self,

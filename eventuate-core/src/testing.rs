@@ -3,7 +3,7 @@
 //!
 //! In a store's test crate:
 //!
-//! ```ignore
+//! ```text
 //! eventuate_core::store_behaviour_suite!(async { MyStore::connect(..).await.unwrap() });
 //! ```
 //!
@@ -36,7 +36,7 @@ macro_rules! store_behaviour_suite {
             update_of_missing_entity_fails, bad_input_is_rejected_and_changes_nothing,
             idempotent_appends, concurrent_appends_one_winner, concurrent_idempotent_appends,
             stream_order_filter_and_partitions, head_and_count, snapshots,
-            duplicate_event_ids_are_rejected,
+            duplicate_event_ids_are_rejected, load_with_snapshot,
             concurrent_writers_reader_sees_everything_once);
     };
     (@cases $factory:expr; $($case:ident),*) => {
@@ -899,4 +899,59 @@ pub async fn duplicate_event_ids_are_rejected(store: &dyn EventStore) {
             .expect("load")
             .is_empty()
     );
+}
+
+/// `load_with_snapshot`: the requested snapshot format's latest snapshot and only the events
+/// after it; all events when there is none; `load_for_fold` agrees with `load`.
+pub async fn load_with_snapshot(store: &dyn EventStore) {
+    let id = unique("s");
+    let events: Vec<NewEvent> = (1..=5).map(|n| event("A", n)).collect();
+    append_settled(store, request("Order", &id, ExpectedVersion::New, events)).await;
+    let versions =
+        |events: &[crate::StoredEvent]| events.iter().map(|e| e.entity_version).collect::<Vec<_>>();
+    let (none, all) = store
+        .load_with_snapshot("Order", &id, 1)
+        .await
+        .expect("load");
+    assert_eq!(none, None);
+    assert_eq!(versions(&all), vec![1, 2, 3, 4, 5]);
+    let full = store.load("Order", &id, 0).await.expect("load");
+    for (folded, envelope) in all.iter().zip(&full) {
+        assert_eq!(folded.event_type, envelope.event_type);
+        assert_eq!(folded.payload, envelope.payload);
+    }
+    assert_eq!(
+        versions(&store.load_for_fold("Order", &id, 3).await.expect("fold")),
+        vec![4, 5]
+    );
+    store
+        .save_snapshot(Snapshot {
+            entity_type: "Order".into(),
+            entity_id: id.clone(),
+            entity_version: 3,
+            snapshot_version: 1,
+            payload: "{\"at\":3}".into(),
+        })
+        .await
+        .expect("save");
+    let (snapshot, rest) = store
+        .load_with_snapshot("Order", &id, 1)
+        .await
+        .expect("load");
+    let snapshot = snapshot.expect("the snapshot");
+    assert_eq!((snapshot.entity_version, snapshot.snapshot_version), (3, 1));
+    let payload: serde_json::Value = serde_json::from_str(&snapshot.payload).expect("json");
+    assert_eq!(payload, serde_json::json!({"at": 3}));
+    assert_eq!(versions(&rest), vec![4, 5]);
+    let (other_format, all) = store
+        .load_with_snapshot("Order", &id, 2)
+        .await
+        .expect("load");
+    assert_eq!(other_format, None);
+    assert_eq!(versions(&all), vec![1, 2, 3, 4, 5]);
+    let (none, nothing) = store
+        .load_with_snapshot("Order", &unique("missing"), 1)
+        .await
+        .expect("load");
+    assert!(none.is_none() && nothing.is_empty());
 }

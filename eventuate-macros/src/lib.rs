@@ -20,7 +20,7 @@ use proc_macro::TokenStream;
 /// another service can declare its own `OrderCreated` with the fields it needs. Rename one with
 /// `#[event(name = "..")]`, e.g. to keep the stored name when the struct is renamed.
 ///
-/// ```ignore
+/// ```text
 /// #[derive(Debug, Clone, Events)]
 /// pub enum OrderEvent {
 ///     Created(OrderCreated),
@@ -32,7 +32,7 @@ use proc_macro::TokenStream;
 ///
 /// expands to (paths shortened):
 ///
-/// ```ignore
+/// ```text
 /// impl EventSet for OrderEvent {
 ///     const EVENT_TYPES: &'static [&'static str] = &["OrderCreated", "OrderApproved", "OrderNoteV2"];
 ///     fn event_type(&self) -> &'static str {
@@ -83,7 +83,7 @@ pub fn derive_events(input: TokenStream) -> TokenStream {
 /// impl, or an entry in `ignore(..)`; a missing one fails the build naming the aggregate and the
 /// event.
 ///
-/// ```ignore
+/// ```text
 /// #[aggregate(name = "Order", events = OrderEvent, snapshot_every = 100, ignore(OrderNoted))]
 /// #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 /// pub struct Order { approved: bool, total: u64 }
@@ -91,7 +91,7 @@ pub fn derive_events(input: TokenStream) -> TokenStream {
 ///
 /// expands to the struct, unchanged, and (paths shortened):
 ///
-/// ```ignore
+/// ```text
 /// impl Aggregate for Order {
 ///     const ENTITY_TYPE: &'static str = "Order";
 ///     const SNAPSHOT_EVERY: Option<u64> = Some(100);
@@ -129,7 +129,7 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 /// There is one handler per command type and one `#[apply]` per event type. Other items
 /// (constants, types) are left alone; put helper functions in another impl block.
 ///
-/// ```ignore
+/// ```text
 /// #[command_handler]
 /// impl Order {
 ///     fn create(&self, command: CreateOrder) -> Result<OrderCreated, OrderError> { .. }
@@ -141,7 +141,7 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 ///
 /// expands to the impl block (without the `#[apply]` attributes), and (paths shortened):
 ///
-/// ```ignore
+/// ```text
 /// impl HandleCommand<CreateOrder> for Order {
 ///     type Error = OrderError;
 ///     fn handle(&self, command: &CreateOrder) -> Result<Vec<OrderEvent>, OrderError> {
@@ -190,7 +190,7 @@ pub fn command_handler(args: TokenStream, input: TokenStream) -> TokenStream {
 /// - `transactional` (or `transactional = true`): run each delivery in a store transaction
 ///   committed with the checkpoint.
 ///
-/// ```ignore
+/// ```text
 /// #[event_handler(subscribe = "Order", id = "customer-workflow", partitions = 3)]
 /// impl CustomerWorkflow {
 ///     async fn reserve(&self, ctx: &EventContext, event: &OrderCreated) -> Result<(), HandlerError> {
@@ -202,7 +202,7 @@ pub fn command_handler(args: TokenStream, input: TokenStream) -> TokenStream {
 ///
 /// expands to the impl block, and (paths shortened):
 ///
-/// ```ignore
+/// ```text
 /// impl Subscriber for CustomerWorkflow {
 ///     fn subscription(&self) -> Subscription {
 ///         Subscription::new("customer-workflow", ["Order"])

@@ -574,6 +574,49 @@ impl PostgresEventStore {
             .collect()
     }
 
+    /// The snapshot and the events after it in one statement (one round trip, one view of
+    /// the data): the first row, if `kind` is 0, is the snapshot.
+    async fn load_snapshot_and_fold(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        snapshot_version: u32,
+    ) -> CoreResult<(Option<Snapshot>, Vec<eventuate_core::StoredEvent>)> {
+        eventuate_core::name::validate_entity_type(entity_type)?;
+        eventuate_core::name::validate_entity_id(entity_id)?;
+        let context = || format!("load {entity_type} `{entity_id}` with its snapshot");
+        let rows = sqlx::query(&self.inner.sql.load_snapshot_and_fold)
+            .bind(entity_type)
+            .bind(entity_id)
+            .bind(i64::from(snapshot_version))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| backend(context(), e))?;
+        let mut snapshot = None;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let kind: i32 = get(row, 0, &context)?;
+            let version: i64 = get(row, 1, &context)?;
+            let payload: String = get(row, 3, &context)?;
+            if kind == 0 {
+                snapshot = Some(Snapshot {
+                    entity_type: entity_type.to_owned(),
+                    entity_id: entity_id.to_owned(),
+                    entity_version: to_u64(version),
+                    snapshot_version,
+                    payload,
+                });
+            } else {
+                events.push(eventuate_core::StoredEvent {
+                    entity_version: to_u64(version),
+                    event_type: get(row, 2, &context)?,
+                    payload,
+                });
+            }
+        }
+        Ok((snapshot, events))
+    }
+
     async fn read(
         &self,
         after: Position,
@@ -739,6 +782,15 @@ impl EventStore for PostgresEventStore {
         Box::pin(self.load_fold(entity_type, entity_id, after_version))
     }
 
+    fn load_with_snapshot<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        snapshot_version: u32,
+    ) -> BoxFuture<'a, CoreResult<(Option<Snapshot>, Vec<eventuate_core::StoredEvent>)>> {
+        Box::pin(self.load_snapshot_and_fold(entity_type, entity_id, snapshot_version))
+    }
+
     fn read_stream<'a>(
         &'a self,
         after: Position,
@@ -890,6 +942,7 @@ struct Sql {
     current_version: String,
     load: String,
     load_fold: String,
+    load_snapshot_and_fold: String,
     read_all: String,
     read_types: String,
     read_partition: String,
@@ -1003,6 +1056,17 @@ impl Sql {
                 "SELECT entity_version, event_type, payload::text FROM {s}.events \
                  WHERE entity_type = $1 AND entity_id = $2 AND entity_version > $3 \
                  ORDER BY entity_version"
+            ),
+            load_snapshot_and_fold: format!(
+                "WITH snap AS (SELECT entity_version, payload::text AS payload \
+                   FROM {s}.snapshots \
+                   WHERE entity_type = $1 AND entity_id = $2 AND snapshot_version = $3) \
+                 SELECT 0 AS kind, entity_version, NULL::text AS event_type, payload FROM snap \
+                 UNION ALL \
+                 SELECT 1, e.entity_version, e.event_type, e.payload::text FROM {s}.events e \
+                 WHERE e.entity_type = $1 AND e.entity_id = $2 \
+                   AND e.entity_version > COALESCE((SELECT entity_version FROM snap), 0) \
+                 ORDER BY kind, entity_version"
             ),
             read_all: read(""),
             read_types: read(" AND entity_type = ANY($4)"),
