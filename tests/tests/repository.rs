@@ -131,14 +131,26 @@ async fn a_create_that_decides_nothing_is_refused_and_an_update_that_decides_not
     assert_eq!(store.len(), 1);
 }
 
-/// A store that reports a conflict on the first `conflicts` appends, to drive the retry loop.
-struct Conflicting {
+/// The in-memory store, instrumented: counts appends and loads, and reports a conflict on
+/// the first `conflicts` appends, to drive the retry loop.
+#[derive(Default)]
+struct Instrumented {
     inner: InMemoryEventStore,
     conflicts: AtomicUsize,
     appends: AtomicUsize,
+    loads: AtomicUsize,
 }
 
-impl EventStore for Conflicting {
+impl Instrumented {
+    fn over(inner: InMemoryEventStore) -> Self {
+        Instrumented {
+            inner,
+            ..Instrumented::default()
+        }
+    }
+}
+
+impl EventStore for Instrumented {
     fn append(
         &self,
         request: AppendRequest,
@@ -170,6 +182,7 @@ impl EventStore for Conflicting {
         id: &'a str,
         after: u64,
     ) -> BoxFuture<'a, eventuate_core::Result<Vec<EventEnvelope>>> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
         self.inner.load(t, id, after)
     }
     fn read_stream<'a>(
@@ -203,11 +216,8 @@ async fn conflicts_are_retried_then_given_up() {
         .create_with_id::<Account>("a", Open { owner: "x".into() })
         .await
         .unwrap();
-    let store = Arc::new(Conflicting {
-        inner,
-        conflicts: AtomicUsize::new(2),
-        appends: AtomicUsize::new(0),
-    });
+    let store = Arc::new(Instrumented::over(inner));
+    store.conflicts.store(2, Ordering::SeqCst);
     let repo = Repository::from_arc(store.clone()).with_options(RepositoryOptions {
         max_attempts: 3,
         ..RepositoryOptions::default()
@@ -396,52 +406,6 @@ async fn cause_tracing_metadata_is_recorded() {
     assert_eq!(m.headers.get("request").map(String::as_str), Some("r-1"));
 }
 
-/// Counts the loads that reach the store.
-struct CountingLoads {
-    inner: InMemoryEventStore,
-    loads: AtomicUsize,
-}
-
-impl EventStore for CountingLoads {
-    fn append(
-        &self,
-        request: AppendRequest,
-    ) -> BoxFuture<'_, eventuate_core::Result<AppendOutcome>> {
-        self.inner.append(request)
-    }
-    fn load<'a>(
-        &'a self,
-        t: &'a str,
-        id: &'a str,
-        after: u64,
-    ) -> BoxFuture<'a, eventuate_core::Result<Vec<EventEnvelope>>> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load(t, id, after)
-    }
-    fn read_stream<'a>(
-        &'a self,
-        after: Position,
-        filter: &'a StreamFilter,
-        limit: usize,
-    ) -> BoxFuture<'a, eventuate_core::Result<Vec<EventEnvelope>>> {
-        self.inner.read_stream(after, filter, limit)
-    }
-    fn head(&self) -> BoxFuture<'_, eventuate_core::Result<Position>> {
-        self.inner.head()
-    }
-    fn save_snapshot(&self, s: Snapshot) -> BoxFuture<'_, eventuate_core::Result<()>> {
-        self.inner.save_snapshot(s)
-    }
-    fn load_snapshot<'a>(
-        &'a self,
-        t: &'a str,
-        id: &'a str,
-        v: u32,
-    ) -> BoxFuture<'a, eventuate_core::Result<Option<Snapshot>>> {
-        self.inner.load_snapshot(t, id, v)
-    }
-}
-
 fn cached(store: Arc<dyn EventStore>) -> Repository {
     Repository::from_arc(store).with_options(RepositoryOptions {
         cache_capacity: 100,
@@ -452,10 +416,7 @@ fn cached(store: Arc<dyn EventStore>) -> Repository {
 #[tokio::test]
 async fn the_cache_saves_loads_and_a_stale_entry_only_costs_a_retry() {
     let inner = InMemoryEventStore::new();
-    let store = Arc::new(CountingLoads {
-        inner: inner.clone(),
-        loads: AtomicUsize::new(0),
-    });
+    let store = Arc::new(Instrumented::over(inner.clone()));
     let repo = cached(store.clone());
     repo.create_with_id::<Account>("a", Open { owner: "x".into() })
         .await
@@ -502,10 +463,7 @@ async fn the_cache_saves_loads_and_a_stale_entry_only_costs_a_retry() {
 
 #[tokio::test]
 async fn the_cache_is_bounded() {
-    let store = Arc::new(CountingLoads {
-        inner: InMemoryEventStore::new(),
-        loads: AtomicUsize::new(0),
-    });
+    let store = Arc::new(Instrumented::default());
     let repo = Repository::from_arc(store.clone()).with_options(RepositoryOptions {
         cache_capacity: 2,
         ..RepositoryOptions::default()
