@@ -710,7 +710,11 @@ impl Consumer {
     async fn consume(&mut self, stop: &mut watch::Receiver<bool>) -> Interrupt {
         let mut wakeups = self.shared.subscriptions.wakeups();
         let mut failures = 0u32;
-        let mut next_replay_check = Instant::now();
+        // Entities with parked events: later events of theirs are parked behind them.
+        let mut next_replay_check = Instant::now() + self.shared.options.poll_interval;
+        if let Err(e) = self.replay_parked(stop).await {
+            return e;
+        }
         loop {
             if *stop.borrow() {
                 return Interrupt::Stopped;
@@ -718,7 +722,14 @@ impl Consumer {
             wakeups.borrow_and_update();
             let step = async {
                 if Instant::now() >= next_replay_check {
-                    self.replay_parked(stop).await?;
+                    if self
+                        .shared
+                        .subscriptions
+                        .replay_requested(&self.key)
+                        .await?
+                    {
+                        self.replay_parked(stop).await?;
+                    }
                     next_replay_check = Instant::now() + self.shared.options.poll_interval;
                 }
                 let batch = self
@@ -747,8 +758,15 @@ impl Consumer {
                 Ok(false) => failures = 0,
                 Ok(true) => {
                     failures = 0;
+                    // A store whose wake-up sender is gone only polls (instead of spinning on
+                    // a `changed()` that fails at once).
+                    let woken = async {
+                        if wakeups.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
                     tokio::select! {
-                        _ = wakeups.changed() => {}
+                        _ = woken => {}
                         _ = tokio::time::sleep(self.shared.options.poll_interval) => {}
                         _ = stop.changed() => {}
                     }
@@ -781,8 +799,11 @@ impl Consumer {
             self.advance(position);
             return Ok(());
         }
-        let entity = (event.entity_type.clone(), event.entity_id.clone());
-        if self.blocked.contains(&entity) {
+        if !self.blocked.is_empty()
+            && self
+                .blocked
+                .contains(&(event.entity_type.clone(), event.entity_id.clone()))
+        {
             let reason = "waiting behind an earlier parked event of the same entity".to_owned();
             self.park(event, 0, reason).await?;
             self.advance(position);
@@ -797,8 +818,8 @@ impl Consumer {
         let mut last_error = format!("the consumer stopped {attempts} times while handling it");
         loop {
             if attempts >= retry.max_attempts {
+                self.block(&event);
                 self.park(event, attempts, last_error).await?;
-                self.blocked.insert(entity);
                 self.advance(position);
                 break;
             }
@@ -810,7 +831,7 @@ impl Consumer {
                     .await?;
                 self.attempt = Some((position, attempts));
             }
-            match self.run_handler(&event).await {
+            match self.run_handler(&event).await? {
                 Ok(()) => {
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     self.advance(position);
@@ -825,14 +846,16 @@ impl Consumer {
                     }
                     break;
                 }
-                Err(Interrupt::Store(Error::Handler { source, .. })) if is_permanent(&*source) => {
-                    let message = source.to_string();
-                    self.park(event, attempts, message).await?;
-                    self.blocked.insert(entity);
+                Err(Failure {
+                    error,
+                    permanent: true,
+                }) => {
+                    self.block(&event);
+                    self.park(event, attempts, error.to_string()).await?;
                     self.advance(position);
                     break;
                 }
-                Err(Interrupt::Store(e)) => {
+                Err(Failure { error: e, .. }) => {
                     self.counters.retried.fetch_add(1, Ordering::Relaxed);
                     last_error = e.to_string();
                     tracing::warn!(position = %position, attempt = attempts, error = %e, "handler failed");
@@ -848,10 +871,14 @@ impl Consumer {
                         return Err(Interrupt::Stopped);
                     }
                 }
-                Err(other) => return Err(other),
             }
         }
         Ok(())
+    }
+
+    fn block(&mut self, event: &EventEnvelope) {
+        self.blocked
+            .insert((event.entity_type.clone(), event.entity_id.clone()));
     }
 
     fn advance(&mut self, position: Position) {
@@ -883,9 +910,11 @@ impl Consumer {
         Ok(())
     }
 
-    /// Runs the handler once: panics are failures, and a transactional delivery commits its
-    /// transaction with the checkpoint. Handler failures come back as `Store(Error::Handler)`.
-    async fn run_handler(&self, event: &EventEnvelope) -> Result<(), Interrupt> {
+    /// Runs the handler once. The outer error is the runtime's own trouble (no transaction
+    /// could be begun, the lease is gone): retried by the consume loop without counting an
+    /// attempt. The inner one is the handler's failure (an error, a panic, or a view
+    /// transaction that would not commit): it counts as an attempt.
+    async fn run_handler(&self, event: &EventEnvelope) -> Result<Result<(), Failure>, Interrupt> {
         let subscription = &self.registered.subscription;
         let mut ctx = EventContext::new(
             self.shared.repository.clone(),
@@ -912,30 +941,29 @@ impl Consumer {
             .catch_unwind()
             .instrument(span)
             .await;
-        let failure = |source: crate::BoxError| Error::Handler {
-            subscriber: subscription.id.clone(),
-            entity_type: event.entity_type.clone(),
-            entity_id: event.entity_id.clone(),
-            event_type: event.event_type.clone(),
-            position: event.position,
-            source,
+        let failure = |source: crate::BoxError, permanent: bool| Failure {
+            error: Error::Handler {
+                subscriber: subscription.id.clone(),
+                entity_type: event.entity_type.clone(),
+                entity_id: event.entity_id.clone(),
+                event_type: event.event_type.clone(),
+                position: event.position,
+                source,
+            },
+            permanent,
         };
-        match outcome {
-            Ok(Ok(())) => {
-                if let Some(tx) = ctx.take_transaction() {
-                    tx.commit(event.position).await?;
-                }
-                Ok(())
-            }
+        Ok(match outcome {
+            Ok(Ok(())) => match ctx.take_transaction() {
+                None => Ok(()),
+                Some(tx) => match tx.commit(event.position).await {
+                    Ok(()) => Ok(()),
+                    Err(Error::LeaseLost { .. }) => return Err(Interrupt::LeaseLost),
+                    Err(e) => Err(failure(Box::new(e), false)),
+                },
+            },
             Ok(Err(e)) => {
                 let permanent = e.is_permanent();
-                let source = e.into_inner();
-                let source: crate::BoxError = if permanent {
-                    Box::new(Permanent(source))
-                } else {
-                    source
-                };
-                Err(Interrupt::Store(failure(source)))
+                Err(failure(e.into_inner(), permanent))
             }
             Err(panic) => {
                 let message = panic
@@ -943,11 +971,12 @@ impl Consumer {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic payload".to_owned());
-                Err(Interrupt::Store(failure(
+                Err(failure(
                     format!("handler panicked: {message}").into(),
-                )))
+                    false,
+                ))
             }
-        }
+        })
     }
 
     /// Replays parked events of this partition whose replay was requested, entity by entity
@@ -977,7 +1006,7 @@ impl Consumer {
             let mut cleared = true;
             for p in events {
                 let position = p.event.position;
-                match self.run_handler(&p.event).await {
+                match self.run_handler(&p.event).await? {
                     Ok(()) => {
                         self.shared
                             .subscriptions
@@ -985,8 +1014,8 @@ impl Consumer {
                             .await?;
                         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(Interrupt::Store(e)) => {
-                        let failure = Some((p.attempts + 1, e.to_string()));
+                    Err(Failure { error, .. }) => {
+                        let failure = Some((p.attempts + 1, error.to_string()));
                         self.shared
                             .subscriptions
                             .replayed(&self.key, self.node, position, failure)
@@ -994,7 +1023,6 @@ impl Consumer {
                         cleared = false;
                         break;
                     }
-                    Err(other) => return Err(other),
                 }
             }
             if cleared {
@@ -1005,22 +1033,10 @@ impl Consumer {
     }
 }
 
-/// Marks a handler error as permanent on its way through [`Error::Handler`].
-#[derive(Debug)]
-struct Permanent(crate::BoxError);
-
-impl fmt::Display for Permanent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for Permanent {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
-    }
-}
-
-fn is_permanent(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    e.downcast_ref::<Permanent>().is_some()
+/// A handler's failed attempt.
+struct Failure {
+    /// [`Error::Handler`], naming subscriber, event and position.
+    error: Error,
+    /// Retrying cannot help: park at once.
+    permanent: bool,
 }

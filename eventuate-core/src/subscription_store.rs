@@ -155,6 +155,19 @@ pub trait SubscriptionStore: Send + Sync + 'static {
         entity: Option<(&'a str, &'a str)>,
     ) -> BoxFuture<'a, Result<u64>>;
 
+    /// Whether a replay is requested for any parked event of this partition: the cheap check
+    /// consumers make every poll interval. The default reads [`SubscriptionStore::parked`];
+    /// stores with many parked events override it.
+    fn replay_requested<'a>(&'a self, key: &'a PartitionKey) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            Ok(self
+                .parked(&key.subscriber_id)
+                .await?
+                .iter()
+                .any(|p| p.partition == key.partition && p.replay_requested))
+        })
+    }
+
     /// Records the outcome of a replay attempt: removes the record on success, or stores the
     /// new attempt count and error and clears the replay request.
     fn replayed<'a>(

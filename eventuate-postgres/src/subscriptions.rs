@@ -61,6 +61,7 @@ pub(crate) struct SubscriptionSql {
     parked: String,
     request_replay_all: String,
     request_replay_entity: String,
+    replay_requested: String,
     replay_ok: String,
     replay_failed: String,
 }
@@ -151,6 +152,10 @@ impl SubscriptionSql {
             request_replay_entity: format!(
                 "UPDATE {s}.parked_events SET replay_requested = true \
                  WHERE subscriber_id = $1 AND entity_type = $2 AND entity_id = $3"
+            ),
+            replay_requested: format!(
+                "SELECT EXISTS (SELECT 1 FROM {s}.parked_events \
+                 WHERE subscriber_id = $1 AND partition = $2 AND replay_requested)"
             ),
             replay_ok: format!(
                 "WITH fence AS (SELECT 1 FROM {parts} WHERE {fenced}), \
@@ -560,6 +565,17 @@ impl SubscriptionStore for PostgresEventStore {
             .map_err(db("request a replay of parked events"))?;
             self.wake_all();
             Ok(done.rows_affected())
+        })
+    }
+
+    fn replay_requested<'a>(&'a self, key: &'a PartitionKey) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            sqlx::query_scalar(&self.subscription_sql().replay_requested)
+                .bind(&key.subscriber_id)
+                .bind(key.partition as i32)
+                .fetch_one(self.pool())
+                .await
+                .map_err(db("check for replay requests"))
         })
     }
 

@@ -45,6 +45,7 @@ struct Recorder {
     fail_amount: Option<u64>,
     panic_amount: Option<u64>,
     hang_amount: Option<u64>,
+    slow_amount: Option<u64>,
     fixed: Arc<AtomicBool>,
     calls: Arc<AtomicU32>,
     hung: Arc<AtomicBool>,
@@ -86,6 +87,10 @@ impl Subscriber for Recorder {
             }
             if self.panic_amount == Some(d.amount) && !fixed {
                 panic!("boom on {}", d.amount);
+            }
+            if self.slow_amount == Some(d.amount) {
+                self.hung.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
             if self.hang_amount == Some(d.amount) && !fixed {
                 self.hung.store(true, Ordering::SeqCst);
@@ -764,5 +769,269 @@ async fn shutdown_does_not_wait_forever_for_a_hung_handler() {
         .await
         .unwrap();
     assert_eq!(recorder.amounts(), vec![("a".into(), 5)]);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_an_in_flight_handler_finish_and_saves_its_checkpoint() {
+    let recorder = Recorder {
+        slow_amount: Some(7),
+        ..Recorder::new("slow")
+    };
+    let store = InMemoryEventStore::new();
+    let runtime = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(recorder.clone())
+        .start()
+        .unwrap();
+    deposit(&runtime.repository(), "a", 7).await;
+    eventually("the handler is in flight", || {
+        recorder.hung.load(Ordering::SeqCst)
+    })
+    .await;
+    runtime.shutdown().await.unwrap();
+    assert_eq!(
+        recorder.amounts(),
+        vec![("a".into(), 7)],
+        "the handler finished"
+    );
+    let calls = recorder.calls.load(Ordering::SeqCst);
+
+    let runtime = Eventuate::new(store)
+        .options(fast())
+        .subscriber(recorder.clone())
+        .start()
+        .unwrap();
+    for _ in 0..200 {
+        if runtime.status().await.unwrap().iter().any(|s| s.owned) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        recorder.calls.load(Ordering::SeqCst),
+        calls,
+        "nothing delivered again: the checkpoint was saved at shutdown"
+    );
+    runtime.shutdown().await.unwrap();
+}
+
+/// The in-memory subscription state, altered for a test: wake-ups that never come (only the
+/// fallback poll can deliver), and transactions whose `begin` fails `begin_failures` times
+/// (a database outage) before handing out one that moves the checkpoint on commit.
+struct Deaf {
+    inner: InMemoryEventStore,
+    silent: tokio::sync::watch::Sender<u64>,
+    begin_failures: AtomicU32,
+}
+
+impl Deaf {
+    fn over(inner: InMemoryEventStore) -> Self {
+        Deaf {
+            inner,
+            silent: tokio::sync::watch::Sender::new(0),
+            begin_failures: AtomicU32::new(0),
+        }
+    }
+}
+
+struct CheckpointOnCommit {
+    store: InMemoryEventStore,
+    key: eventuate_core::runtime::PartitionKey,
+    node: uuid::Uuid,
+}
+
+impl eventuate_core::subscriber::CheckpointTransaction for CheckpointOnCommit {
+    fn resource(&mut self) -> &mut (dyn std::any::Any + Send) {
+        &mut self.node
+    }
+    fn commit(
+        self: Box<Self>,
+        checkpoint: eventuate_core::Position,
+    ) -> futures_util::future::BoxFuture<'static, eventuate_core::Result<()>> {
+        Box::pin(async move {
+            eventuate_core::runtime::SubscriptionStore::save_checkpoint(
+                &self.store,
+                &self.key,
+                self.node,
+                checkpoint,
+            )
+            .await
+        })
+    }
+}
+
+mod deaf {
+    use super::Deaf;
+    use eventuate_core::Position;
+    use eventuate_core::runtime::{Claim, LeaseInfo, ParkedEvent, PartitionKey, SubscriptionStore};
+    use eventuate_core::subscriber::CheckpointTransaction;
+    use futures_util::future::BoxFuture;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use uuid::Uuid;
+
+    type R<T> = eventuate_core::Result<T>;
+
+    impl SubscriptionStore for Deaf {
+        fn heartbeat(&self, node: Uuid, ttl: Duration) -> BoxFuture<'_, R<Vec<Uuid>>> {
+            self.inner.heartbeat(node, ttl)
+        }
+        fn leave(&self, node: Uuid) -> BoxFuture<'_, R<()>> {
+            self.inner.leave(node)
+        }
+        fn try_acquire<'a>(
+            &'a self,
+            key: &'a PartitionKey,
+            node: Uuid,
+            ttl: Duration,
+            start: Position,
+        ) -> BoxFuture<'a, R<Option<Claim>>> {
+            self.inner.try_acquire(key, node, ttl, start)
+        }
+        fn renew<'a>(
+            &'a self,
+            key: &'a PartitionKey,
+            node: Uuid,
+            ttl: Duration,
+        ) -> BoxFuture<'a, R<bool>> {
+            self.inner.renew(key, node, ttl)
+        }
+        fn release<'a>(&'a self, key: &'a PartitionKey, node: Uuid) -> BoxFuture<'a, R<()>> {
+            self.inner.release(key, node)
+        }
+        fn leases<'a>(&'a self, id: &'a str, partitions: u32) -> BoxFuture<'a, R<Vec<LeaseInfo>>> {
+            self.inner.leases(id, partitions)
+        }
+        fn save_checkpoint<'a>(
+            &'a self,
+            key: &'a PartitionKey,
+            node: Uuid,
+            position: Position,
+        ) -> BoxFuture<'a, R<()>> {
+            self.inner.save_checkpoint(key, node, position)
+        }
+        fn record_attempt<'a>(
+            &'a self,
+            key: &'a PartitionKey,
+            node: Uuid,
+            position: Position,
+            attempts: u32,
+        ) -> BoxFuture<'a, R<()>> {
+            self.inner.record_attempt(key, node, position, attempts)
+        }
+        fn begin<'a>(
+            &'a self,
+            key: &'a PartitionKey,
+            node: Uuid,
+        ) -> BoxFuture<'a, R<Box<dyn CheckpointTransaction>>> {
+            let failing = self
+                .begin_failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            let tx = super::CheckpointOnCommit {
+                store: self.inner.clone(),
+                key: key.clone(),
+                node,
+            };
+            Box::pin(async move {
+                if failing {
+                    return Err(eventuate_core::Error::backend(
+                        "begin a transaction",
+                        "the database is restarting",
+                    ));
+                }
+                Ok(Box::new(tx) as Box<dyn CheckpointTransaction>)
+            })
+        }
+        fn park<'a>(
+            &'a self,
+            key: &'a PartitionKey,
+            node: Uuid,
+            parked: &'a ParkedEvent,
+        ) -> BoxFuture<'a, R<()>> {
+            self.inner.park(key, node, parked)
+        }
+        fn parked<'a>(&'a self, id: &'a str) -> BoxFuture<'a, R<Vec<ParkedEvent>>> {
+            self.inner.parked(id)
+        }
+        fn request_replay<'a>(
+            &'a self,
+            id: &'a str,
+            entity: Option<(&'a str, &'a str)>,
+        ) -> BoxFuture<'a, R<u64>> {
+            self.inner.request_replay(id, entity)
+        }
+        fn replayed<'a>(
+            &'a self,
+            key: &'a PartitionKey,
+            node: Uuid,
+            position: Position,
+            failure: Option<(u32, String)>,
+        ) -> BoxFuture<'a, R<()>> {
+            self.inner.replayed(key, node, position, failure)
+        }
+        fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+            self.silent.subscribe()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_poll_delivers_when_no_wake_up_ever_comes() {
+    let store = InMemoryEventStore::new();
+    let deaf = Deaf::over(store.clone());
+    let recorder = Recorder::new("polling");
+    let runtime = Eventuate::from_parts(Arc::new(store.clone()), Arc::new(deaf))
+        .options(RuntimeOptions {
+            poll_interval: Duration::from_millis(100),
+            ..fast()
+        })
+        .subscriber(recorder.clone())
+        .start()
+        .unwrap();
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The consumer is idle at the head, waiting: only its timer can bring it back.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    deposit(&runtime.repository(), "a", 3).await;
+    eventually("delivered by polling", || recorder.amounts().len() == 1).await;
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_is_retried_without_counting_attempts_or_parking() {
+    let store = InMemoryEventStore::new();
+    let flaky = Deaf::over(store.clone());
+    // Far more failures than attempts: if they counted, the event would be parked.
+    flaky.begin_failures.store(4, Ordering::SeqCst);
+    let recorder = Recorder::new("view");
+    let runtime = Eventuate::from_parts(Arc::new(store.clone()), Arc::new(flaky))
+        .options(RuntimeOptions {
+            poll_interval: Duration::from_millis(20),
+            ..fast()
+        })
+        .subscriber_with(recorder.clone(), |s| {
+            s.transactional(true).retry(quick_retries(2))
+        })
+        .start()
+        .unwrap();
+    deposit(&runtime.repository(), "a", 4).await;
+    eventually("delivered after the outage", || {
+        recorder.amounts().len() == 1
+    })
+    .await;
+    assert!(
+        runtime.parked("view").await.unwrap().is_empty(),
+        "nothing parked"
+    );
+    let status = runtime.status().await.unwrap();
+    assert_eq!(status[0].retried, 0, "an outage is not a handler failure");
     runtime.shutdown().await.unwrap();
 }
