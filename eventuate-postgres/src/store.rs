@@ -245,11 +245,6 @@ impl PostgresEventStore {
         })
     }
 
-    /// Wakes consumers here and, through NOTIFY, in other processes.
-    pub(crate) fn wake_all(&self) {
-        self.notify_appended();
-    }
-
     /// Wakes the receivers of [`appended`](Self::appended); call it after committing a
     /// transaction that used [`append_in`](Self::append_in).
     pub fn notify_appended(&self) {
@@ -275,6 +270,7 @@ impl PostgresEventStore {
         conn: &mut PgConnection,
         request: AppendRequest,
     ) -> CoreResult<AppendOutcome> {
+        self.check(&request)?;
         self.append_on(conn, &request, true).await
     }
 
@@ -292,7 +288,7 @@ impl PostgresEventStore {
         request: &AppendRequest,
         in_transaction: bool,
     ) -> CoreResult<AppendOutcome> {
-        self.check(request)?;
+        // The caller has run `check`: payloads are parsed once per append.
         let sql = &self.inner.sql;
         let entity_type = request.entity_type.as_str();
         let entity_id = request.entity_id.as_str();
@@ -391,21 +387,21 @@ impl PostgresEventStore {
                     if db.is_unique_violation()
                         && db.constraint() == Some("events_event_id_unique") =>
                 {
-                    // Which one? Ask the pool: in the caller's transaction the failure aborted it.
-                    let mut other = self
-                        .inner
-                        .pool
-                        .acquire()
-                        .await
-                        .map_err(|e| eventuate_core::Error::backend(context(), e))?;
-                    let taken: Option<Uuid> = sqlx::query_scalar(&format!(
-                        "SELECT event_id FROM {}.events WHERE event_id = ANY($1) LIMIT 1",
-                        quote(&self.inner.schema)
-                    ))
-                    .bind(&event_ids)
-                    .fetch_optional(&mut *other)
-                    .await
-                    .map_err(|e| eventuate_core::Error::backend(context(), e))?;
+                    // Which one? In the caller's transaction the failure aborted it: ask the
+                    // pool instead.
+                    let lookup = sqlx::query_scalar(&sql.taken_event_id).bind(&event_ids);
+                    let taken: Option<Uuid> = if in_transaction {
+                        let mut other = self
+                            .inner
+                            .pool
+                            .acquire()
+                            .await
+                            .map_err(|e| backend(context(), e))?;
+                        lookup.fetch_optional(&mut *other).await
+                    } else {
+                        lookup.fetch_optional(&mut *conn).await
+                    }
+                    .map_err(|e| backend(context(), e))?;
                     return Err(match taken {
                         Some(event_id) => eventuate_core::Error::DuplicateEventId {
                             entity_type: request.entity_type.clone(),
@@ -941,6 +937,7 @@ struct Sql {
     key_exists: String,
     current_version: String,
     load: String,
+    taken_event_id: String,
     load_fold: String,
     load_snapshot_and_fold: String,
     read_all: String,
@@ -1051,6 +1048,9 @@ impl Sql {
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                  WHERE entity_type = $1 AND entity_id = $2 AND entity_version > $3 \
                  ORDER BY entity_version"
+            ),
+            taken_event_id: format!(
+                "SELECT event_id FROM {s}.events WHERE event_id = ANY($1) LIMIT 1"
             ),
             load_fold: format!(
                 "SELECT entity_version, event_type, payload::text FROM {s}.events \

@@ -563,7 +563,8 @@ impl SubscriptionStore for PostgresEventStore {
             .execute(self.pool())
             .await
             .map_err(db("request a replay of parked events"))?;
-            self.wake_all();
+            // Wakes consumers here and, through NOTIFY, in other processes.
+            self.notify_appended();
             Ok(done.rows_affected())
         })
     }

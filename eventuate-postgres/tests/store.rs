@@ -15,6 +15,7 @@ use eventuate_core::{
 use eventuate_postgres::PostgresEventStore;
 use eventuate_postgres::embedded::test_database;
 use rand::{Rng, SeedableRng};
+use sqlx::Connection;
 use uuid::Uuid;
 
 async fn store() -> PostgresEventStore {
@@ -101,6 +102,11 @@ async fn late_committer_is_waited_for_not_skipped() {
         read_after(&store, checkpoint).await.is_empty(),
         "B must wait behind A's open transaction"
     );
+    assert_eq!(
+        store.load("Order", "b", 0).await.expect("load").len(),
+        1,
+        "loading an entity is never delayed by the stream's horizon"
+    );
     assert_eq!(store.head().await.expect("head"), checkpoint);
     assert_eq!(
         store
@@ -125,6 +131,46 @@ async fn late_committer_is_waited_for_not_skipped() {
     );
     assert!(read_after(&store, seen[2].position).await.is_empty());
     assert_eq!(store.head().await.expect("head"), b[0]);
+}
+
+/// A transaction holding an id in *another database* of the server cannot write this
+/// database's events, so it must not hold the reader back (a plain snapshot-xmin horizon
+/// would: its id is older than the append's).
+#[tokio::test]
+async fn transactions_in_other_databases_do_not_hold_the_reader_back() {
+    let store = store().await;
+    let other = test_database().await;
+    let mut elsewhere = sqlx::PgConnection::connect(&other.url)
+        .await
+        .expect("connect to the other database");
+    sqlx::query("BEGIN")
+        .execute(&mut elsewhere)
+        .await
+        .expect("begin");
+    let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut elsewhere)
+        .await
+        .expect("take a transaction id");
+    let appended = positions(
+        store
+            .append(request("Order", "x", ExpectedVersion::New, 1))
+            .await
+            .expect("append"),
+    );
+    assert!(
+        xid.parse::<u64>().expect("xid") < appended[0].transaction,
+        "the other database's open transaction is older than the append"
+    );
+    let seen = read_after(&store, Position::START).await;
+    assert_eq!(
+        seen.iter().map(|e| e.position).collect::<Vec<_>>(),
+        appended,
+        "the event is readable while the other database's transaction is open"
+    );
+    sqlx::query("ROLLBACK")
+        .execute(&mut elsewhere)
+        .await
+        .expect("rollback");
 }
 
 /// A rolled-back transaction leaves no hole: the reader goes on past it.
