@@ -58,12 +58,7 @@ impl<'a> EventsEnum<'a> {
         };
         let mut variants = Vec::new();
         for variant in &data.variants {
-            let mut explicit = None;
-            for attr in &variant.attrs {
-                if let Some(name) = attr::event_name(cx, attr) {
-                    explicit = name;
-                }
-            }
+            let explicit = attr::event_name_of(cx, &variant.attrs);
             let ty = match &variant.fields {
                 Fields::Unnamed(fields) if fields.unnamed.len() == 1 => &fields.unnamed[0].ty,
                 _ => {
@@ -213,14 +208,12 @@ impl<'a> Method<'a> {
     fn from_syn(cx: &Ctxt, func: &'a ImplItemFn, macro_name: &str) -> Self {
         let mut apply = false;
         let mut event_name = None;
-        for attr in &func.attrs {
-            if macro_name == "command_handler" && attr::is_apply(cx, attr) {
-                apply = true;
-            } else if macro_name == "event_handler" {
-                if let Some(name) = attr::event_name(cx, attr) {
-                    event_name = name;
-                }
+        if macro_name == "command_handler" {
+            for attr in &func.attrs {
+                apply |= attr::is_apply(cx, attr);
             }
+        } else {
+            event_name = attr::event_name_of(cx, &func.attrs);
         }
         let mut receiver = None;
         let mut params = Vec::new();

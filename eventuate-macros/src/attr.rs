@@ -245,6 +245,22 @@ pub(crate) fn is_apply(cx: &Ctxt, attr: &Attribute) -> bool {
 }
 
 /// The `name` of an `#[event(name = "..")]` helper attribute; `None` for other attributes.
+/// The `#[event(name = "..")]` among `attrs`; a second `#[event(..)]` is an error at its own
+/// span (it would otherwise silently win).
+pub(crate) fn event_name_of(cx: &Ctxt, attrs: &[Attribute]) -> Option<LitStr> {
+    let mut found: Option<Option<LitStr>> = None;
+    for attr in attrs {
+        if let Some(name) = event_name(cx, attr) {
+            if found.is_some() {
+                cx.error_spanned_by(attr, "`#[event(..)]` is given twice; keep one");
+            } else {
+                found = Some(name);
+            }
+        }
+    }
+    found.flatten()
+}
+
 pub(crate) fn event_name(cx: &Ctxt, attr: &Attribute) -> Option<Option<LitStr>> {
     if !attr.path().is_ident("event") {
         return None;

@@ -90,7 +90,7 @@ fn check_identifier(cx: &Ctxt, kind: &str, name: &str, span: Span) {
 }
 
 /// A type as written, to compare two types and to name one in a message.
-fn type_key(ty: &Type) -> String {
+pub(crate) fn type_key(ty: &Type) -> String {
     let text = ty.to_token_stream().to_string();
     // `quote` spaces tokens out; `Vec < u8 >` reads worse than `Vec<u8>` in a message.
     text.replace(" < ", "<")

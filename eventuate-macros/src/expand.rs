@@ -107,14 +107,55 @@ pub(crate) fn events(set: &EventsEnum<'_>) -> TokenStream {
     }
 }
 
-/// Stubs for an enum whose derive failed, so its uses do not add errors of their own.
+/// Stubs for an enum whose derive failed, so its uses do not add errors of their own: the
+/// conversions and memberships of every variant type that can be named once, and the names
+/// that could be computed.
 pub(crate) fn events_fallback(set: &EventsEnum<'_>) -> TokenStream {
     let p = private();
     let ident = set.ident;
+    // Both the computed names and the types' own names: handlers checked against this set
+    // then match whichever they use (the names never reach run time: the crate fails).
+    let names: Vec<String> = set
+        .variants
+        .iter()
+        .flat_map(|v| {
+            let default = match v.ty {
+                Type::Path(path) => path.path.segments.last().map(|s| s.ident.to_string()),
+                _ => None,
+            };
+            v.name
+                .as_ref()
+                .map(|n| n.value.clone())
+                .into_iter()
+                .chain(default)
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let members = set.variants.iter().filter_map(|v| {
+        let key = crate::check::type_key(v.ty);
+        if seen.contains(&key) {
+            return None;
+        }
+        seen.push(key);
+        let (variant, ty) = (v.ident, v.ty);
+        Some(quote! {
+            #[automatically_derived]
+            impl ::core::convert::From<#ty> for #ident {
+                fn from(event: #ty) -> Self {
+                    Self::#variant(event)
+                }
+            }
+
+            #[automatically_derived]
+            impl #p::EventOf<#ident> for #ty {}
+        })
+    });
     quote! {
+        #(#members)*
+
         #[automatically_derived]
         impl #p::EventSet for #ident {
-            const EVENT_TYPES: &'static [&'static ::core::primitive::str] = &[];
+            const EVENT_TYPES: &'static [&'static ::core::primitive::str] = &[#(#names),*];
             fn event_type(&self) -> &'static ::core::primitive::str {
                 ::core::unreachable!()
             }

@@ -105,6 +105,11 @@ pub fn derive_events(input: TokenStream) -> TokenStream {
 ///     fn from_snapshot(snapshot: &str) -> Option<Result<Self, serde_json::Error>> {
 ///         Some(serde_json::from_str::<Self>(snapshot))
 ///     }
+///     // `Some(self.clone())` when the struct is `Clone` (autoref specialization), else `None`:
+///     // only `Clone` aggregates go into the repository's aggregate cache.
+///     fn clone_for_cache(&self) -> Option<Self> {
+///         Some(self.clone())
+///     }
 /// }
 /// impl Apply<OrderNoted> for Order {
 ///     fn apply(&mut self, _: &OrderNoted) {}
@@ -178,10 +183,10 @@ pub fn command_handler(args: TokenStream, input: TokenStream) -> TokenStream {
 /// fields it needs (it may live in another crate or service).
 ///
 /// Keys:
-/// - `subscribe` (required): the entity types to consume: `"Order"`, a list
-///   `["Order", "Customer"]`, or an aggregate type `Order`; with a single aggregate type the
+/// - `subscribe` (required): the entity types to consume: `"Order"`, an aggregate type `Order`,
+///   or a list of either (`["Order", Customer]`); with a single aggregate type (not a list) the
 ///   build checks that every handler takes one of that aggregate's events (and under the name it
-///   is stored with);
+///   is stored with); in a list, aggregate types only supply their entity type names;
 /// - `id = "customer-workflow"`: the durable id (checkpoint, leases, parked events); default:
 ///   the type's name;
 /// - `start = "beginning" | "now"`: where a new subscriber starts (default `"beginning"`);

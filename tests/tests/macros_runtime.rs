@@ -250,7 +250,7 @@ mod shipping {
         pub notes: Mutex<Vec<String>>,
     }
 
-    #[event_handler(subscribe = Order, transactional)]
+    #[event_handler(subscribe = Order, transactional, start = "beginning")]
     impl ShippingWorkflow {
         async fn on_created(
             &self,
@@ -448,6 +448,16 @@ fn aggregate_constants_and_snapshots() {
     assert_eq!(Counter::SNAPSHOT_VERSION, 1);
     assert!(Counter::default().to_snapshot().is_none());
     assert!(Counter::from_snapshot("{}").is_none());
+    // The aggregate cache gets a copy of `Clone` aggregates only.
+    assert!(
+        Counter::default().clone_for_cache().is_none(),
+        "Counter is not Clone"
+    );
+    let order = Order {
+        total: 12,
+        ..Order::default()
+    };
+    assert_eq!(order.clone_for_cache(), Some(order));
 }
 
 #[tokio::test]
