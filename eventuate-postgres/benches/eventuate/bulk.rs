@@ -82,7 +82,7 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
             })),
         );
     }
-    store.pool().close().await;
+    store.close().await;
     raw.pool.close().await;
     Ok(rows)
 }

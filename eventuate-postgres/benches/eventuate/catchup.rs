@@ -111,7 +111,7 @@ pub async fn run(
             }
         }
     }
-    store.pool().close().await;
+    store.close().await;
     let note = mode.quick.then(|| {
         format!("catch-up: quick mode uses {events} stored events (full mode: 200,000), 1 round")
     });

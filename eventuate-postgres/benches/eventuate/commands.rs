@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use eventuate_core::runtime::RuntimeOptions;
 use eventuate_core::{Aggregate, Eventuate, Repository, RepositoryOptions, StartFrom};
 use eventuate_postgres::PostgresEventStore;
 use serde_json::json;
@@ -37,7 +36,9 @@ enum Variant {
     Framework,
     /// `repository.update` with the aggregate cache.
     Cached,
-    /// `Framework` while a subscriber consumes the events (NOTIFY forwarder and listener on).
+    /// `Framework` while a subscriber consumes the events on a store of its own (as a
+    /// consumer process would: woken by the writers' NOTIFY), closed after each run so that
+    /// no listener outlives it.
     Subscribed,
 }
 
@@ -85,6 +86,7 @@ fn levels(mode: Mode) -> Vec<Level> {
 }
 
 struct Bench<'a> {
+    env: &'a Env,
     diag: Option<&'a Diagnosis>,
     store: PostgresEventStore,
     plain: Repository,
@@ -105,6 +107,7 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
     let raw = env.raw("commands", mode.pool_size).await?;
     let notifications = count_notifications(env, &format!("eventuate_{}", store.schema())).await?;
     let mut bench = Bench {
+        env,
         diag,
         plain: Repository::new(store.clone()),
         cached: Repository::new(store.clone()).with_options(RepositoryOptions {
@@ -151,7 +154,7 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
             }
         }
     }
-    bench.store.pool().close().await;
+    bench.store.close().await;
     bench.raw.pool.close().await;
 
     let mut rows = Vec::new();
@@ -329,8 +332,8 @@ impl Bench<'_> {
                 let counter = DepositCounter::default();
                 // A fresh subscription id, starting at the head: it only sees this run.
                 let id = format!("counter-{}", self.run_counter);
-                let runtime = Eventuate::new(self.store.clone())
-                    .options(RuntimeOptions::default())
+                let consumer = self.env.attach(self.store.schema(), 4).await?;
+                let runtime = Eventuate::new(consumer.clone())
                     .subscriber_with(counter.clone(), |mut s| {
                         s.id = id;
                         s.start_from(StartFrom::Now)
@@ -343,6 +346,7 @@ impl Bench<'_> {
                 outcome.delivered = Some(counter.get() - baseline);
                 self.observed(token, variant, level, &outcome).await?;
                 runtime.shutdown().await?;
+                consumer.close().await;
                 self.check_stored(&prefix, &ids).await?;
                 Ok(outcome)
             }

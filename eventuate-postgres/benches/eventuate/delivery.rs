@@ -97,9 +97,9 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
         results.push((label, rate, fw, rw));
     }
     runtime.shutdown().await?;
-    for pool in [consumer.pool(), writer.pool(), &raw.pool] {
-        pool.close().await;
-    }
+    consumer.close().await;
+    writer.close().await;
+    raw.pool.close().await;
 
     let mut rows = Vec::new();
     for (label, rate, fw, rw) in results {

@@ -140,7 +140,7 @@ impl Env {
     pub async fn raw(&self, name: &str, pool_size: u32) -> BoxResult<Raw> {
         let store = self.store(&format!("{name}_raw"), 1).await?;
         let table = format!("\"{}\".events", store.schema());
-        store.pool().close().await;
+        store.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .connect(&self.url)

@@ -12,12 +12,9 @@ use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
-use eventuate_core::{
-    Aggregate, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, Repository,
-};
+use eventuate_core::{AppendRequest, EventStore, ExpectedVersion, NewEvent, Repository};
 use eventuate_postgres::PostgresEventStore;
 use serde_json::json;
-use sqlx::Row as _;
 
 use crate::account::{
     Account, Deposit, Deposited, Opened, SnapshottedAccount, Withdrawn, command_metadata,
@@ -80,7 +77,7 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
             }
         }
     }
-    store.pool().close().await;
+    store.close().await;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let medians: Vec<f64> = times.into_iter().map(|t| ms(median(t))).collect();
     let of = |p: Probe| medians[p as usize];
@@ -109,32 +106,10 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
             of(Probe::Raw),
         )
         .notes(
-            format!(
-                "snapshot read {:.2} ms + 100 events {:.2} ms",
-                of(Probe::SnapshotRead),
-                of(Probe::Tail)
-            ),
+            "one round trip: the snapshot and the events after it",
             "raw full read",
         )
         .target(Target::RatioAtMost(0.1))
-        .details(details.clone()),
-        // Breakdown of the no-snapshot load: the same raw read, widened step by step to what
-        // the store reads and decodes per event.
-        Row::new(
-            "3. (breakdown) load, no snapshot vs raw reading the store's 9 columns",
-            "ms",
-            of(Probe::Full),
-            of(Probe::RawColumns),
-        )
-        .notes("", "9 columns, payload decoded")
-        .details(details.clone()),
-        Row::new(
-            "3. (breakdown) load, no snapshot vs raw 9 columns + metadata decoded",
-            "ms",
-            of(Probe::Full),
-            of(Probe::RawColumnsMetadata),
-        )
-        .notes("", "as the store's row decoding does")
         .details(details),
     ])
 }
@@ -148,36 +123,16 @@ enum Probe {
     Snapshot,
     /// The reference: `event_type, payload` + decode + fold.
     Raw,
-    /// Raw with the store's 9 columns, payload decoded.
-    RawColumns,
-    /// `RawColumns` + each row's metadata decoded into `EventMetadata`.
-    RawColumnsMetadata,
-    /// `EventStore::load_snapshot` alone.
-    SnapshotRead,
-    /// `EventStore::load` of the 100 events after the snapshot alone.
-    Tail,
 }
 
 impl Probe {
-    const ALL: [Probe; 7] = [
-        Probe::Full,
-        Probe::Snapshot,
-        Probe::Raw,
-        Probe::RawColumns,
-        Probe::RawColumnsMetadata,
-        Probe::SnapshotRead,
-        Probe::Tail,
-    ];
+    const ALL: [Probe; 3] = [Probe::Full, Probe::Snapshot, Probe::Raw];
 
     fn label(self) -> &'static str {
         match self {
             Probe::Full => "framework, no snapshot",
             Probe::Snapshot => "framework, snapshot",
             Probe::Raw => "raw",
-            Probe::RawColumns => "raw, store's columns",
-            Probe::RawColumnsMetadata => "raw, store's columns + metadata decode",
-            Probe::SnapshotRead => "store.load_snapshot",
-            Probe::Tail => "store.load after the snapshot",
         }
     }
 
@@ -189,7 +144,7 @@ impl Probe {
         schema: &str,
         id: &str,
     ) -> BoxResult<Option<Account>> {
-        let (narrow, wide) = (narrow_sql(schema), wide_sql(schema));
+        let narrow = narrow_sql(schema);
         Ok(match self {
             Probe::Full => Some(repository.load::<Account>(id).await?.state),
             Probe::Snapshot => Some(
@@ -206,38 +161,6 @@ impl Probe {
                     .await?;
                 Some(fold(rows.iter().map(|(t, p)| (t.as_str(), p.as_str())))?)
             }
-            Probe::RawColumns | Probe::RawColumnsMetadata => {
-                let rows = sqlx::query(&wide).bind(id).fetch_all(store.pool()).await?;
-                let mut events = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let _: (i64, i64, uuid::Uuid) =
-                        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                    let _: (String, String, i64) =
-                        (row.try_get(3)?, row.try_get(4)?, row.try_get(5)?);
-                    let event_type: String = row.try_get(6)?;
-                    let payload: String = row.try_get(7)?;
-                    let metadata: &str = row.try_get(8)?;
-                    if self == Probe::RawColumnsMetadata {
-                        let _: EventMetadata = serde_json::from_str(metadata)?;
-                    }
-                    events.push((event_type, payload));
-                }
-                Some(fold(events.iter().map(|(t, p)| (t.as_str(), p.as_str())))?)
-            }
-            Probe::SnapshotRead => {
-                store
-                    .load_snapshot(
-                        "Account",
-                        id,
-                        <SnapshottedAccount as Aggregate>::SNAPSHOT_VERSION,
-                    )
-                    .await?;
-                None
-            }
-            Probe::Tail => {
-                store.load("Account", id, SNAPSHOT_AT).await?;
-                None
-            }
         })
     }
 }
@@ -251,10 +174,10 @@ fn narrow_sql(schema: &str) -> String {
 }
 
 /// The columns the store reads for every event (its envelope).
-fn wide_sql(schema: &str) -> String {
+/// What the store reads to fold an aggregate (`EventStore::load_for_fold`).
+fn store_sql(schema: &str) -> String {
     format!(
-        "SELECT transaction_id, sequence, event_id, entity_type, entity_id, entity_version, \
-         event_type, payload::text, metadata::text FROM \"{schema}\".events \
+        "SELECT entity_version, event_type, payload::text FROM \"{schema}\".events \
          WHERE entity_type = 'Account' AND entity_id = $1 ORDER BY entity_version"
     )
 }
@@ -264,8 +187,8 @@ async fn explain(diag: &Diagnosis, store: &PostgresEventStore, id: &str) -> BoxR
     let pool = store.pool();
     let schema = store.schema();
     for (label, sql) in [
-        ("2 columns", narrow_sql(schema)),
-        ("9 columns", wide_sql(schema)),
+        ("reference's 2-column", narrow_sql(schema)),
+        ("store's 3-column", store_sql(schema)),
     ] {
         let sql = sql.replace("$1", &format!("'{id}'"));
         let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"))
@@ -283,21 +206,19 @@ async fn explain(diag: &Diagnosis, store: &PostgresEventStore, id: &str) -> BoxR
             time.trim()
         ));
     }
-    let (narrow, wide): (i64, i64) = sqlx::query_as(&format!(
+    let (narrow, stored): (i64, i64) = sqlx::query_as(&format!(
         "SELECT sum(octet_length(event_type) + octet_length(payload::text))::bigint, \
-         sum(8 + 8 + 16 + octet_length(entity_type) + octet_length(entity_id) + 8 \
-             + octet_length(event_type) + octet_length(payload::text) \
-             + octet_length(metadata::text))::bigint \
+         sum(8 + octet_length(event_type) + octet_length(payload::text))::bigint \
          FROM \"{schema}\".events WHERE entity_type = 'Account' AND entity_id = $1"
     ))
     .bind(id)
     .fetch_one(pool)
     .await?;
     diag.note(format!(
-        "3. load, data shipped per load of 10,000 events: {} kB for the 2 columns a fold needs, \
-         {} kB for the store's 9 envelope columns",
+        "3. load, data shipped per load of 10,000 events: {} kB for the reference's 2 columns, \
+         {} kB for the store's 3 (version, type, payload)",
         narrow / 1000,
-        wide / 1000
+        stored / 1000
     ));
     Ok(())
 }

@@ -73,3 +73,12 @@ async fn run() -> Result<bool, Error> {
     }
     Ok(expected)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The example settles as it says: one transfer completed, one failed, balances 70/30.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_transfers_settle() {
+        assert!(matches!(super::run().await, Ok(true)));
+    }
+}

@@ -120,28 +120,25 @@ impl App {
         }
     }
 
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// The application's tables (view, confirmations).
     pub fn tables(&self) -> &Tables {
         &self.tables
     }
 
-    /// The role.
-    pub fn role(&self) -> Role {
-        self.role
+    /// Stops the store's background tasks (LISTEN connection, NOTIFY forwarder) and closes its
+    /// pool; call it after the dispatcher shut down.
+    pub async fn close(&self) {
+        if let Store::Postgres(store) = &self.store {
+            store.close().await;
+        }
     }
 
     /// The dispatcher with the subscribers of this process's role, not started yet.
     pub fn runtime(&self) -> Eventuate {
-        let runtime = match &self.store {
+        let mut runtime = match &self.store {
             Store::Postgres(store) => Eventuate::new(store.clone()),
             Store::Memory(store) => Eventuate::new(store.clone()),
         };
-        let mut runtime = runtime;
         if self.role.customers() {
             let tables = self.tables.clone();
             runtime = runtime

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use customers_and_orders::{App, Role, log, scenario};
 use eventuate_core::BoxError;
@@ -116,8 +116,8 @@ fn main() -> ExitCode {
             Command::Help => Ok(ExitCode::SUCCESS),
         }
     });
-    // Stop every task (connections included) before the throwaway server goes away, so that
-    // nothing reports its disappearance.
+    // The application closed its store; dropping the runtime also ends anything a failed
+    // command left behind, before the throwaway server goes away.
     drop(runtime);
     drop(server);
     result.unwrap_or_else(|e| {
@@ -185,6 +185,7 @@ async fn run(
     let mut out = std::io::stdout();
     let outcome = scenario::run(&app, &started, &mut out).await;
     started.running.shutdown().await?;
+    app.close().await;
     let outcome = outcome?;
     let verdict = if outcome.as_expected() {
         "as expected"
@@ -227,9 +228,11 @@ async fn serve(
         .with_graceful_shutdown(shutdown_signal())
         .await;
     println!("stopping: finishing in-flight events, saving checkpoints");
-    let stopped = tokio::time::timeout(Duration::from_secs(30), started.running.shutdown()).await;
+    // Bounded by the runtime's shutdown timeout: a hung handler is aborted after it.
+    let stopped = started.running.shutdown().await;
+    app.close().await;
     served?;
-    stopped.map_err(|_| "the dispatcher did not stop within 30 s")??;
+    stopped?;
     Ok(ExitCode::SUCCESS)
 }
 

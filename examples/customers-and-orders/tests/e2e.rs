@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use customers_and_orders::client::{Client, Reply};
-use customers_and_orders::customer::Customer;
+use customers_and_orders::customer::{Customer, ReserveCredit};
 use customers_and_orders::gateway::ConfirmationGateway;
 use customers_and_orders::order::OrderState;
 use customers_and_orders::workflows::{CustomerWorkflow, OrderWorkflow};
 use customers_and_orders::{App, Money, Role, scenario};
+use eventuate_core::subscriber::SENT_BY_HEADER;
 use eventuate_core::{EventContext, EventEnvelope, Position, Repository, StreamFilter, Subscriber};
 use eventuate_postgres::embedded::test_database;
 
@@ -281,6 +282,14 @@ async fn the_saga_through_the_http_api_on_postgres() {
         created.metadata.command_type.as_deref(),
         Some("CreateOrder")
     );
+    let sent_by = |e: &EventEnvelope| e.metadata.headers.get(SENT_BY_HEADER).cloned();
+    assert_eq!(sent_by(reserved).as_deref(), Some("customer-workflow"));
+    assert_eq!(sent_by(approved).as_deref(), Some("order-workflow"));
+    assert_eq!(
+        sent_by(created),
+        None,
+        "sent from outside, not by a handler"
+    );
     for e in [created, reserved, approved] {
         assert_eq!(e.metadata.correlation_id, created.metadata.command_id);
         assert_eq!(e.metadata.headers["request-id"], "req-1");
@@ -302,6 +311,36 @@ async fn the_saga_through_the_http_api_on_postgres() {
         gateway.handle(&ctx).await.unwrap();
     }
     assert_eq!(all_events(&repository).await, before);
+    // And the store itself refuses a second command from the same (subscriber, triggering
+    // event), even one the aggregate would accept (another order, which it has not decided).
+    let order_created = before
+        .iter()
+        .find(|e| e.entity_id == order1 && e.event_type == "OrderCreated")
+        .unwrap();
+    let ctx = EventContext::new(
+        repository.clone(),
+        "customer-workflow",
+        order_created.clone(),
+    );
+    let again = ctx
+        .update::<Customer>(
+            &customer,
+            ReserveCredit {
+                order_id: "an-order-never-seen".into(),
+                amount: Money::cents(1),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        again.duplicate,
+        "deduplicated by (subscriber, triggering event)"
+    );
+    assert_eq!(
+        all_events(&repository).await,
+        before,
+        "nothing was appended"
+    );
     eventually_confirmations(&app, 2).await;
     let customer = repository.load::<Customer>(&customer).await.unwrap();
     assert_eq!(customer.state.reserved_credit(), Money::cents(900));
