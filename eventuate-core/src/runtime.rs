@@ -24,14 +24,17 @@
 //! - **Wake-ups are hints.** A consumer waits for [`SubscriptionStore::wakeups`] *or* the poll
 //!   interval and always reads from the store. Proved by `dispatcher.rs`
 //!   `a_listener_connection_killed_mid_stream` (30 s poll interval: only reconnect catch-up
-//!   can deliver) and `server_restart.rs` `b_server_restarted_mid_stream`.
+//!   can deliver), `server_restart.rs` `b_server_restarted_mid_stream`, and
+//!   `runtime_memory.rs` `the_fallback_poll_delivers_when_no_wake_up_ever_comes`.
 //! - **Failures.** A failing or panicking handler is retried with exponential backoff; after
 //!   `max_attempts` the event is parked and later events of the same entity are parked behind
 //!   it, while other entities keep flowing; parked events are listed and replayed in order
 //!   ([`Running::parked`], [`Running::replay`]). Proved by `dispatcher.rs`
 //!   `e_poison_event_parked_and_replayed`, `runtime_memory.rs`
 //!   `poison_events_are_parked_with_their_entity_and_replayed_in_order` and
-//!   `a_panicking_handler_is_a_failure_not_a_dead_consumer`.
+//!   `a_panicking_handler_is_a_failure_not_a_dead_consumer`. A store outage (no transaction
+//!   can be begun) is not a handler failure: it is retried without counting attempts
+//!   (`a_store_outage_is_retried_without_counting_attempts_or_parking`).
 //! - **Crashes.** A partition taken over from a holder that did not release it cleanly is
 //!   consumed carefully for one batch: one event at a time, its attempt count persisted before
 //!   the handler runs and the checkpoint saved after it, so an event that crashes the process
@@ -45,8 +48,10 @@
 //!   triggering event. Proved by `dispatcher.rs` (a) to (f), which check the view for
 //!   duplicates after every fault, and `runtime_memory.rs`
 //!   `a_redelivered_event_does_not_apply_its_command_twice`.
-//! - **Graceful shutdown.** In-flight handlers finish, checkpoints are saved, leases released.
-//!   Proved by `runtime_memory.rs` `start_from_now_skips_history_and_shutdown_keeps_the_checkpoint`.
+//! - **Graceful shutdown.** In-flight handlers finish (for at most `shutdown_timeout`),
+//!   checkpoints are saved, leases released. Proved by `runtime_memory.rs`
+//!   `shutdown_lets_an_in_flight_handler_finish_and_saves_its_checkpoint` and
+//!   `shutdown_does_not_wait_forever_for_a_hung_handler`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
