@@ -1,0 +1,302 @@
+//! The write path: validation, then one statement per append (optimistic concurrency from the
+//! unique key on the entity version, idempotency keys written by the same statement), and the
+//! mapping of unique violations to typed errors.
+
+use eventuate_core::store::{validate_append, validate_payload};
+use eventuate_core::{AppendOutcome, AppendRequest, ExpectedVersion, Position};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{CoreResult, PostgresEventStore, backend, get, to_u64};
+
+/// How many times an append whose guard failed only because its snapshot was a moment too old
+/// is re-run before giving up (see [`PostgresEventStore::append_in`]).
+const GUARD_ATTEMPTS: u32 = 3;
+
+impl PostgresEventStore {
+    /// Appends inside the caller's transaction: the events (and the idempotency key) commit or
+    /// roll back with the caller's other writes, e.g. a read model updated by the same handler.
+    ///
+    /// Same checks and outcomes as [`EventStore::append`], with these differences:
+    /// - nothing is visible, and [`appended`](Self::appended) does not fire, until the caller
+    ///   commits; call [`notify_appended`](Self::notify_appended) after the commit;
+    /// - a lost race (a unique violation) aborts the caller's transaction, as any failed
+    ///   statement does in PostgreSQL; the error still says what happened;
+    /// - the stream orders transactions by their id, which a transaction gets at its first
+    ///   write. If the entity's current version was written by a transaction that got its id
+    ///   *after* the caller's, appending the next version here would put it before its
+    ///   predecessor in the stream; the store refuses it with [`eventuate_core::Error::Config`]
+    ///   (retry in a new transaction). Appending early in the transaction avoids it.
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        request: AppendRequest,
+    ) -> CoreResult<AppendOutcome> {
+        self.check(&request)?;
+        self.append_on(conn, &request, true).await
+    }
+
+    pub(super) fn check(&self, request: &AppendRequest) -> CoreResult<()> {
+        validate_append(request)?;
+        for event in &request.events {
+            validate_payload(request, event, self.inner.max_payload_bytes)?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest,
+        in_transaction: bool,
+    ) -> CoreResult<AppendOutcome> {
+        // The caller has run `check`: payloads are parsed once per append.
+        let sql = &self.inner.sql;
+        let entity_type = request.entity_type.as_str();
+        let entity_id = request.entity_id.as_str();
+        let base = match request.expected {
+            ExpectedVersion::New => 0,
+            ExpectedVersion::Exactly(v) => i64::try_from(v).map_err(|_| {
+                eventuate_core::Error::Config(format!(
+                    "append to {entity_type} `{entity_id}` expects version {v}, beyond what the \
+                     store can hold"
+                ))
+            })?,
+        };
+        let event_ids: Vec<Uuid> = request.events.iter().map(|e| e.event_id).collect();
+        let event_types: Vec<&str> = request
+            .events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect();
+        let payloads: Vec<&str> = request.events.iter().map(|e| e.payload.as_str()).collect();
+        let metadata = request
+            .events
+            .iter()
+            .map(|e| serde_json::to_string(&e.metadata))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|source| eventuate_core::Error::Encode {
+                what: format!("event metadata for {entity_type} `{entity_id}`"),
+                source,
+            })?;
+        // Fits: entity_hash is 31 bits.
+        let hash = i32::try_from(eventuate_core::name::entity_hash(entity_id)).unwrap_or(0);
+        let statements = match (&request.expected, &request.idempotency) {
+            (ExpectedVersion::New, None) => &sql.append_new,
+            (ExpectedVersion::Exactly(_), None) => &sql.append_exactly,
+            (ExpectedVersion::New, Some(_)) => &sql.append_new_key,
+            (ExpectedVersion::Exactly(_), Some(_)) => &sql.append_exactly_key,
+        };
+        // Most commands append one event: a plain row is cheaper for the server than UNNEST.
+        let single = match request.events.as_slice() {
+            [event] => Some(event),
+            _ => None,
+        };
+        let statement = if single.is_some() {
+            &statements.one
+        } else {
+            &statements.many
+        };
+        let context = || format!("append to {entity_type} `{entity_id}`");
+
+        for _ in 0..GUARD_ATTEMPTS {
+            let query = sqlx::query(statement);
+            let mut query = match single {
+                Some(event) => query
+                    .bind(event.event_id)
+                    .bind(event.event_type.as_str())
+                    .bind(event.payload.as_str())
+                    .bind(metadata[0].as_str()),
+                None => query
+                    .bind(&event_ids)
+                    .bind(&event_types)
+                    .bind(&payloads)
+                    .bind(&metadata),
+            }
+            .bind(entity_type)
+            .bind(entity_id)
+            .bind(base)
+            .bind(hash);
+            if let Some(key) = &request.idempotency {
+                query = query
+                    .bind(key.subscriber_id.as_str())
+                    .bind(key.triggering_event_id)
+                    .bind(i64::from(key.sequence));
+            }
+            let rows = match query.fetch_all(&mut *conn).await {
+                Ok(rows) => rows,
+                Err(sqlx::Error::Database(db))
+                    if db.is_unique_violation()
+                        && db.constraint() == Some("events_entity_version_unique") =>
+                {
+                    // Another writer committed one of our versions first. In the caller's
+                    // transaction the failure aborted it: ask the pool instead.
+                    let actual = if in_transaction {
+                        let mut other = self
+                            .inner
+                            .pool
+                            .acquire()
+                            .await
+                            .map_err(|e| eventuate_core::Error::backend(context(), e))?;
+                        self.current_version(&mut other, entity_type, entity_id)
+                            .await?
+                    } else {
+                        self.current_version(conn, entity_type, entity_id).await?
+                    };
+                    return Err(lost_race(request, actual));
+                }
+                Err(sqlx::Error::Database(db))
+                    if db.is_unique_violation()
+                        && db.constraint() == Some("events_event_id_unique") =>
+                {
+                    // Which one? In the caller's transaction the failure aborted it: ask the
+                    // pool instead.
+                    let lookup = sqlx::query_scalar(&sql.taken_event_id).bind(&event_ids);
+                    let taken: Option<Uuid> = if in_transaction {
+                        let mut other = self
+                            .inner
+                            .pool
+                            .acquire()
+                            .await
+                            .map_err(|e| backend(context(), e))?;
+                        lookup.fetch_optional(&mut *other).await
+                    } else {
+                        lookup.fetch_optional(&mut *conn).await
+                    }
+                    .map_err(|e| backend(context(), e))?;
+                    return Err(match taken {
+                        Some(event_id) => eventuate_core::Error::DuplicateEventId {
+                            entity_type: request.entity_type.clone(),
+                            entity_id: request.entity_id.clone(),
+                            event_id,
+                        },
+                        // Taken by a transaction that has not committed (or rolled back) yet.
+                        None => eventuate_core::Error::backend(
+                            format!("{}: an event id of this append is already taken", context()),
+                            sqlx::Error::Database(db),
+                        ),
+                    });
+                }
+                Err(e) => return Err(backend(context(), e)),
+            };
+            if !rows.is_empty() {
+                let mut stored = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let transaction: i64 = get(row, 0, &context)?;
+                    let sequence: i64 = get(row, 1, &context)?;
+                    let version: i64 = get(row, 2, &context)?;
+                    stored.push((
+                        version,
+                        Position::new(to_u64(transaction), to_u64(sequence)),
+                    ));
+                }
+                stored.sort_unstable_by_key(|(version, _)| *version);
+                let version = stored.last().map_or(0, |(v, _)| to_u64(*v));
+                if !in_transaction {
+                    self.notify_appended();
+                }
+                return Ok(AppendOutcome::Appended {
+                    version,
+                    positions: stored.into_iter().map(|(_, p)| p).collect(),
+                });
+            }
+            // Nothing inserted: the key was already there, or the version guard failed.
+            // The key is checked first so that a re-delivered create is a duplicate, not
+            // "entity exists".
+            if let Some(key) = &request.idempotency {
+                let exists: bool = sqlx::query_scalar(&sql.key_exists)
+                    .bind(key.subscriber_id.as_str())
+                    .bind(key.triggering_event_id)
+                    .bind(i64::from(key.sequence))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| backend(context(), e))?;
+                if exists {
+                    return Ok(AppendOutcome::Duplicate);
+                }
+            }
+            let actual = self.current_version(conn, entity_type, entity_id).await?;
+            match request.expected {
+                ExpectedVersion::New if actual > 0 => return Err(lost_race(request, actual)),
+                ExpectedVersion::Exactly(_) if actual == 0 => {
+                    return Err(eventuate_core::Error::EntityNotFound {
+                        entity_type: entity_type.to_owned(),
+                        entity_id: entity_id.to_owned(),
+                    });
+                }
+                ExpectedVersion::Exactly(v) if actual != v => {
+                    return Err(lost_race(request, actual));
+                }
+                // The version we build on was committed between the statement's snapshot and
+                // our look-up: run the statement again with a fresh snapshot.
+                _ => continue,
+            }
+        }
+        Err(match request.expected {
+            ExpectedVersion::Exactly(v) => eventuate_core::Error::Config(format!(
+                "{}: version {v} was written by a transaction younger than the one appending \
+                 version {}; appending here would order the entity's events backwards in the \
+                 stream. Append in a new transaction (or before the transaction's other writes)",
+                context(),
+                v + 1
+            )),
+            ExpectedVersion::New => eventuate_core::Error::Config(format!(
+                "{}: the entity neither exists nor can be created; is another process deleting \
+                 events?",
+                context()
+            )),
+        })
+    }
+
+    pub(super) async fn current_version(
+        &self,
+        conn: &mut PgConnection,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> CoreResult<u64> {
+        let version: i64 = sqlx::query_scalar(&self.inner.sql.current_version)
+            .bind(entity_type)
+            .bind(entity_id)
+            .fetch_one(conn)
+            .await
+            .map_err(|e| {
+                backend(
+                    format!("read the version of {entity_type} `{entity_id}`"),
+                    e,
+                )
+            })?;
+        Ok(to_u64(version))
+    }
+
+    pub(super) async fn append_pooled(&self, request: AppendRequest) -> CoreResult<AppendOutcome> {
+        // Validate before taking a connection: bad input never waits for the pool.
+        self.check(&request)?;
+        let mut conn = self.inner.pool.acquire().await.map_err(|e| {
+            backend(
+                format!(
+                    "append to {} `{}`: no database connection",
+                    request.entity_type, request.entity_id
+                ),
+                e,
+            )
+        })?;
+        self.append_on(&mut conn, &request, false).await
+    }
+}
+
+/// The error for an append that found the entity at `actual`, not where it expected.
+fn lost_race(request: &AppendRequest, actual: u64) -> eventuate_core::Error {
+    match request.expected {
+        ExpectedVersion::New => eventuate_core::Error::EntityExists {
+            entity_type: request.entity_type.clone(),
+            entity_id: request.entity_id.clone(),
+            version: actual,
+        },
+        ExpectedVersion::Exactly(expected) => eventuate_core::Error::Conflict {
+            entity_type: request.entity_type.clone(),
+            entity_id: request.entity_id.clone(),
+            expected,
+            actual,
+        },
+    }
+}

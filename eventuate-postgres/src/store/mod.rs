@@ -1,0 +1,357 @@
+//! [`PostgresEventStore`]: the [`EventStore`] on PostgreSQL. One schema holds one store (one
+//! tenant); every append is a single statement; the global stream is read in
+//! `(transaction_id, sequence)` order below the snapshot horizon (see [`crate::ordering`]).
+//!
+//! The store's parts: `append` (the write path: one statement per append, optimistic
+//! concurrency and idempotency keys), `read` (entity loads, snapshots and the global stream
+//! below the horizon) and `sql` (every statement, built once per schema).
+
+mod append;
+mod read;
+mod sql;
+
+use std::sync::Arc;
+
+use eventuate_core::{
+    AppendOutcome, AppendRequest, EventEnvelope, EventStore, Position, Snapshot, StreamFilter,
+};
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Acquire, Row};
+use tokio::sync::watch;
+
+use crate::migrate::{migrator, validate_schema};
+use crate::{Error, Result};
+use sql::Sql;
+
+type CoreResult<T> = eventuate_core::Result<T>;
+
+/// Default largest accepted event payload: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// Configures and connects a [`PostgresEventStore`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), eventuate_postgres::Error> {
+/// let store = eventuate_postgres::PostgresEventStore::builder()
+///     .schema("tenant_a")
+///     .max_connections(16)
+///     .max_payload_bytes(1 << 20)
+///     .migrate_on_connect(true)
+///     .connect("postgres://postgres@localhost/app")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PostgresEventStoreBuilder {
+    schema: String,
+    max_connections: u32,
+    max_payload_bytes: usize,
+    migrate_on_connect: bool,
+}
+
+impl Default for PostgresEventStoreBuilder {
+    fn default() -> Self {
+        PostgresEventStoreBuilder {
+            schema: "public".into(),
+            max_connections: 16,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            migrate_on_connect: false,
+        }
+    }
+}
+
+impl PostgresEventStoreBuilder {
+    /// The schema that holds the store's tables (default `public`). One schema per tenant gives
+    /// independent stores in one database. The name must be a plain identifier (ASCII letter
+    /// or `_`, then letters, digits, `_`; at most 63 bytes); it is always quoted in SQL, so it
+    /// is case-sensitive.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Size of the connection pool that [`connect`](Self::connect) opens (default 16).
+    /// Ignored by [`with_pool`](Self::with_pool).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Largest accepted event payload in bytes (default [`DEFAULT_MAX_PAYLOAD_BYTES`]).
+    pub fn max_payload_bytes(mut self, max: usize) -> Self {
+        self.max_payload_bytes = max;
+        self
+    }
+
+    /// Whether to apply the embedded migrations when connecting (default `false`: call
+    /// [`PostgresEventStore::migrate`] explicitly, e.g. from a deployment step).
+    pub fn migrate_on_connect(mut self, on: bool) -> Self {
+        self.migrate_on_connect = on;
+        self
+    }
+
+    /// Opens a connection pool to `url` and builds the store.
+    pub async fn connect(self, url: &str) -> Result<PostgresEventStore> {
+        validate_schema(&self.schema)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .connect(url)
+            .await
+            .map_err(|source| Error::Connect { source })?;
+        self.with_pool(pool).await
+    }
+
+    /// Builds the store on an existing pool (shared with the application's own queries).
+    pub async fn with_pool(self, pool: PgPool) -> Result<PostgresEventStore> {
+        validate_schema(&self.schema)?;
+        let (appended, _) = watch::channel(0);
+        let store = PostgresEventStore {
+            inner: Arc::new(Inner {
+                sql: Sql::new(&self.schema),
+                subscription_sql: crate::subscriptions::SubscriptionSql::new(&self.schema),
+                wakeup: std::sync::OnceLock::new(),
+                schema: self.schema,
+                pool,
+                max_payload_bytes: self.max_payload_bytes,
+                appended,
+            }),
+        };
+        if self.migrate_on_connect {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+}
+
+/// The PostgreSQL [`EventStore`]. Cheap to clone (the clones share one pool).
+///
+/// Appends are single statements (atomic, one round trip) that take no lock: writers to
+/// different entities never wait for each other. Optimistic concurrency comes from the unique
+/// key on `(entity_type, entity_id, entity_version)`; idempotency keys live in
+/// `processed_commands`, written by the same statement. Readers follow the global stream
+/// without ever skipping an event, as explained in [`crate::ordering`].
+#[derive(Clone, Debug)]
+pub struct PostgresEventStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    schema: String,
+    max_payload_bytes: usize,
+    sql: Sql,
+    appended: watch::Sender<u64>,
+    subscription_sql: crate::subscriptions::SubscriptionSql,
+    // Started by the first consumer that asks for wake-ups (see `crate::wakeup`).
+    wakeup: std::sync::OnceLock<crate::wakeup::Wakeup>,
+}
+
+impl PostgresEventStore {
+    /// A store in schema `public` of the database at `url`, with default settings and no
+    /// migration; see [`builder`](Self::builder) for the options.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::builder().connect(url).await
+    }
+
+    /// Configures a store.
+    pub fn builder() -> PostgresEventStoreBuilder {
+        PostgresEventStoreBuilder::default()
+    }
+
+    /// Creates the schema if needed and applies the embedded migrations that are not applied
+    /// yet. Safe to call concurrently from several processes, and on every start.
+    pub async fn migrate(&self) -> Result<()> {
+        let schema = &self.inner.schema;
+        let quoted = quote(schema);
+        let database = |context: &str| {
+            let context = format!("{context} (schema `{schema}`)");
+            move |source| Error::Database { context, source }
+        };
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(|source| Error::Connect { source })?;
+        // The migration leaves `search_path` pointing at the tenant's schema; never hand that
+        // connection back to the pool.
+        conn.close_on_drop();
+        {
+            // Two processes creating the same schema at once would collide on the catalog's
+            // unique index; serialize them (the migrator itself locks per database).
+            let mut tx = conn.begin().await.map_err(database("begin"))?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7461))")
+                .bind(schema)
+                .execute(&mut *tx)
+                .await
+                .map_err(database("lock the schema creation"))?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}"))
+                .execute(&mut *tx)
+                .await
+                .map_err(database("create the schema"))?;
+            tx.commit().await.map_err(database("create the schema"))?;
+        }
+        // The migration SQL is static and unqualified; with the search path on the schema,
+        // its tables and sqlx's `_sqlx_migrations` land there, one set per tenant.
+        sqlx::query(&format!("SET search_path TO {quoted}"))
+            .execute(&mut *conn)
+            .await
+            .map_err(database("set search_path"))?;
+        let migrator = migrator().await.map_err(|source| Error::Migrate {
+            schema: schema.clone(),
+            source,
+        })?;
+        migrator
+            .run(&mut *conn)
+            .await
+            .map_err(|source| Error::Migrate {
+                schema: schema.clone(),
+                source,
+            })
+    }
+
+    /// The connection pool, for the application's own queries (read models written in the
+    /// same database, ...).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema holding the store's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// The largest accepted event payload, in bytes.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.inner.max_payload_bytes
+    }
+
+    /// A receiver that changes after every append this store made (a counter of appends).
+    ///
+    /// An in-process wake-up for readers: it only says "look again", the events are always
+    /// read from the table. It fires after the append's commit, never inside it, so it costs
+    /// the writers nothing.
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.inner.appended.subscribe()
+    }
+
+    pub(crate) fn subscription_sql(&self) -> &crate::subscriptions::SubscriptionSql {
+        &self.inner.subscription_sql
+    }
+
+    pub(crate) fn wakeup(&self) -> &crate::wakeup::Wakeup {
+        self.inner.wakeup.get_or_init(|| {
+            crate::wakeup::Wakeup::new(self.pool().clone(), self.schema(), self.appended())
+        })
+    }
+
+    /// Wakes the receivers of [`appended`](Self::appended); call it after committing a
+    /// transaction that used [`append_in`](Self::append_in).
+    pub fn notify_appended(&self) {
+        self.wakeup().start_forwarder();
+        self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+impl EventStore for PostgresEventStore {
+    fn append(&self, request: AppendRequest) -> BoxFuture<'_, CoreResult<AppendOutcome>> {
+        Box::pin(self.append_pooled(request))
+    }
+
+    fn load<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        after_version: u64,
+    ) -> BoxFuture<'a, CoreResult<Vec<EventEnvelope>>> {
+        Box::pin(self.load_events(entity_type, entity_id, after_version))
+    }
+
+    fn load_for_fold<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        after_version: u64,
+    ) -> BoxFuture<'a, CoreResult<Vec<eventuate_core::StoredEvent>>> {
+        Box::pin(self.load_fold(entity_type, entity_id, after_version))
+    }
+
+    fn load_with_snapshot<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        snapshot_version: u32,
+    ) -> BoxFuture<'a, CoreResult<(Option<Snapshot>, Vec<eventuate_core::StoredEvent>)>> {
+        Box::pin(self.load_snapshot_and_fold(entity_type, entity_id, snapshot_version))
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, CoreResult<Vec<EventEnvelope>>> {
+        Box::pin(self.read(after, filter, limit))
+    }
+
+    fn head(&self) -> BoxFuture<'_, CoreResult<Position>> {
+        Box::pin(self.read_head())
+    }
+
+    fn count_after<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+    ) -> BoxFuture<'a, CoreResult<u64>> {
+        Box::pin(self.count(after, filter))
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, CoreResult<()>> {
+        Box::pin(self.store_snapshot(snapshot))
+    }
+
+    fn load_snapshot<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        snapshot_version: u32,
+    ) -> BoxFuture<'a, CoreResult<Option<Snapshot>>> {
+        Box::pin(self.fetch_snapshot(entity_type, entity_id, snapshot_version))
+    }
+}
+
+fn backend(context: String, e: sqlx::Error) -> eventuate_core::Error {
+    // A missing table almost always means the schema was never migrated: say so.
+    if let sqlx::Error::Database(db) = &e {
+        if db.code().as_deref() == Some("42P01") {
+            return eventuate_core::Error::backend(
+                format!(
+                    "{context} (the event store tables are missing: run \
+                     PostgresEventStore::migrate, or build the store with \
+                     migrate_on_connect(true))"
+                ),
+                e,
+            );
+        }
+    }
+    eventuate_core::Error::backend(context, e)
+}
+
+fn get<'r, T>(row: &'r PgRow, index: usize, context: &dyn Fn() -> String) -> CoreResult<T>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(index).map_err(|e| backend(context(), e))
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A schema name as a quoted SQL identifier. Only called on validated names, which contain no
+/// quote to escape.
+pub(crate) fn quote(schema: &str) -> String {
+    format!("\"{schema}\"")
+}

@@ -1,0 +1,193 @@
+//! Every statement of the store, built once per store with the schema spliced in (names cannot
+//! be bound as parameters), and the horizon expression that makes stream reads exact.
+
+use super::quote;
+
+pub(super) const EVENT_COLUMNS: &str = "transaction_id, sequence, event_id, entity_type, entity_id, \
+     entity_version, event_type, payload::text, metadata::text";
+
+/// The horizon below which the stream is final (see [`crate::ordering`]): the oldest
+/// transaction still running at the statement's snapshot that could write to this database's
+/// tables, or the snapshot's xmax when there is none. A running transaction is ignored only
+/// when `pg_stat_activity` proves it cannot write events: it belongs to a backend connected to
+/// another database (a transaction never changes database), or to an autovacuum worker. Anything
+/// unidentified (a prepared transaction, a transaction that ended since the snapshot) holds the
+/// horizon back. A planner init-plan: computed once per statement.
+const HORIZON: &str = "(SELECT COALESCE(\
+     (SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
+      WHERE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) AS a \
+       WHERE a.backend_xid = x::xid \
+       AND (a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database()) \
+            OR a.backend_type = 'autovacuum worker'))), \
+     pg_snapshot_xmax(pg_current_snapshot())::text::bigint))";
+
+/// Every statement, built once per store with the schema spliced in (names cannot be bound
+/// as parameters). sqlx prepares each on first use per connection and caches it.
+#[derive(Debug)]
+pub(super) struct Sql {
+    pub(super) append_new: AppendSql,
+    pub(super) append_exactly: AppendSql,
+    pub(super) append_new_key: AppendSql,
+    pub(super) append_exactly_key: AppendSql,
+    pub(super) key_exists: String,
+    pub(super) current_version: String,
+    pub(super) load: String,
+    pub(super) taken_event_id: String,
+    pub(super) load_fold: String,
+    pub(super) load_snapshot_and_fold: String,
+    pub(super) read_all: String,
+    pub(super) read_types: String,
+    pub(super) read_partition: String,
+    pub(super) read_types_partition: String,
+    pub(super) count_all: String,
+    pub(super) count_types: String,
+    pub(super) count_partition: String,
+    pub(super) count_types_partition: String,
+    pub(super) head: String,
+    pub(super) save_snapshot: String,
+    pub(super) load_snapshot: String,
+}
+
+/// One kind of append, for one event and for several.
+#[derive(Debug)]
+pub(super) struct AppendSql {
+    pub(super) one: String,
+    pub(super) many: String,
+}
+
+impl Sql {
+    pub(super) fn new(schema: &str) -> Self {
+        let s = quote(schema);
+        // $1..$4: event id, type, payload and metadata (scalars for one event, arrays for
+        // several); $5 entity type, $6 entity id, $7 the version the append builds on (0 for a
+        // create), $8 partition hash; $9..$11 the idempotency key.
+        //
+        // A create needs no guard: versions start at 1 and have no gaps, so an existing entity
+        // has a version 1 and the unique key turns the insert into a unique violation, which is
+        // mapped to `EntityExists`. An update must check that version $7 exists (or it could
+        // leave a gap), and that it comes from an older transaction, so that the stream, which
+        // orders by transaction id, keeps the entity's versions ascending. For the store's own
+        // single-statement appends that always holds; see `append_in`.
+        let guard_exactly = format!(
+            "EXISTS (SELECT 1 FROM {s}.events WHERE entity_type = $5 AND entity_id = $6 \
+             AND entity_version = $7 \
+             AND transaction_id < pg_current_xact_id()::text::bigint)"
+        );
+        let columns = format!(
+            "INSERT INTO {s}.events (event_id, entity_type, entity_id, entity_version, \
+             event_type, payload, metadata, partition_hash)"
+        );
+        let returning = "RETURNING transaction_id, sequence, entity_version";
+        let one_values = "$1::uuid, $5, $6, $7 + 1, $2::text, $3::text::json, $4::text::json, $8";
+        let insert = |condition: Option<&str>| AppendSql {
+            one: match condition {
+                None => format!("{columns} VALUES ({one_values}) {returning}"),
+                Some(c) => format!("{columns} SELECT {one_values} WHERE {c} {returning}"),
+            },
+            many: format!(
+                "{columns} \
+                 SELECT e.event_id, $5, $6, $7 + e.ord, e.event_type, e.payload::json, \
+                 e.metadata::json, $8 \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY \
+                 AS e(event_id, event_type, payload, metadata, ord) \
+                 {} ORDER BY e.ord {returning}",
+                condition.map(|c| format!("WHERE {c}")).unwrap_or_default()
+            ),
+        };
+        // The key row is inserted only when the version guard passes, and the events only when
+        // the key row was inserted: one statement, so a failed guard or a unique violation
+        // records no key, and a repeated key writes no event.
+        let with_key = |guard: Option<&str>| {
+            let key = format!(
+                "WITH key AS (INSERT INTO {s}.processed_commands \
+                 (subscriber_id, triggering_event_id, sequence) \
+                 SELECT $9, $10, $11 {} \
+                 ON CONFLICT DO NOTHING RETURNING 1)",
+                guard.map(|g| format!("WHERE {g}")).unwrap_or_default()
+            );
+            let events = insert(Some("EXISTS (SELECT 1 FROM key)"));
+            AppendSql {
+                one: format!("{key} {}", events.one),
+                many: format!("{key} {}", events.many),
+            }
+        };
+        // Stream reads: $1, $2 the position to read after, $3 the limit, then the filters.
+        let read = |filters: &str| {
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                 WHERE (transaction_id, sequence) > ($1, $2) AND transaction_id < {HORIZON}{filters} \
+                 ORDER BY transaction_id, sequence LIMIT $3"
+            )
+        };
+        // Counts: the same rows as a read without limit, so the filters start at $3.
+        let count = |filters: &str| {
+            format!(
+                "SELECT count(*) FROM {s}.events \
+                 WHERE (transaction_id, sequence) > ($1, $2) AND transaction_id < {HORIZON}{filters}"
+            )
+        };
+        Sql {
+            append_new: insert(None),
+            append_exactly: insert(Some(&guard_exactly)),
+            append_new_key: with_key(None),
+            append_exactly_key: with_key(Some(&guard_exactly)),
+            key_exists: format!(
+                "SELECT EXISTS (SELECT 1 FROM {s}.processed_commands WHERE subscriber_id = $1 \
+                 AND triggering_event_id = $2 AND sequence = $3)"
+            ),
+            current_version: format!(
+                "SELECT COALESCE(MAX(entity_version), 0)::bigint FROM {s}.events \
+                 WHERE entity_type = $1 AND entity_id = $2"
+            ),
+            load: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                 WHERE entity_type = $1 AND entity_id = $2 AND entity_version > $3 \
+                 ORDER BY entity_version"
+            ),
+            taken_event_id: format!(
+                "SELECT event_id FROM {s}.events WHERE event_id = ANY($1) LIMIT 1"
+            ),
+            load_fold: format!(
+                "SELECT entity_version, event_type, payload::text FROM {s}.events \
+                 WHERE entity_type = $1 AND entity_id = $2 AND entity_version > $3 \
+                 ORDER BY entity_version"
+            ),
+            load_snapshot_and_fold: format!(
+                "WITH snap AS (SELECT entity_version, payload::text AS payload \
+                   FROM {s}.snapshots \
+                   WHERE entity_type = $1 AND entity_id = $2 AND snapshot_version = $3) \
+                 SELECT 0 AS kind, entity_version, NULL::text AS event_type, payload FROM snap \
+                 UNION ALL \
+                 SELECT 1, e.entity_version, e.event_type, e.payload::text FROM {s}.events e \
+                 WHERE e.entity_type = $1 AND e.entity_id = $2 \
+                   AND e.entity_version > COALESCE((SELECT entity_version FROM snap), 0) \
+                 ORDER BY kind, entity_version"
+            ),
+            read_all: read(""),
+            read_types: read(" AND entity_type = ANY($4)"),
+            read_partition: read(" AND partition_hash % $4 = $5"),
+            read_types_partition: read(" AND entity_type = ANY($4) AND partition_hash % $5 = $6"),
+            count_all: count(""),
+            count_types: count(" AND entity_type = ANY($3)"),
+            count_partition: count(" AND partition_hash % $3 = $4"),
+            count_types_partition: count(" AND entity_type = ANY($3) AND partition_hash % $4 = $5"),
+            head: format!(
+                "SELECT transaction_id, sequence FROM {s}.events WHERE transaction_id < {HORIZON} \
+                 ORDER BY transaction_id DESC, sequence DESC LIMIT 1"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {s}.snapshots AS snap \
+                 (entity_type, entity_id, snapshot_version, entity_version, payload) \
+                 VALUES ($1, $2, $3, $4, $5::json) \
+                 ON CONFLICT (entity_type, entity_id, snapshot_version) DO UPDATE \
+                 SET entity_version = EXCLUDED.entity_version, payload = EXCLUDED.payload, \
+                 created_at = now() \
+                 WHERE snap.entity_version <= EXCLUDED.entity_version"
+            ),
+            load_snapshot: format!(
+                "SELECT entity_version, payload::text FROM {s}.snapshots \
+                 WHERE entity_type = $1 AND entity_id = $2 AND snapshot_version = $3"
+            ),
+        }
+    }
+}
