@@ -26,7 +26,7 @@ pub use repository::{CommandOptions, Committed, Loaded, Repository, RepositoryOp
 pub use runtime::Eventuate;
 pub use store::{
     AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, Partition, Snapshot,
-    StoredEvent, StreamFilter,
+    StoredEvent, StreamBatch, StreamFilter, StreamItem,
 };
 pub use subscriber::{
     EventContext, HandlerError, RetryPolicy, StartFrom, Subscriber, Subscription,

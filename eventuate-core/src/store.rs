@@ -105,6 +105,43 @@ impl StreamFilter {
     }
 }
 
+/// One row of the global stream as a consumer receives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamItem {
+    /// A decoded event.
+    Event(EventEnvelope),
+    /// A stored row that does not decode into an envelope (metadata written by another
+    /// service through SQL, say). The event carries what could be read (default metadata);
+    /// the consumer parks it with `error` for its subscriber, and everything else flows.
+    Undecodable {
+        /// What could be read of the row.
+        event: EventEnvelope,
+        /// Why it does not decode.
+        error: String,
+    },
+}
+
+impl StreamItem {
+    /// The row's event (for an undecodable row, what could be read of it).
+    pub fn event(&self) -> &EventEnvelope {
+        match self {
+            StreamItem::Event(event) | StreamItem::Undecodable { event, .. } => event,
+        }
+    }
+}
+
+/// What [`EventStore::read_batch`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamBatch {
+    /// The rows that pass the filter, in stream order.
+    pub items: Vec<StreamItem>,
+    /// How far the read looked: every row at or before it that passes the filter is in
+    /// `items` (or at or before the position read after), and no row at or before it can be
+    /// committed later. A consumer may move its checkpoint here even when `items` is empty,
+    /// so that an idle subscriber does not read the same rows of other entity types again.
+    pub scanned_to: Position,
+}
+
 /// A stored snapshot of an aggregate's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -207,6 +244,26 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<EventEnvelope>>>;
 
+    /// Reads like [`EventStore::read_stream`], but hands undecodable rows over as
+    /// [`StreamItem::Undecodable`] instead of failing the whole read, and says how far it
+    /// looked. The default wraps `read_stream` and claims only the last row it returned;
+    /// stores override it to report their horizon.
+    fn read_batch<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<StreamBatch>> {
+        Box::pin(async move {
+            let events = self.read_stream(after, filter, limit).await?;
+            let scanned_to = events.last().map_or(after, |e| e.position.max(after));
+            Ok(StreamBatch {
+                items: events.into_iter().map(StreamItem::Event).collect(),
+                scanned_to,
+            })
+        })
+    }
+
     /// The position of the last event a reader can see now ([`Position::START`] when empty).
     fn head(&self) -> BoxFuture<'_, Result<Position>>;
 
@@ -277,6 +334,14 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<EventEnvelope>>> {
         (**self).read_stream(after, filter, limit)
+    }
+    fn read_batch<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<StreamBatch>> {
+        (**self).read_batch(after, filter, limit)
     }
     fn head(&self) -> BoxFuture<'_, Result<Position>> {
         (**self).head()

@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "subscriptions",
         include_str!("../migrations/0002_subscriptions.sql"),
     ),
+    (
+        3,
+        "subscription protocol",
+        include_str!("../migrations/0003_subscription_protocol.sql"),
+    ),
 ];
 
 /// The migrations as a sqlx source, built from the embedded text instead of a directory.

@@ -1,32 +1,43 @@
 //! Durable subscription state in PostgreSQL: [`SubscriptionStore`] for
 //! [`PostgresEventStore`], so that `Eventuate::new(store)` runs subscribers on PostgreSQL
-//! exactly as on the in-memory store.
+//! exactly as on the in-memory store. The protocol (members, stored shapes, fencing tokens)
+//! is described in [`eventuate_core::subscription_store`]; here is how the SQL keeps it.
 //!
-//! - **Leases** live in `subscription_partitions` with the database's clock. A node takes a
-//!   partition when it is free, expired, or its own; every write of a consumer (checkpoint,
-//!   attempt count, parking, the checkpoint inside a view transaction) is conditional on
-//!   `owner = node`, so a consumer that lost its lease cannot move anything.
+//! - **Leases** live in `subscription_partitions` with the database's clock. `owner` is the
+//!   holding incarnation and `epoch` the fencing token: every state write is one statement
+//!   conditional on `(owner, epoch)` of the row it locks, so it either sees the current holder
+//!   or waits for a concurrent takeover and re-checks. Parking and replay outcomes take the
+//!   row `FOR SHARE` in the same statement, for the same reason.
+//! - **Shapes** live in `subscribers`. A reshape updates it and bumps every partition's epoch
+//!   in one transaction; acquisitions lock the `subscribers` row `FOR SHARE`, so none can slip
+//!   in under the old generation. Migrations run in one transaction holding that row.
 //! - **Checkpoints** only move forward (the update keeps the larger position).
 //! - **Durability**: writes that only record progress (heartbeats, lease renewals, checkpoint
 //!   saves, attempt counts) commit with `synchronous_commit = off`: they survive a crash of
 //!   the application (PostgreSQL has them), and a crash of the *server* can lose the last few
 //!   hundred milliseconds of them, which only means some events are delivered again (at least
 //!   once) or an attempt is counted once less. They no longer wait for a WAL flush each, which
-//!   halved catch-up throughput. Taking and releasing leases, parking, and the view
+//!   halved catch-up throughput. Taking and releasing leases, reshapes, parking, and the view
 //!   transaction of a transactional subscriber stay synchronous.
 //! - **Crash detection**: the `dirty` flag is set while a partition is held and cleared by a
 //!   clean release; a new holder that finds it set consumes carefully (see the core runtime).
+//! - **Stored text** passes through [`storable_text`]: `text` columns refuse NUL bytes.
 //! - **Transactional subscribers** get the connection of a transaction
 //!   (`ctx.transaction::<sqlx::PgConnection>()`) in which the runtime also writes the
-//!   checkpoint before committing: view and checkpoint move together.
+//!   checkpoint, fenced like any other checkpoint write, before committing: view and checkpoint
+//!   move together.
 //! - **Wake-ups** come from [`crate::wakeup`]: in-process appends, LISTEN/NOTIFY from other
 //!   processes, and reconnects.
 
 use std::any::Any;
 use std::time::{Duration, SystemTime};
 
-use eventuate_core::runtime::{Claim, LeaseInfo, ParkedEvent, PartitionKey, SubscriptionStore};
+use eventuate_core::runtime::{
+    Claim, Lease, LeaseInfo, Member, ParkedEvent, PartitionKey, Shape, StoredShape,
+    SubscriberState, SubscriptionStore,
+};
 use eventuate_core::subscriber::CheckpointTransaction;
+use eventuate_core::subscription_store::storable_text;
 use eventuate_core::{Error as CoreError, EventEnvelope, EventMetadata, Position, Result};
 use futures_util::future::BoxFuture;
 use sqlx::postgres::PgRow;
@@ -47,13 +58,21 @@ const RELAXED: &str = "SELECT set_config('synchronous_commit', 'off', true)";
 #[derive(Debug)]
 pub(crate) struct SubscriptionSql {
     heartbeat: String,
-    live_nodes: String,
+    live_members: String,
     leave: String,
-    create_partition: String,
+    insert_shape: String,
+    lock_shape: String,
+    update_shape: String,
+    fence_old_rows: String,
+    lock_rows: String,
+    relabel_rows: String,
+    delete_rows: String,
+    create_rows: String,
+    rekey_parked: String,
+    subscriber: String,
     acquire: String,
     renew: String,
     release: String,
-    leases: String,
     save_checkpoint: String,
     save_checkpoint_in_tx: String,
     record_attempt: String,
@@ -70,72 +89,124 @@ impl SubscriptionSql {
     pub(crate) fn new(schema: &str) -> Self {
         let s = quote(schema);
         let parts = format!("{s}.subscription_partitions");
-        let fenced = "subscriber_id = $1 AND partition = $2 AND owner = $3";
-        // The checkpoint only moves forward.
+        // $1 subscriber, $2 partition, $3 holder, $4 epoch.
+        let fenced = "subscriber_id = $1 AND partition = $2 AND owner = $3 AND epoch = $4";
+        let held = "subscriber_id = $1 AND partition = $2 AND owner = $3";
+        // The checkpoint only moves forward ($5, $6).
         let save_checkpoint = format!(
             "UPDATE {parts} SET \
-               checkpoint_tx = CASE WHEN (checkpoint_tx, checkpoint_seq) < ($4, $5) \
-                 THEN $4 ELSE checkpoint_tx END, \
-               checkpoint_seq = CASE WHEN (checkpoint_tx, checkpoint_seq) < ($4, $5) \
-                 THEN $5 ELSE checkpoint_seq END, \
+               checkpoint_tx = CASE WHEN (checkpoint_tx, checkpoint_seq) < ($5, $6) \
+                 THEN $5 ELSE checkpoint_tx END, \
+               checkpoint_seq = CASE WHEN (checkpoint_tx, checkpoint_seq) < ($5, $6) \
+                 THEN $6 ELSE checkpoint_seq END, \
                attempt_tx = NULL, attempt_seq = NULL, attempts = 0, updated_at = now()"
         );
+        // Locks the fenced row for the statement: a concurrent takeover is waited for and
+        // re-checked, never read past.
+        let fence = format!("fence AS (SELECT 1 FROM {parts} WHERE {fenced} FOR SHARE)");
         SubscriptionSql {
             heartbeat: format!(
                 "WITH relaxed AS ({RELAXED}) \
-                 INSERT INTO {s}.subscription_nodes (node_id, expires_at) \
-                 SELECT $1, now() + make_interval(secs => $2) FROM relaxed \
-                 ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+                 INSERT INTO {s}.subscription_members (incarnation, node, subscribers, expires_at) \
+                 SELECT $1, $2, $3, now() + make_interval(secs => $4) FROM relaxed \
+                 ON CONFLICT (incarnation) DO UPDATE SET node = EXCLUDED.node, \
+                   subscribers = EXCLUDED.subscribers, expires_at = EXCLUDED.expires_at"
             ),
-            live_nodes: format!(
-                "WITH gone AS (DELETE FROM {s}.subscription_nodes \
+            live_members: format!(
+                "WITH gone AS (DELETE FROM {s}.subscription_members \
                    WHERE expires_at < now() - interval '1 hour') \
-                 SELECT node_id FROM {s}.subscription_nodes WHERE expires_at > now() \
-                 ORDER BY node_id"
+                 SELECT incarnation, node, subscribers FROM {s}.subscription_members \
+                 WHERE expires_at > now() ORDER BY incarnation"
             ),
-            leave: format!("DELETE FROM {s}.subscription_nodes WHERE node_id = $1"),
-            create_partition: format!(
-                "INSERT INTO {parts} (subscriber_id, partition, checkpoint_tx, checkpoint_seq) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+            leave: format!("DELETE FROM {s}.subscription_members WHERE incarnation = $1"),
+            insert_shape: format!(
+                "INSERT INTO {s}.subscribers (subscriber_id, partitions, entity_types, \
+                   event_types, generation, start_tx, start_seq) \
+                 VALUES ($1, $2, $3, $4, 1, $5, $6) ON CONFLICT DO NOTHING"
             ),
-            // `old` reads the row before the update, so `recovered` sees the previous holder.
+            lock_shape: format!(
+                "SELECT partitions, entity_types, event_types, generation, start_tx, start_seq \
+                 FROM {s}.subscribers WHERE subscriber_id = $1 FOR UPDATE"
+            ),
+            update_shape: format!(
+                "UPDATE {s}.subscribers SET partitions = $2, entity_types = $3, event_types = $4, \
+                   generation = generation + 1 WHERE subscriber_id = $1 RETURNING generation"
+            ),
+            fence_old_rows: format!(
+                "UPDATE {parts} SET epoch = epoch + 1, updated_at = now() \
+                 WHERE subscriber_id = $1 AND generation < $2"
+            ),
+            lock_rows: format!(
+                "SELECT partition, generation, epoch, checkpoint_tx, checkpoint_seq, dirty, \
+                   (owner IS NOT NULL AND lease_expires_at > now()) \
+                 FROM {parts} WHERE subscriber_id = $1 ORDER BY partition FOR UPDATE"
+            ),
+            relabel_rows: format!(
+                "UPDATE {parts} SET generation = $2, owner = NULL, owner_node = NULL, \
+                   lease_expires_at = NULL, updated_at = now() WHERE subscriber_id = $1"
+            ),
+            delete_rows: format!("DELETE FROM {parts} WHERE subscriber_id = $1"),
+            create_rows: format!(
+                "INSERT INTO {parts} (subscriber_id, partition, checkpoint_tx, checkpoint_seq, \
+                   generation, epoch, dirty) \
+                 SELECT $1, p, $3, $4, $5, $6, $7 FROM generate_series(0, $2 - 1) AS p"
+            ),
+            rekey_parked: format!(
+                "UPDATE {s}.parked_events p SET partition = e.partition_hash % $2 \
+                 FROM {s}.events e WHERE p.subscriber_id = $1 \
+                   AND e.transaction_id = p.transaction_id AND e.sequence = p.sequence"
+            ),
+            subscriber: format!(
+                "SELECT s.partitions, s.entity_types, s.event_types, s.generation, \
+                   p.partition, p.generation, p.checkpoint_tx, p.checkpoint_seq, \
+                   CASE WHEN p.lease_expires_at > now() THEN p.owner END, \
+                   CASE WHEN p.lease_expires_at > now() THEN p.owner_node END, \
+                   extract(epoch FROM now() - GREATEST(p.unowned_since, \
+                     COALESCE(p.lease_expires_at, p.unowned_since)))::float8 \
+                 FROM {s}.subscribers s \
+                 LEFT JOIN {parts} p ON p.subscriber_id = s.subscriber_id \
+                 WHERE s.subscriber_id = $1 ORDER BY p.partition"
+            ),
+            // `old` reads the row before the update, so `recovered` sees the previous holder;
+            // `shape` locks the subscriber's row so that no reshape commits in between. Locks
+            // are taken in the order reshapes and migrations take them (the subscriber's row,
+            // then the partition's), so they never deadlock.
             acquire: format!(
-                "WITH old AS (SELECT owner, dirty FROM {parts} \
-                   WHERE subscriber_id = $1 AND partition = $2 FOR UPDATE) \
-                 UPDATE {parts} p SET owner = $3, \
-                   lease_expires_at = now() + make_interval(secs => $4), dirty = true, \
+                "WITH shape AS (SELECT 1 FROM {s}.subscribers \
+                   WHERE subscriber_id = $1 AND generation = $5 FOR SHARE), \
+                 old AS (SELECT dirty FROM {parts} \
+                   WHERE subscriber_id = $1 AND partition = $2 AND generation = $5 \
+                     AND EXISTS (SELECT 1 FROM shape) FOR UPDATE) \
+                 UPDATE {parts} p SET owner = $3, owner_node = $4, epoch = p.epoch + 1, \
+                   lease_expires_at = now() + make_interval(secs => $6), dirty = true, \
                    updated_at = now() \
-                 FROM old WHERE p.subscriber_id = $1 AND p.partition = $2 \
-                   AND (old.owner IS NULL OR old.owner = $3 OR p.lease_expires_at < now()) \
-                 RETURNING p.checkpoint_tx, p.checkpoint_seq, p.attempt_tx, p.attempt_seq, \
-                   p.attempts, (old.dirty AND old.owner IS DISTINCT FROM $3) AS recovered"
+                 FROM old, shape WHERE p.subscriber_id = $1 AND p.partition = $2 \
+                   AND (p.owner IS NULL OR p.owner = $3 OR p.lease_expires_at < now()) \
+                 RETURNING p.epoch, p.checkpoint_tx, p.checkpoint_seq, p.attempt_tx, \
+                   p.attempt_seq, p.attempts, old.dirty"
             ),
             renew: format!(
                 "UPDATE {parts} SET lease_expires_at = now() + make_interval(secs => $4) \
-                 FROM ({RELAXED}) AS relaxed WHERE {fenced}"
+                 FROM ({RELAXED}) AS relaxed WHERE {held}"
             ),
             release: format!(
-                "UPDATE {parts} SET owner = NULL, lease_expires_at = NULL, dirty = false, \
-                 updated_at = now() WHERE {fenced}"
-            ),
-            leases: format!(
-                "SELECT partition, CASE WHEN lease_expires_at > now() THEN owner END \
-                 FROM {parts} WHERE subscriber_id = $1 AND partition < $2"
+                "UPDATE {parts} SET owner = NULL, owner_node = NULL, lease_expires_at = NULL, \
+                   dirty = false, unowned_since = now(), updated_at = now() WHERE {held}"
             ),
             save_checkpoint: format!(
                 "{save_checkpoint} FROM ({RELAXED}) AS relaxed WHERE {fenced}"
             ),
             save_checkpoint_in_tx: format!("{save_checkpoint} WHERE {fenced}"),
             record_attempt: format!(
-                "UPDATE {parts} SET attempt_tx = $4, attempt_seq = $5, attempts = $6, \
+                "UPDATE {parts} SET attempt_tx = $5, attempt_seq = $6, attempts = $7, \
                  updated_at = now() FROM ({RELAXED}) AS relaxed WHERE {fenced}"
             ),
             park: format!(
-                "WITH fence AS (SELECT 1 FROM {parts} WHERE {fenced}), \
+                "WITH {fence}, \
                  ins AS (INSERT INTO {s}.parked_events (subscriber_id, partition, \
                    transaction_id, sequence, event_id, entity_type, entity_id, entity_version, \
                    event_type, payload, metadata, attempts, error) \
-                   SELECT $1, $2, $4, $5, $6, $7, $8, $9, $10, $11::json, $12::json, $13, $14 \
+                   SELECT $1, $2, $5, $6, $7, $8, $9, $10, $11, $12::json, $13::json, $14, $15 \
                    FROM fence ON CONFLICT DO NOTHING RETURNING 1) \
                  SELECT (SELECT count(*) FROM fence)"
             ),
@@ -158,15 +229,15 @@ impl SubscriptionSql {
                  WHERE subscriber_id = $1 AND partition = $2 AND replay_requested)"
             ),
             replay_ok: format!(
-                "WITH fence AS (SELECT 1 FROM {parts} WHERE {fenced}), \
+                "WITH {fence}, \
                  del AS (DELETE FROM {s}.parked_events WHERE subscriber_id = $1 \
-                   AND sequence = $4 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+                   AND sequence = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
                  SELECT (SELECT count(*) FROM fence)"
             ),
             replay_failed: format!(
-                "WITH fence AS (SELECT 1 FROM {parts} WHERE {fenced}), \
-                 upd AS (UPDATE {s}.parked_events SET attempts = $5, error = $6, \
-                   replay_requested = false WHERE subscriber_id = $1 AND sequence = $4 \
+                "WITH {fence}, \
+                 upd AS (UPDATE {s}.parked_events SET attempts = $6, error = $7, \
+                   replay_requested = false WHERE subscriber_id = $1 AND sequence = $5 \
                    AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
                  SELECT (SELECT count(*) FROM fence)"
             ),
@@ -201,14 +272,37 @@ fn position_of(tx: i64, seq: i64) -> Position {
     Position::new(tx.max(0) as u64, seq.max(0) as u64)
 }
 
+fn count(n: u32) -> i32 {
+    n.min(i32::MAX as u32) as i32
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+type PgScalar<'q, T> = sqlx::query::QueryScalar<'q, Postgres, T, sqlx::postgres::PgArguments>;
+
+/// A statement fenced by a lease: $1 subscriber, $2 partition, $3 holder, $4 epoch.
+fn fenced<'q>(sql: &'q str, lease: &'q Lease) -> Result<PgQuery<'q>> {
+    Ok(sqlx::query(sql)
+        .bind(&lease.key.subscriber_id)
+        .bind(count(lease.key.partition))
+        .bind(lease.holder)
+        .bind(int(lease.epoch, "lease epoch")?))
+}
+
+/// [`fenced`], returning the statement's one value.
+fn fenced_scalar<'q>(sql: &'q str, lease: &'q Lease) -> Result<PgScalar<'q, i64>> {
+    Ok(sqlx::query_scalar(sql)
+        .bind(&lease.key.subscriber_id)
+        .bind(count(lease.key.partition))
+        .bind(lease.holder)
+        .bind(int(lease.epoch, "lease epoch")?))
+}
+
 fn parked_from_row(subscriber_id: &str, row: &PgRow) -> Result<ParkedEvent> {
     let get = |e: sqlx::Error| CoreError::backend("decode a parked event", e);
     let metadata_text: String = row.try_get(9).map_err(get)?;
-    let metadata: EventMetadata =
-        serde_json::from_str(&metadata_text).map_err(|source| CoreError::Encode {
-            what: "parked event metadata".into(),
-            source,
-        })?;
+    // An undecodable row was parked with default metadata; anything else written to the
+    // table by hand still lists, with default metadata, rather than hiding every other row.
+    let metadata: EventMetadata = serde_json::from_str(&metadata_text).unwrap_or_default();
     let parked_at: f64 = row.try_get(12).map_err(get)?;
     Ok(ParkedEvent {
         subscriber_id: subscriber_id.to_owned(),
@@ -235,8 +329,7 @@ fn parked_from_row(subscriber_id: &str, row: &PgRow) -> Result<ParkedEvent> {
 struct CheckpointTx {
     tx: PgTransaction,
     sql: String,
-    key: PartitionKey,
-    node: Uuid,
+    lease: Lease,
 }
 
 impl CheckpointTransaction for CheckpointTx {
@@ -249,17 +342,9 @@ impl CheckpointTransaction for CheckpointTx {
 
     fn commit(self: Box<Self>, checkpoint: Position) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            let CheckpointTx {
-                mut tx,
-                sql,
-                key,
-                node,
-            } = *self;
+            let CheckpointTx { mut tx, sql, lease } = *self;
             let (t, s) = position_args(checkpoint)?;
-            let updated = sqlx::query(&sql)
-                .bind(&key.subscriber_id)
-                .bind(key.partition as i32)
-                .bind(node)
+            let updated = fenced(&sql, &lease)?
                 .bind(t)
                 .bind(s)
                 .execute(&mut *tx)
@@ -267,7 +352,7 @@ impl CheckpointTransaction for CheckpointTx {
                 .map_err(db("move the checkpoint in the view transaction"))?;
             if updated.rows_affected() == 0 {
                 // Dropping the transaction rolls the handler's writes back with it.
-                return Err(lease_lost(&key));
+                return Err(lease_lost(&lease.key));
             }
             tx.commit().await.map_err(db("commit the view transaction"))
         })
@@ -282,61 +367,299 @@ impl PostgresEventStore {
         self.wakeup().stop();
         self.pool().close().await;
     }
+
+    /// The migration of [`SubscriptionStore::migrate`], inside a transaction that holds the
+    /// subscriber's row.
+    async fn migrate_in(&self, tx: &mut sqlx::PgConnection, subscriber_id: &str) -> Result<bool> {
+        let sql = self.subscription_sql();
+        let Some(shape) = sqlx::query(&sql.lock_shape)
+            .bind(subscriber_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("lock the subscriber's shape"))?
+        else {
+            return Ok(true);
+        };
+        let get = |i: usize| shape.try_get::<i64, _>(i).map_err(db("decode the shape"));
+        let partitions: i32 = shape.try_get(0).map_err(db("decode the shape"))?;
+        let (generation, start) = (get(3)?, position_of(get(4)?, get(5)?));
+        let rows = sqlx::query(&sql.lock_rows)
+            .bind(subscriber_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("lock the subscriber's partitions"))?;
+        struct Row {
+            partition: i32,
+            generation: i64,
+            epoch: i64,
+            checkpoint: Position,
+            dirty: bool,
+            live: bool,
+        }
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let d = db("decode a partition");
+                Ok(Row {
+                    partition: r.try_get(0).map_err(db("decode a partition"))?,
+                    generation: r.try_get(1).map_err(db("decode a partition"))?,
+                    epoch: r.try_get(2).map_err(db("decode a partition"))?,
+                    checkpoint: position_of(
+                        r.try_get(3).map_err(db("decode a partition"))?,
+                        r.try_get(4).map_err(db("decode a partition"))?,
+                    ),
+                    dirty: r.try_get(5).map_err(db("decode a partition"))?,
+                    live: r.try_get(6).map_err(d)?,
+                })
+            })
+            .collect::<Result<Vec<Row>>>()?;
+        let pending = rows.is_empty() || rows.iter().any(|r| r.generation < generation);
+        if !pending {
+            return Ok(true);
+        }
+        if rows.iter().any(|r| r.live) {
+            return Ok(false);
+        }
+        let same_split =
+            rows.len() == partitions as usize && rows.iter().all(|r| r.partition < partitions);
+        if same_split {
+            sqlx::query(&sql.relabel_rows)
+                .bind(subscriber_id)
+                .bind(generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("move partitions to the new shape"))?;
+            return Ok(true);
+        }
+        let from = rows.iter().map(|r| r.checkpoint).min().unwrap_or(start);
+        let epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(0) + 1;
+        let dirty = rows.iter().any(|r| r.dirty);
+        let (t, s) = position_args(from)?;
+        sqlx::query(&sql.delete_rows)
+            .bind(subscriber_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("remove the old shape's partitions"))?;
+        sqlx::query(&sql.create_rows)
+            .bind(subscriber_id)
+            .bind(partitions)
+            .bind(t)
+            .bind(s)
+            .bind(generation)
+            .bind(epoch)
+            .bind(dirty)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("create the new shape's partitions"))?;
+        sqlx::query(&sql.rekey_parked)
+            .bind(subscriber_id)
+            .bind(partitions)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("move parked events to their new partitions"))?;
+        Ok(true)
+    }
 }
 
 impl SubscriptionStore for PostgresEventStore {
-    fn heartbeat(&self, node: Uuid, ttl: Duration) -> BoxFuture<'_, Result<Vec<Uuid>>> {
+    fn heartbeat<'a>(
+        &'a self,
+        member: &'a Member,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Member>>> {
         Box::pin(async move {
             let sql = self.subscription_sql();
             sqlx::query(&sql.heartbeat)
-                .bind(node)
+                .bind(member.incarnation)
+                .bind(member.node)
+                .bind(&member.subscribers)
                 .bind(ttl.as_secs_f64())
                 .execute(self.pool())
                 .await
-                .map_err(db("record the node heartbeat"))?;
-            let rows = sqlx::query(&sql.live_nodes)
+                .map_err(db("record the member heartbeat"))?;
+            let rows = sqlx::query(&sql.live_members)
                 .fetch_all(self.pool())
                 .await
-                .map_err(db("list live nodes"))?;
+                .map_err(db("list live members"))?;
             rows.iter()
-                .map(|r| r.try_get::<Uuid, _>(0).map_err(db("decode node id")))
+                .map(|r| {
+                    Ok(Member {
+                        incarnation: r.try_get(0).map_err(db("decode a member"))?,
+                        node: r.try_get(1).map_err(db("decode a member"))?,
+                        subscribers: r.try_get(2).map_err(db("decode a member"))?,
+                    })
+                })
                 .collect()
         })
     }
 
-    fn leave(&self, node: Uuid) -> BoxFuture<'_, Result<()>> {
+    fn leave(&self, incarnation: Uuid) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             sqlx::query(&self.subscription_sql().leave)
-                .bind(node)
+                .bind(incarnation)
                 .execute(self.pool())
                 .await
-                .map_err(db("deregister the node"))?;
+                .map_err(db("deregister the member"))?;
             Ok(())
+        })
+    }
+
+    fn reshape<'a>(
+        &'a self,
+        subscriber_id: &'a str,
+        shape: &'a Shape,
+        start: Position,
+    ) -> BoxFuture<'a, Result<StoredShape>> {
+        Box::pin(async move {
+            eventuate_core::name::validate_subscriber_id(subscriber_id)?;
+            let sql = self.subscription_sql();
+            let (t, s) = position_args(start)?;
+            let mut tx = self.pool().begin().await.map_err(db("begin a reshape"))?;
+            let inserted = sqlx::query(&sql.insert_shape)
+                .bind(subscriber_id)
+                .bind(count(shape.partitions))
+                .bind(&shape.entity_types)
+                .bind(&shape.event_types)
+                .bind(t)
+                .bind(s)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("store the subscriber's shape"))?
+                .rows_affected()
+                == 1;
+            let row = sqlx::query(&sql.lock_shape)
+                .bind(subscriber_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("lock the subscriber's shape"))?;
+            let stored = Shape {
+                partitions: row
+                    .try_get::<i32, _>(0)
+                    .map_err(db("decode the shape"))?
+                    .max(0) as u32,
+                entity_types: row.try_get(1).map_err(db("decode the shape"))?,
+                event_types: row.try_get(2).map_err(db("decode the shape"))?,
+            };
+            let mut generation: i64 = row.try_get(3).map_err(db("decode the shape"))?;
+            if stored == *shape && !inserted {
+                // Declared before: nothing to change (a pending migration is `migrate`'s).
+                tx.commit().await.map_err(db("commit a reshape"))?;
+                return Ok(StoredShape {
+                    shape: stored,
+                    generation: generation.max(0) as u64,
+                });
+            }
+            if stored != *shape {
+                generation = sqlx::query_scalar(&sql.update_shape)
+                    .bind(subscriber_id)
+                    .bind(count(shape.partitions))
+                    .bind(&shape.entity_types)
+                    .bind(&shape.event_types)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db("change the subscriber's shape"))?;
+            }
+            // Fence off every consumer of an older generation at once.
+            sqlx::query(&sql.fence_old_rows)
+                .bind(subscriber_id)
+                .bind(generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("fence off the old shape's consumers"))?;
+            self.migrate_in(&mut tx, subscriber_id).await?;
+            tx.commit().await.map_err(db("commit a reshape"))?;
+            Ok(StoredShape {
+                shape: shape.clone(),
+                generation: generation.max(0) as u64,
+            })
+        })
+    }
+
+    fn migrate<'a>(&'a self, subscriber_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let mut tx = self
+                .pool()
+                .begin()
+                .await
+                .map_err(db("begin a partition migration"))?;
+            let done = self.migrate_in(&mut tx, subscriber_id).await?;
+            tx.commit()
+                .await
+                .map_err(db("commit a partition migration"))?;
+            Ok(done)
+        })
+    }
+
+    fn subscriber<'a>(&'a self, subscriber_id: &'a str) -> BoxFuture<'a, Result<SubscriberState>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&self.subscription_sql().subscriber)
+                .bind(subscriber_id)
+                .fetch_all(self.pool())
+                .await
+                .map_err(db("read the subscriber's state"))?;
+            let Some(first) = rows.first() else {
+                return Ok(SubscriberState::default());
+            };
+            let d = || db("decode the subscriber's state");
+            let generation: i64 = first.try_get(3).map_err(d())?;
+            let shape = StoredShape {
+                shape: Shape {
+                    partitions: first.try_get::<i32, _>(0).map_err(d())?.max(0) as u32,
+                    entity_types: first.try_get(1).map_err(d())?,
+                    event_types: first.try_get(2).map_err(d())?,
+                },
+                generation: generation.max(0) as u64,
+            };
+            let mut partitions = Vec::with_capacity(rows.len());
+            let mut pending = false;
+            for row in &rows {
+                let Some(partition) = row.try_get::<Option<i32>, _>(4).map_err(d())? else {
+                    pending = true;
+                    continue;
+                };
+                let row_generation: i64 = row.try_get(5).map_err(d())?;
+                pending |= row_generation < generation;
+                let holder: Option<Uuid> = row.try_get(8).map_err(d())?;
+                let node: Option<Uuid> = row.try_get(9).map_err(d())?;
+                let owner = holder.map(|h| (h, node.unwrap_or(h)));
+                let unowned: f64 = row.try_get(10).map_err(d())?;
+                partitions.push(LeaseInfo {
+                    partition: partition.max(0) as u32,
+                    owner,
+                    unowned_for: owner
+                        .is_none()
+                        .then(|| Duration::from_secs_f64(unowned.max(0.0))),
+                    checkpoint: position_of(
+                        row.try_get(6).map_err(d())?,
+                        row.try_get(7).map_err(d())?,
+                    ),
+                });
+            }
+            if pending {
+                partitions.clear();
+            }
+            Ok(SubscriberState {
+                shape: Some(shape),
+                partitions,
+                migration_pending: pending,
+            })
         })
     }
 
     fn try_acquire<'a>(
         &'a self,
         key: &'a PartitionKey,
-        node: Uuid,
+        member: &'a Member,
+        generation: u64,
         ttl: Duration,
-        start: Position,
     ) -> BoxFuture<'a, Result<Option<Claim>>> {
         Box::pin(async move {
-            let sql = self.subscription_sql();
-            let (t, s) = position_args(start)?;
-            sqlx::query(&sql.create_partition)
+            let row = sqlx::query(&self.subscription_sql().acquire)
                 .bind(&key.subscriber_id)
-                .bind(key.partition as i32)
-                .bind(t)
-                .bind(s)
-                .execute(self.pool())
-                .await
-                .map_err(db("create the subscription checkpoint"))?;
-            let row = sqlx::query(&sql.acquire)
-                .bind(&key.subscriber_id)
-                .bind(key.partition as i32)
-                .bind(node)
+                .bind(count(key.partition))
+                .bind(member.incarnation)
+                .bind(member.node)
+                .bind(int(generation, "generation")?)
                 .bind(ttl.as_secs_f64())
                 .fetch_optional(self.pool())
                 .await
@@ -344,36 +667,35 @@ impl SubscriptionStore for PostgresEventStore {
             let Some(row) = row else {
                 return Ok(None);
             };
-            let get = db("decode the subscription claim");
-            let checkpoint = position_of(
-                row.try_get(0).map_err(db("decode claim"))?,
-                row.try_get(1).map_err(db("decode claim"))?,
-            );
-            let attempt_tx: Option<i64> = row.try_get(2).map_err(db("decode claim"))?;
-            let attempt_seq: Option<i64> = row.try_get(3).map_err(db("decode claim"))?;
-            let attempts: i32 = row.try_get(4).map_err(db("decode claim"))?;
-            let recovered: Option<bool> = row.try_get(5).map_err(get)?;
+            let d = || db("decode the subscription claim");
+            let epoch: i64 = row.try_get(0).map_err(d())?;
+            let checkpoint =
+                position_of(row.try_get(1).map_err(d())?, row.try_get(2).map_err(d())?);
+            let attempt_tx: Option<i64> = row.try_get(3).map_err(d())?;
+            let attempt_seq: Option<i64> = row.try_get(4).map_err(d())?;
+            let attempts: i32 = row.try_get(5).map_err(d())?;
+            let recovered: bool = row.try_get(6).map_err(d())?;
             Ok(Some(Claim {
+                lease: Lease {
+                    key: key.clone(),
+                    holder: member.incarnation,
+                    epoch: epoch.max(0) as u64,
+                },
                 checkpoint,
                 attempt: attempt_tx
                     .zip(attempt_seq)
                     .map(|(t, s)| (position_of(t, s), attempts.max(0) as u32)),
-                recovered: recovered.unwrap_or(false),
+                recovered,
             }))
         })
     }
 
-    fn renew<'a>(
-        &'a self,
-        key: &'a PartitionKey,
-        node: Uuid,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool>> {
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let done = sqlx::query(&self.subscription_sql().renew)
-                .bind(&key.subscriber_id)
-                .bind(key.partition as i32)
-                .bind(node)
+                .bind(&lease.key.subscriber_id)
+                .bind(count(lease.key.partition))
+                .bind(lease.holder)
                 .bind(ttl.as_secs_f64())
                 .execute(self.pool())
                 .await
@@ -382,12 +704,12 @@ impl SubscriptionStore for PostgresEventStore {
         })
     }
 
-    fn release<'a>(&'a self, key: &'a PartitionKey, node: Uuid) -> BoxFuture<'a, Result<()>> {
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             sqlx::query(&self.subscription_sql().release)
-                .bind(&key.subscriber_id)
-                .bind(key.partition as i32)
-                .bind(node)
+                .bind(&lease.key.subscriber_id)
+                .bind(count(lease.key.partition))
+                .bind(lease.holder)
                 .execute(self.pool())
                 .await
                 .map_err(db("release the subscription lease"))?;
@@ -395,54 +717,21 @@ impl SubscriptionStore for PostgresEventStore {
         })
     }
 
-    fn leases<'a>(
-        &'a self,
-        subscriber_id: &'a str,
-        partitions: u32,
-    ) -> BoxFuture<'a, Result<Vec<LeaseInfo>>> {
-        Box::pin(async move {
-            let rows = sqlx::query(&self.subscription_sql().leases)
-                .bind(subscriber_id)
-                .bind(partitions as i32)
-                .fetch_all(self.pool())
-                .await
-                .map_err(db("list subscription leases"))?;
-            let mut leases: Vec<LeaseInfo> = (0..partitions)
-                .map(|partition| LeaseInfo {
-                    partition,
-                    owner: None,
-                })
-                .collect();
-            for row in rows {
-                let partition: i32 = row.try_get(0).map_err(db("decode lease"))?;
-                let owner: Option<Uuid> = row.try_get(1).map_err(db("decode lease"))?;
-                if let Some(lease) = leases.get_mut(partition.max(0) as usize) {
-                    lease.owner = owner;
-                }
-            }
-            Ok(leases)
-        })
-    }
-
     fn save_checkpoint<'a>(
         &'a self,
-        key: &'a PartitionKey,
-        node: Uuid,
+        lease: &'a Lease,
         position: Position,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let (t, s) = position_args(position)?;
-            let done = sqlx::query(&self.subscription_sql().save_checkpoint)
-                .bind(&key.subscriber_id)
-                .bind(key.partition as i32)
-                .bind(node)
+            let done = fenced(&self.subscription_sql().save_checkpoint, lease)?
                 .bind(t)
                 .bind(s)
                 .execute(self.pool())
                 .await
                 .map_err(db("save the checkpoint"))?;
             if done.rows_affected() == 0 {
-                return Err(lease_lost(key));
+                return Err(lease_lost(&lease.key));
             }
             Ok(())
         })
@@ -450,25 +739,21 @@ impl SubscriptionStore for PostgresEventStore {
 
     fn record_attempt<'a>(
         &'a self,
-        key: &'a PartitionKey,
-        node: Uuid,
+        lease: &'a Lease,
         position: Position,
         attempts: u32,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let (t, s) = position_args(position)?;
-            let done = sqlx::query(&self.subscription_sql().record_attempt)
-                .bind(&key.subscriber_id)
-                .bind(key.partition as i32)
-                .bind(node)
+            let done = fenced(&self.subscription_sql().record_attempt, lease)?
                 .bind(t)
                 .bind(s)
-                .bind(attempts.min(i32::MAX as u32) as i32)
+                .bind(count(attempts))
                 .execute(self.pool())
                 .await
                 .map_err(db("record the delivery attempt"))?;
             if done.rows_affected() == 0 {
-                return Err(lease_lost(key));
+                return Err(lease_lost(&lease.key));
             }
             Ok(())
         })
@@ -476,8 +761,7 @@ impl SubscriptionStore for PostgresEventStore {
 
     fn begin<'a>(
         &'a self,
-        key: &'a PartitionKey,
-        node: Uuid,
+        lease: &'a Lease,
     ) -> BoxFuture<'a, Result<Box<dyn CheckpointTransaction>>> {
         Box::pin(async move {
             let tx = self
@@ -488,18 +772,12 @@ impl SubscriptionStore for PostgresEventStore {
             Ok(Box::new(CheckpointTx {
                 tx,
                 sql: self.subscription_sql().save_checkpoint_in_tx.clone(),
-                key: key.clone(),
-                node,
+                lease: lease.clone(),
             }) as Box<dyn CheckpointTransaction>)
         })
     }
 
-    fn park<'a>(
-        &'a self,
-        key: &'a PartitionKey,
-        node: Uuid,
-        parked: &'a ParkedEvent,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn park<'a>(&'a self, lease: &'a Lease, parked: &'a ParkedEvent) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let e = &parked.event;
             let (t, s) = position_args(e.position)?;
@@ -508,10 +786,7 @@ impl SubscriptionStore for PostgresEventStore {
                     what: "parked event metadata".into(),
                     source,
                 })?;
-            let fence: i64 = sqlx::query_scalar(&self.subscription_sql().park)
-                .bind(&key.subscriber_id)
-                .bind(key.partition as i32)
-                .bind(node)
+            let fence: i64 = fenced_scalar(&self.subscription_sql().park, lease)?
                 .bind(t)
                 .bind(s)
                 .bind(e.event_id)
@@ -521,13 +796,13 @@ impl SubscriptionStore for PostgresEventStore {
                 .bind(&e.event_type)
                 .bind(&e.payload)
                 .bind(metadata)
-                .bind(parked.attempts.min(i32::MAX as u32) as i32)
-                .bind(&parked.error)
+                .bind(count(parked.attempts))
+                .bind(storable_text(&parked.error).as_ref())
                 .fetch_one(self.pool())
                 .await
                 .map_err(db("park the event"))?;
             if fence == 0 {
-                return Err(lease_lost(key));
+                return Err(lease_lost(&lease.key));
             }
             Ok(())
         })
@@ -573,7 +848,7 @@ impl SubscriptionStore for PostgresEventStore {
         Box::pin(async move {
             sqlx::query_scalar(&self.subscription_sql().replay_requested)
                 .bind(&key.subscriber_id)
-                .bind(key.partition as i32)
+                .bind(count(key.partition))
                 .fetch_one(self.pool())
                 .await
                 .map_err(db("check for replay requests"))
@@ -582,8 +857,7 @@ impl SubscriptionStore for PostgresEventStore {
 
     fn replayed<'a>(
         &'a self,
-        key: &'a PartitionKey,
-        node: Uuid,
+        lease: &'a Lease,
         position: Position,
         failure: Option<(u32, String)>,
     ) -> BoxFuture<'a, Result<()>> {
@@ -591,25 +865,22 @@ impl SubscriptionStore for PostgresEventStore {
             let sql = self.subscription_sql();
             let (_, s) = position_args(position)?;
             let query = match &failure {
-                None => sqlx::query_scalar(&sql.replay_ok),
-                Some(_) => sqlx::query_scalar(&sql.replay_failed),
+                None => fenced_scalar(&sql.replay_ok, lease)?,
+                Some(_) => fenced_scalar(&sql.replay_failed, lease)?,
             }
-            .bind(&key.subscriber_id)
-            .bind(key.partition as i32)
-            .bind(node)
             .bind(s);
-            let query = match failure {
+            let query = match &failure {
                 None => query,
-                Some((attempts, error)) => {
-                    query.bind(attempts.min(i32::MAX as u32) as i32).bind(error)
-                }
+                Some((attempts, error)) => query
+                    .bind(count(*attempts))
+                    .bind(storable_text(error).into_owned()),
             };
             let fence: i64 = query
                 .fetch_one(self.pool())
                 .await
                 .map_err(db("record a replay"))?;
             if fence == 0 {
-                return Err(lease_lost(key));
+                return Err(lease_lost(&lease.key));
             }
             Ok(())
         })

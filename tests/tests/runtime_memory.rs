@@ -841,13 +841,13 @@ impl Deaf {
 
 struct CheckpointOnCommit {
     store: InMemoryEventStore,
-    key: eventuate_core::runtime::PartitionKey,
-    node: uuid::Uuid,
+    lease: eventuate_core::runtime::Lease,
+    scratch: u8,
 }
 
 impl eventuate_core::subscriber::CheckpointTransaction for CheckpointOnCommit {
     fn resource(&mut self) -> &mut (dyn std::any::Any + Send) {
-        &mut self.node
+        &mut self.scratch
     }
     fn commit(
         self: Box<Self>,
@@ -856,8 +856,7 @@ impl eventuate_core::subscriber::CheckpointTransaction for CheckpointOnCommit {
         Box::pin(async move {
             eventuate_core::runtime::SubscriptionStore::save_checkpoint(
                 &self.store,
-                &self.key,
-                self.node,
+                &self.lease,
                 checkpoint,
             )
             .await
@@ -868,7 +867,10 @@ impl eventuate_core::subscriber::CheckpointTransaction for CheckpointOnCommit {
 mod deaf {
     use super::Deaf;
     use eventuate_core::Position;
-    use eventuate_core::runtime::{Claim, LeaseInfo, ParkedEvent, PartitionKey, SubscriptionStore};
+    use eventuate_core::runtime::{
+        Claim, Lease, Member, ParkedEvent, PartitionKey, Shape, StoredShape, SubscriberState,
+        SubscriptionStore,
+    };
     use eventuate_core::subscriber::CheckpointTransaction;
     use futures_util::future::BoxFuture;
     use std::sync::atomic::Ordering;
@@ -878,56 +880,55 @@ mod deaf {
     type R<T> = eventuate_core::Result<T>;
 
     impl SubscriptionStore for Deaf {
-        fn heartbeat(&self, node: Uuid, ttl: Duration) -> BoxFuture<'_, R<Vec<Uuid>>> {
-            self.inner.heartbeat(node, ttl)
+        fn heartbeat<'a>(&'a self, m: &'a Member, ttl: Duration) -> BoxFuture<'a, R<Vec<Member>>> {
+            self.inner.heartbeat(m, ttl)
         }
-        fn leave(&self, node: Uuid) -> BoxFuture<'_, R<()>> {
-            self.inner.leave(node)
+        fn leave(&self, incarnation: Uuid) -> BoxFuture<'_, R<()>> {
+            self.inner.leave(incarnation)
+        }
+        fn reshape<'a>(
+            &'a self,
+            id: &'a str,
+            shape: &'a Shape,
+            start: Position,
+        ) -> BoxFuture<'a, R<StoredShape>> {
+            self.inner.reshape(id, shape, start)
+        }
+        fn migrate<'a>(&'a self, id: &'a str) -> BoxFuture<'a, R<bool>> {
+            self.inner.migrate(id)
+        }
+        fn subscriber<'a>(&'a self, id: &'a str) -> BoxFuture<'a, R<SubscriberState>> {
+            self.inner.subscriber(id)
         }
         fn try_acquire<'a>(
             &'a self,
             key: &'a PartitionKey,
-            node: Uuid,
+            member: &'a Member,
+            generation: u64,
             ttl: Duration,
-            start: Position,
         ) -> BoxFuture<'a, R<Option<Claim>>> {
-            self.inner.try_acquire(key, node, ttl, start)
+            self.inner.try_acquire(key, member, generation, ttl)
         }
-        fn renew<'a>(
-            &'a self,
-            key: &'a PartitionKey,
-            node: Uuid,
-            ttl: Duration,
-        ) -> BoxFuture<'a, R<bool>> {
-            self.inner.renew(key, node, ttl)
+        fn renew<'a>(&'a self, lease: &'a Lease, ttl: Duration) -> BoxFuture<'a, R<bool>> {
+            self.inner.renew(lease, ttl)
         }
-        fn release<'a>(&'a self, key: &'a PartitionKey, node: Uuid) -> BoxFuture<'a, R<()>> {
-            self.inner.release(key, node)
+        fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, R<()>> {
+            self.inner.release(lease)
         }
-        fn leases<'a>(&'a self, id: &'a str, partitions: u32) -> BoxFuture<'a, R<Vec<LeaseInfo>>> {
-            self.inner.leases(id, partitions)
-        }
-        fn save_checkpoint<'a>(
-            &'a self,
-            key: &'a PartitionKey,
-            node: Uuid,
-            position: Position,
-        ) -> BoxFuture<'a, R<()>> {
-            self.inner.save_checkpoint(key, node, position)
+        fn save_checkpoint<'a>(&'a self, lease: &'a Lease, at: Position) -> BoxFuture<'a, R<()>> {
+            self.inner.save_checkpoint(lease, at)
         }
         fn record_attempt<'a>(
             &'a self,
-            key: &'a PartitionKey,
-            node: Uuid,
-            position: Position,
+            lease: &'a Lease,
+            at: Position,
             attempts: u32,
         ) -> BoxFuture<'a, R<()>> {
-            self.inner.record_attempt(key, node, position, attempts)
+            self.inner.record_attempt(lease, at, attempts)
         }
         fn begin<'a>(
             &'a self,
-            key: &'a PartitionKey,
-            node: Uuid,
+            lease: &'a Lease,
         ) -> BoxFuture<'a, R<Box<dyn CheckpointTransaction>>> {
             let failing = self
                 .begin_failures
@@ -935,8 +936,8 @@ mod deaf {
                 .is_ok();
             let tx = super::CheckpointOnCommit {
                 store: self.inner.clone(),
-                key: key.clone(),
-                node,
+                lease: lease.clone(),
+                scratch: 0,
             };
             Box::pin(async move {
                 if failing {
@@ -948,13 +949,8 @@ mod deaf {
                 Ok(Box::new(tx) as Box<dyn CheckpointTransaction>)
             })
         }
-        fn park<'a>(
-            &'a self,
-            key: &'a PartitionKey,
-            node: Uuid,
-            parked: &'a ParkedEvent,
-        ) -> BoxFuture<'a, R<()>> {
-            self.inner.park(key, node, parked)
+        fn park<'a>(&'a self, lease: &'a Lease, parked: &'a ParkedEvent) -> BoxFuture<'a, R<()>> {
+            self.inner.park(lease, parked)
         }
         fn parked<'a>(&'a self, id: &'a str) -> BoxFuture<'a, R<Vec<ParkedEvent>>> {
             self.inner.parked(id)
@@ -968,12 +964,11 @@ mod deaf {
         }
         fn replayed<'a>(
             &'a self,
-            key: &'a PartitionKey,
-            node: Uuid,
-            position: Position,
+            lease: &'a Lease,
+            at: Position,
             failure: Option<(u32, String)>,
         ) -> BoxFuture<'a, R<()>> {
-            self.inner.replayed(key, node, position, failure)
+            self.inner.replayed(lease, at, failure)
         }
         fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
             self.silent.subscribe()

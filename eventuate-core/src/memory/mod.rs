@@ -16,8 +16,8 @@ use uuid::Uuid;
 mod subscriptions;
 
 use crate::store::{
-    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, StreamFilter,
-    validate_append, validate_payload,
+    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, StreamBatch,
+    StreamFilter, StreamItem, validate_append, validate_payload,
 };
 
 use crate::{Error, EventEnvelope, Position, Result, Snapshot};
@@ -232,6 +232,34 @@ impl EventStore for InMemoryEventStore {
             .cloned()
             .collect();
         ready(Ok(events))
+    }
+
+    fn read_batch<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<StreamBatch>> {
+        let state = self.lock();
+        let start = state.events.partition_point(|e| e.position <= after);
+        let mut items = Vec::new();
+        // Every event is final once appended: a short read looked up to the last one.
+        let mut scanned_to = state.events.last().map_or(after, |e| e.position.max(after));
+        for e in &state.events[start..] {
+            if !filter.matches(&e.entity_type, &e.entity_id) {
+                continue;
+            }
+            if items.len() == limit {
+                break;
+            }
+            items.push(StreamItem::Event(e.clone()));
+        }
+        if items.len() == limit {
+            if let Some(last) = items.last() {
+                scanned_to = last.event().position;
+            }
+        }
+        ready(Ok(StreamBatch { items, scanned_to }))
     }
 
     fn head(&self) -> BoxFuture<'_, Result<Position>> {

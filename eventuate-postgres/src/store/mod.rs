@@ -13,7 +13,8 @@ mod sql;
 use std::sync::Arc;
 
 use eventuate_core::{
-    AppendOutcome, AppendRequest, EventEnvelope, EventStore, Position, Snapshot, StreamFilter,
+    AppendOutcome, AppendRequest, EventEnvelope, EventStore, Position, Snapshot, StreamBatch,
+    StreamFilter,
 };
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -294,6 +295,15 @@ impl EventStore for PostgresEventStore {
         limit: usize,
     ) -> BoxFuture<'a, CoreResult<Vec<EventEnvelope>>> {
         Box::pin(self.read(after, filter, limit))
+    }
+
+    fn read_batch<'a>(
+        &'a self,
+        after: Position,
+        filter: &'a StreamFilter,
+        limit: usize,
+    ) -> BoxFuture<'a, CoreResult<StreamBatch>> {
+        Box::pin(self.read_batch_below_horizon(after, filter, limit))
     }
 
     fn head(&self) -> BoxFuture<'_, CoreResult<Position>> {

@@ -1,7 +1,9 @@
 //! The read path: entity loads (full envelopes, or only what folding an aggregate needs),
 //! snapshots, and the global stream and its head below the horizon (see [`crate::ordering`]).
 
-use eventuate_core::{EventEnvelope, EventMetadata, Position, Snapshot, StreamFilter};
+use eventuate_core::{
+    EventEnvelope, EventMetadata, Position, Snapshot, StreamBatch, StreamFilter, StreamItem,
+};
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
@@ -136,6 +138,65 @@ impl PostgresEventStore {
         rows.iter().map(|row| envelope(row, &context)).collect()
     }
 
+    /// A batch for a consumer: undecodable rows are handed over instead of failing the read,
+    /// and a short batch reports the horizon it looked up to (see
+    /// [`eventuate_core::StreamBatch::scanned_to`]).
+    pub(super) async fn read_batch_below_horizon(
+        &self,
+        after: Position,
+        filter: &StreamFilter,
+        limit: usize,
+    ) -> CoreResult<StreamBatch> {
+        if limit == 0 {
+            return Ok(StreamBatch {
+                items: Vec::new(),
+                scanned_to: after,
+            });
+        }
+        let context = || format!("read the event stream after position {after}");
+        let sql = &self.inner.sql;
+        let statement = match (filter.entity_types.is_empty(), filter.partition.is_some()) {
+            (true, false) => &sql.batch_all,
+            (false, false) => &sql.batch_types,
+            (true, true) => &sql.batch_partition,
+            (false, true) => &sql.batch_types_partition,
+        };
+        let mut query = sqlx::query(statement)
+            .bind(i64::try_from(after.transaction).unwrap_or(i64::MAX))
+            .bind(i64::try_from(after.sequence).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        if !filter.entity_types.is_empty() {
+            query = query.bind(&filter.entity_types);
+        }
+        if let Some(partition) = filter.partition {
+            query = query
+                .bind(i64::from(partition.count.max(1)))
+                .bind(i64::from(partition.index));
+        }
+        let rows = query
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| backend(context(), e))?;
+        let mut items = Vec::with_capacity(rows.len());
+        let mut horizon = 0i64;
+        for row in &rows {
+            horizon = get(row, 0, &context)?;
+            let sequence: Option<i64> = get(row, 2, &context)?;
+            if sequence.is_none() {
+                continue;
+            }
+            items.push(stream_item(row, 1, &context)?);
+        }
+        let scanned_to = if items.len() < limit {
+            // Everything below the horizon that passes the filter was read, and nothing can
+            // be committed below it any more.
+            Position::new(to_u64(horizon.saturating_sub(1)), i64::MAX as u64).max(after)
+        } else {
+            items.last().map_or(after, |i| i.event().position)
+        };
+        Ok(StreamBatch { items, scanned_to })
+    }
+
     pub(super) async fn count(&self, after: Position, filter: &StreamFilter) -> CoreResult<u64> {
         let context = || format!("count the events after position {after}");
         let sql = &self.inner.sql;
@@ -242,37 +303,57 @@ impl PostgresEventStore {
     }
 }
 
-/// Decodes a row of the columns listed in [`EVENT_COLUMNS`].
+/// Decodes a row of the columns listed in [`EVENT_COLUMNS`]; a row whose metadata does not
+/// decode is a typed error naming it.
 fn envelope(row: &PgRow, context: &dyn Fn() -> String) -> CoreResult<EventEnvelope> {
-    let transaction: i64 = get(row, 0, context)?;
-    let sequence: i64 = get(row, 1, context)?;
-    let event_id: Uuid = get(row, 2, context)?;
-    let entity_type: String = get(row, 3, context)?;
-    let entity_id: String = get(row, 4, context)?;
-    let version: i64 = get(row, 5, context)?;
-    let event_type: String = get(row, 6, context)?;
-    let payload: String = get(row, 7, context)?;
-    let metadata: &str = get(row, 8, context)?;
-    let metadata: EventMetadata = match serde_json::from_str(metadata) {
-        Ok(metadata) => metadata,
-        Err(source) => {
-            return Err(eventuate_core::Error::Decode {
-                entity_type,
-                entity_id,
-                version: to_u64(version),
-                event_type: format!("metadata of {event_type}"),
-                source,
-            });
+    match decode_row(row, 0, context)? {
+        (event, Ok(metadata)) => Ok(EventEnvelope { metadata, ..event }),
+        (event, Err(source)) => Err(eventuate_core::Error::Decode {
+            entity_type: event.entity_type,
+            entity_id: event.entity_id,
+            version: event.entity_version,
+            event_type: format!("metadata of {}", event.event_type),
+            source,
+        }),
+    }
+}
+
+/// Decodes the [`EVENT_COLUMNS`] that start at column `first`. A row whose metadata does not
+/// decode (written by hand or by another service) is [`StreamItem::Undecodable`], with
+/// default metadata and the reason; the other columns are typed by the table.
+fn stream_item(row: &PgRow, first: usize, context: &dyn Fn() -> String) -> CoreResult<StreamItem> {
+    Ok(match decode_row(row, first, context)? {
+        (event, Ok(metadata)) => StreamItem::Event(EventEnvelope { metadata, ..event }),
+        (event, Err(e)) => {
+            let text: &str = get(row, first + 8, context)?;
+            let shown: String = text.chars().take(200).collect();
+            StreamItem::Undecodable {
+                error: format!("its metadata `{shown}` does not decode: {e}"),
+                event,
+            }
         }
-    };
-    Ok(EventEnvelope {
-        event_id,
-        entity_type,
-        entity_id,
-        entity_version: to_u64(version),
-        event_type,
-        payload,
-        metadata,
-        position: Position::new(to_u64(transaction), to_u64(sequence)),
     })
+}
+
+/// The envelope with default metadata, and the stored metadata decoded separately.
+fn decode_row(
+    row: &PgRow,
+    first: usize,
+    context: &dyn Fn() -> String,
+) -> CoreResult<(EventEnvelope, Result<EventMetadata, serde_json::Error>)> {
+    let transaction: i64 = get(row, first, context)?;
+    let sequence: i64 = get(row, first + 1, context)?;
+    let version: i64 = get(row, first + 5, context)?;
+    let metadata: &str = get(row, first + 8, context)?;
+    let event = EventEnvelope {
+        event_id: get::<Uuid>(row, first + 2, context)?,
+        entity_type: get(row, first + 3, context)?,
+        entity_id: get(row, first + 4, context)?,
+        entity_version: to_u64(version),
+        event_type: get(row, first + 6, context)?,
+        payload: get(row, first + 7, context)?,
+        metadata: EventMetadata::default(),
+        position: Position::new(to_u64(transaction), to_u64(sequence)),
+    };
+    Ok((event, serde_json::from_str(metadata)))
 }

@@ -39,6 +39,10 @@ pub(super) struct Sql {
     pub(super) read_types: String,
     pub(super) read_partition: String,
     pub(super) read_types_partition: String,
+    pub(super) batch_all: String,
+    pub(super) batch_types: String,
+    pub(super) batch_partition: String,
+    pub(super) batch_types_partition: String,
     pub(super) count_all: String,
     pub(super) count_types: String,
     pub(super) count_partition: String,
@@ -119,6 +123,19 @@ impl Sql {
                  ORDER BY transaction_id, sequence LIMIT $3"
             )
         };
+        // Batches: the same rows as a read, plus the horizon in the first column (one row of
+        // NULLs but the horizon when no event qualifies), so that a short read tells how far
+        // it looked.
+        let batch = |filters: &str| {
+            format!(
+                "WITH h AS (SELECT {HORIZON} AS horizon) \
+                 SELECT h.horizon, e.* FROM h LEFT JOIN LATERAL (\
+                   SELECT {EVENT_COLUMNS} FROM {s}.events \
+                   WHERE (transaction_id, sequence) > ($1, $2) \
+                     AND transaction_id < h.horizon{filters} \
+                   ORDER BY transaction_id, sequence LIMIT $3) e ON true"
+            )
+        };
         // Counts: the same rows as a read without limit, so the filters start at $3.
         let count = |filters: &str| {
             format!(
@@ -167,6 +184,10 @@ impl Sql {
             read_types: read(" AND entity_type = ANY($4)"),
             read_partition: read(" AND partition_hash % $4 = $5"),
             read_types_partition: read(" AND entity_type = ANY($4) AND partition_hash % $5 = $6"),
+            batch_all: batch(""),
+            batch_types: batch(" AND entity_type = ANY($4)"),
+            batch_partition: batch(" AND partition_hash % $4 = $5"),
+            batch_types_partition: batch(" AND entity_type = ANY($4) AND partition_hash % $5 = $6"),
             count_all: count(""),
             count_types: count(" AND entity_type = ANY($3)"),
             count_partition: count(" AND partition_hash % $3 = $4"),

@@ -1,0 +1,530 @@
+//! One consumer: the task that holds one subscriber partition's lease and delivers its events.
+//! It reads the global stream after its checkpoint in batches (filtered by entity type and
+//! partition), delivers each event in order, parks what cannot be delivered, and moves the
+//! checkpoint, every write fenced by its [`Lease`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{Counters, Registered, Shared, filter_for};
+use crate::store::{StreamFilter, StreamItem};
+use crate::subscriber::EventContext;
+use crate::subscription_store::{Claim, Lease, ParkedEvent};
+use crate::{Error, EventEnvelope, Position, Result};
+
+/// Until when the lease is known to be held: set by the lease manager after each successful
+/// renewal (the time the renewal was *sent* plus the TTL). A consumer starts no handler past
+/// it, so a node that cannot reach the store stops delivering before another node may take
+/// the partition over.
+#[derive(Debug)]
+pub(super) struct Validity(Mutex<Instant>);
+
+impl Validity {
+    pub(super) fn until(at: Instant) -> Arc<Self> {
+        Arc::new(Validity(Mutex::new(at)))
+    }
+
+    pub(super) fn extend_to(&self, at: Instant) {
+        let mut until = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *until = (*until).max(at);
+    }
+
+    pub(super) fn end(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn holds(&self) -> bool {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) > Instant::now()
+    }
+}
+
+/// Why a delivery did not complete.
+pub(super) enum Interrupt {
+    /// Stop requested while waiting to retry: leave the checkpoint where it is.
+    Stopped,
+    /// The store refused a fenced write: another holder (or a reshape) fenced this one off.
+    LeaseLost,
+    /// The lease was not confirmed recently enough to start a handler; wait for a renewal.
+    Unconfirmed,
+    /// The store failed; retry the batch after a pause.
+    Store(Error),
+}
+
+impl From<Error> for Interrupt {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::LeaseLost { .. } => Interrupt::LeaseLost,
+            other => Interrupt::Store(other),
+        }
+    }
+}
+
+/// A handler's failed attempt.
+struct Failure {
+    /// [`Error::Handler`], naming subscriber, event and position.
+    error: Error,
+    /// Retrying cannot help: park at once.
+    permanent: bool,
+}
+
+pub(super) struct Consumer {
+    shared: Arc<Shared>,
+    registered: Registered,
+    lease: Lease,
+    validity: Arc<Validity>,
+    filter: StreamFilter,
+    checkpoint: Position,
+    saved: Position,
+    attempt: Option<(Position, u32)>,
+    careful_left: usize,
+    /// Entities with parked events: later events of theirs are parked behind them.
+    blocked: BTreeSet<(String, String)>,
+    counters: Arc<Counters>,
+}
+
+impl Consumer {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        registered: Registered,
+        claim: Claim,
+        validity: Arc<Validity>,
+    ) -> Self {
+        let counters = shared.counters(&claim.lease.key);
+        let careful_left = if claim.recovered {
+            shared.options.batch_size
+        } else {
+            0
+        };
+        Consumer {
+            filter: filter_for(&registered.subscription, claim.lease.key.partition),
+            shared,
+            registered,
+            lease: claim.lease,
+            validity,
+            checkpoint: claim.checkpoint,
+            saved: claim.checkpoint,
+            attempt: claim.attempt,
+            careful_left,
+            blocked: BTreeSet::new(),
+            counters,
+        }
+    }
+
+    fn publish_position(&self) {
+        self.counters
+            .transaction
+            .store(self.checkpoint.transaction, Ordering::Release);
+        self.counters
+            .sequence
+            .store(self.checkpoint.sequence, Ordering::Release);
+    }
+
+    pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        self.counters.owned.store(true, Ordering::Release);
+        self.publish_position();
+        let key = &self.lease.key;
+        let span = tracing::info_span!("consumer", subscriber = %key.subscriber_id, partition = key.partition);
+        let outcome = self.consume(&mut stop).instrument(span).await;
+        self.counters.owned.store(false, Ordering::Release);
+        let key = self.lease.key.clone();
+        if let Interrupt::LeaseLost = outcome {
+            tracing::warn!(subscriber = %key.subscriber_id, partition = key.partition, "lease lost or fenced off; stopping");
+        } else if let Err(e) = self.save().await {
+            tracing::warn!(subscriber = %key.subscriber_id, error = %e, "checkpoint not saved at stop");
+            if !matches!(e, Error::LeaseLost { .. }) {
+                // The store is unreachable: leave the lease to expire, dirty.
+                return;
+            }
+        }
+        // Fenced by the holder alone: a no-op when another holder took the partition, and
+        // what lets a reshape proceed when this consumer was fenced off by it.
+        if let Err(e) = self.shared.subscriptions.release(&self.lease).await {
+            tracing::warn!(subscriber = %key.subscriber_id, error = %e, "lease not released; it will expire");
+        }
+    }
+
+    async fn save(&mut self) -> Result<()> {
+        if self.checkpoint > self.saved {
+            self.shared
+                .subscriptions
+                .save_checkpoint(&self.lease, self.checkpoint)
+                .await?;
+            self.saved = self.checkpoint;
+        }
+        Ok(())
+    }
+
+    async fn consume(&mut self, stop: &mut watch::Receiver<bool>) -> Interrupt {
+        let mut wakeups = self.shared.subscriptions.wakeups();
+        let mut failures = 0u32;
+        let poll = self.shared.options.poll_interval;
+        let mut next_replay_check = Instant::now() + poll;
+        // Progress over rows this partition does not receive is saved at most once a poll
+        // interval: it only spares a later read, so losing it costs nothing but that read.
+        let mut next_idle_save = Instant::now();
+        if let Err(e) = self.replay_parked(stop).await {
+            return e;
+        }
+        loop {
+            if *stop.borrow() {
+                return Interrupt::Stopped;
+            }
+            wakeups.borrow_and_update();
+            let step = async {
+                if Instant::now() >= next_replay_check {
+                    if self
+                        .shared
+                        .subscriptions
+                        .replay_requested(&self.lease.key)
+                        .await?
+                    {
+                        self.replay_parked(stop).await?;
+                    }
+                    next_replay_check = Instant::now() + poll;
+                }
+                let batch = self
+                    .shared
+                    .store
+                    .read_batch(
+                        self.checkpoint,
+                        &self.filter,
+                        self.shared.options.batch_size,
+                    )
+                    .await?;
+                // A short batch reached the head: wait instead of reading again. Safe, since
+                // the wake-up signal was borrowed before the read, so an append that landed
+                // meanwhile still wakes us at once.
+                let at_head = batch.items.len() < self.shared.options.batch_size;
+                let delivered_any = !batch.items.is_empty();
+                for item in batch.items {
+                    if *stop.borrow() {
+                        return Ok(at_head);
+                    }
+                    match item {
+                        StreamItem::Event(event) => self.deliver(event, stop).await?,
+                        StreamItem::Undecodable { event, error } => {
+                            self.park_undecodable(event, error).await?
+                        }
+                    }
+                }
+                // Nothing the filter passes lies between the last item and `scanned_to`.
+                self.advance(batch.scanned_to);
+                if delivered_any || Instant::now() >= next_idle_save {
+                    self.save().await?;
+                    next_idle_save = Instant::now() + poll;
+                }
+                Ok::<bool, Interrupt>(at_head)
+            };
+            match step.await {
+                Ok(false) => failures = 0,
+                Ok(true) => {
+                    failures = 0;
+                    // A store whose wake-up sender is gone only polls (instead of spinning on
+                    // a `changed()` that fails at once).
+                    let woken = async {
+                        if wakeups.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = woken => {}
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Err(Interrupt::Unconfirmed) => {
+                    tracing::debug!("lease not confirmed recently; waiting for a renewal");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.shared.options.lease_ttl / 6) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Err(Interrupt::Store(e)) => {
+                    failures += 1;
+                    let pause = Duration::from_millis(50)
+                        .saturating_mul(2u32.saturating_pow(failures.min(8)))
+                        .min(Duration::from_secs(5));
+                    tracing::warn!(error = %e, ?pause, "store error; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Err(other) => return other,
+            }
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        event: EventEnvelope,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), Interrupt> {
+        let position = event.position;
+        let subscription = &self.registered.subscription;
+        let (retry, transactional) = (subscription.retry, subscription.transactional);
+        if !subscription.handles(&event.event_type) {
+            self.advance(position);
+            return Ok(());
+        }
+        if self.is_blocked(&event) {
+            let reason = "waiting behind an earlier parked event of the same entity".to_owned();
+            self.park(event, 0, reason).await?;
+            return Ok(());
+        }
+        let careful = self.careful_left > 0;
+        self.careful_left = self.careful_left.saturating_sub(1);
+        let mut attempts = match self.attempt {
+            Some((at, n)) if at == position => n,
+            _ => 0,
+        };
+        let mut last_error = format!("the consumer stopped {attempts} times while handling it");
+        loop {
+            if attempts >= retry.max_attempts {
+                self.park(event, attempts, last_error).await?;
+                break;
+            }
+            // No handler starts on a lease that may have expired meanwhile.
+            if !self.validity.holds() {
+                return Err(Interrupt::Unconfirmed);
+            }
+            attempts += 1;
+            if careful || attempts > 1 {
+                self.shared
+                    .subscriptions
+                    .record_attempt(&self.lease, position, attempts)
+                    .await?;
+                self.attempt = Some((position, attempts));
+            }
+            match self.run_handler(&event).await? {
+                Ok(()) => {
+                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.advance(position);
+                    if transactional {
+                        // The handler's transaction committed the checkpoint.
+                        self.saved = self.saved.max(position);
+                        self.attempt = None;
+                    }
+                    if careful || attempts > 1 {
+                        self.save().await?;
+                        self.attempt = None;
+                    }
+                    break;
+                }
+                Err(Failure {
+                    error,
+                    permanent: true,
+                }) => {
+                    self.park(event, attempts, error.to_string()).await?;
+                    break;
+                }
+                Err(Failure { error: e, .. }) => {
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    last_error = e.to_string();
+                    tracing::warn!(position = %position, attempt = attempts, error = %e, "handler failed");
+                    if attempts >= retry.max_attempts {
+                        continue;
+                    }
+                    let mut stop = stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry.backoff(attempts)) => {}
+                        _ = stop.changed() => {}
+                    }
+                    if *stop.borrow() {
+                        return Err(Interrupt::Stopped);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_blocked(&self, event: &EventEnvelope) -> bool {
+        !self.blocked.is_empty()
+            && self
+                .blocked
+                .contains(&(event.entity_type.clone(), event.entity_id.clone()))
+    }
+
+    /// A row that does not decode is parked for this subscriber (if it wants the event type),
+    /// like an event whose handler gave up: its entity waits behind it, everything else flows.
+    async fn park_undecodable(
+        &mut self,
+        event: EventEnvelope,
+        error: String,
+    ) -> Result<(), Interrupt> {
+        if !self.registered.subscription.handles(&event.event_type) {
+            self.advance(event.position);
+            return Ok(());
+        }
+        self.park(
+            event,
+            0,
+            format!("the stored event does not decode: {error}"),
+        )
+        .await
+    }
+
+    fn advance(&mut self, position: Position) {
+        self.checkpoint = self.checkpoint.max(position);
+        self.publish_position();
+    }
+
+    /// Parks an event, and only once that is stored blocks its entity and moves past it: a
+    /// park that fails (the store is down) leaves the event to be attempted again.
+    async fn park(
+        &mut self,
+        event: EventEnvelope,
+        attempts: u32,
+        error: String,
+    ) -> Result<(), Interrupt> {
+        tracing::error!(position = %event.position, entity_type = %event.entity_type, entity_id = %event.entity_id, attempts, %error, "parking event");
+        let position = event.position;
+        let entity = (event.entity_type.clone(), event.entity_id.clone());
+        let parked = ParkedEvent {
+            subscriber_id: self.lease.key.subscriber_id.clone(),
+            partition: self.lease.key.partition,
+            event,
+            attempts,
+            error,
+            parked_at: SystemTime::now(),
+            replay_requested: false,
+        };
+        self.shared.subscriptions.park(&self.lease, &parked).await?;
+        self.blocked.insert(entity);
+        self.counters.parked.fetch_add(1, Ordering::Relaxed);
+        self.advance(position);
+        Ok(())
+    }
+
+    /// Runs the handler once. The outer error is the runtime's own trouble (no transaction
+    /// could be begun, the lease is gone): retried by the consume loop without counting an
+    /// attempt. The inner one is the handler's failure (an error, a panic, or a view
+    /// transaction that would not commit): it counts as an attempt.
+    async fn run_handler(&self, event: &EventEnvelope) -> Result<Result<(), Failure>, Interrupt> {
+        let subscription = &self.registered.subscription;
+        let mut ctx = EventContext::new(
+            self.shared.repository.clone(),
+            &subscription.id,
+            event.clone(),
+        );
+        if subscription.transactional {
+            let tx = self.shared.subscriptions.begin(&self.lease).await?;
+            ctx = ctx.with_transaction(tx);
+        }
+        let span = tracing::info_span!(
+            "deliver",
+            subscriber = %subscription.id,
+            position = %event.position,
+            entity_type = %event.entity_type,
+            entity_id = %event.entity_id,
+            event_type = %event.event_type,
+        );
+        let outcome = AssertUnwindSafe(self.registered.subscriber.handle(&ctx))
+            .catch_unwind()
+            .instrument(span)
+            .await;
+        let failure = |source: crate::BoxError, permanent: bool| Failure {
+            error: Error::Handler {
+                subscriber: subscription.id.clone(),
+                entity_type: event.entity_type.clone(),
+                entity_id: event.entity_id.clone(),
+                event_type: event.event_type.clone(),
+                position: event.position,
+                source,
+            },
+            permanent,
+        };
+        Ok(match outcome {
+            Ok(Ok(())) => match ctx.take_transaction() {
+                None => Ok(()),
+                Some(tx) => match tx.commit(event.position).await {
+                    Ok(()) => Ok(()),
+                    Err(Error::LeaseLost { .. }) => return Err(Interrupt::LeaseLost),
+                    Err(e) => Err(failure(Box::new(e), false)),
+                },
+            },
+            Ok(Err(e)) => {
+                let permanent = e.is_permanent();
+                Err(failure(e.into_inner(), permanent))
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                Err(failure(
+                    format!("handler panicked: {message}").into(),
+                    false,
+                ))
+            }
+        })
+    }
+
+    /// Replays parked events of this partition whose replay was requested, entity by entity
+    /// in stream order; refreshes the set of blocked entities. A replay that fails again
+    /// records the failure (the event stays parked, its replay request cleared) and moves on
+    /// to the next entity.
+    async fn replay_parked(&mut self, stop: &watch::Receiver<bool>) -> Result<(), Interrupt> {
+        let parked: Vec<ParkedEvent> = self
+            .shared
+            .subscriptions
+            .parked(&self.lease.key.subscriber_id)
+            .await?
+            .into_iter()
+            .filter(|p| p.partition == self.lease.key.partition)
+            .collect();
+        let mut by_entity: BTreeMap<(String, String), Vec<ParkedEvent>> = BTreeMap::new();
+        for p in parked {
+            by_entity
+                .entry((p.event.entity_type.clone(), p.event.entity_id.clone()))
+                .or_default()
+                .push(p);
+        }
+        self.blocked = by_entity.keys().cloned().collect();
+        for (entity, mut events) in by_entity {
+            if !events.iter().any(|p| p.replay_requested) || *stop.borrow() {
+                continue;
+            }
+            if !self.validity.holds() {
+                return Err(Interrupt::Unconfirmed);
+            }
+            events.sort_by_key(|p| p.event.position);
+            let mut cleared = true;
+            for p in events {
+                let position = p.event.position;
+                match self.run_handler(&p.event).await? {
+                    Ok(()) => {
+                        self.shared
+                            .subscriptions
+                            .replayed(&self.lease, position, None)
+                            .await?;
+                        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(Failure { error, .. }) => {
+                        let failure = Some((p.attempts + 1, error.to_string()));
+                        self.shared
+                            .subscriptions
+                            .replayed(&self.lease, position, failure)
+                            .await?;
+                        cleared = false;
+                        break;
+                    }
+                }
+            }
+            if cleared {
+                self.blocked.remove(&entity);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! The lease manager: one task per runtime that, every third of the lease TTL, renews the
+//! leases of its consumers (stopping ones included, until they have exited), heartbeats its
+//! membership, checks each subscriber's stored shape, and takes or gives back partitions.
+//!
+//! - **Fair share per subscriber.** Only members that run a subscriber (with the stored shape)
+//!   count for it: each takes up to `ceil(partitions / members)`, and gives back partitions
+//!   above that only while another member holds fewer than its share.
+//! - **Liveness backstop.** A partition nobody has held for longer than the TTL is taken by
+//!   any member that runs the subscriber, above its share if need be.
+//! - **One local consumer per partition.** A partition is never acquired while a consumer of
+//!   it still runs in this process; a consumer asked to stop keeps its lease renewed until it
+//!   has exited.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::consumer::{Consumer, Validity};
+use super::{ConsumerHandle, Registered, ShapeView, Shared};
+use crate::subscriber::StartFrom;
+use crate::subscription_store::{Member, PartitionKey, SubscriberState};
+use crate::{Position, Result};
+
+pub(super) async fn manage(shared: Arc<Shared>) {
+    let ttl = shared.options.lease_ttl;
+    let tick = (ttl / 3).max(Duration::from_millis(10));
+    let mut stop = shared.stop.subscribe();
+    loop {
+        if *stop.borrow_and_update() {
+            break;
+        }
+        if let Err(e) = balance(&shared).await {
+            tracing::warn!(node = %shared.options.node_id, error = %e, "lease maintenance failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    let mut consumers = shared.consumers.lock().await;
+    for handle in consumers.values() {
+        handle.stop.send_replace(true);
+    }
+    let deadline = Instant::now() + shared.options.shutdown_timeout;
+    for (key, mut handle) in consumers.drain() {
+        if tokio::time::timeout_at(deadline, &mut handle.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(subscriber = %key.0, partition = key.1, "handler still running at the shutdown timeout; aborting it");
+            handle.task.abort();
+        }
+    }
+    if let Err(e) = shared.subscriptions.leave(shared.incarnation).await {
+        tracing::warn!(node = %shared.options.node_id, error = %e, "could not deregister node");
+    }
+}
+
+/// One round of lease maintenance.
+pub(super) async fn balance(shared: &Arc<Shared>) -> Result<()> {
+    let ttl = shared.options.lease_ttl;
+    let mut consumers = shared.consumers.lock().await;
+    consumers.retain(|_, h| !h.task.is_finished());
+    for handle in consumers.values_mut() {
+        let sent = Instant::now();
+        if shared.subscriptions.renew(&handle.lease, ttl).await? {
+            handle.validity.extend_to(sent + ttl);
+        } else if !handle.stopping {
+            let key = &handle.lease.key;
+            tracing::warn!(subscriber = %key.subscriber_id, partition = key.partition, "lease taken by another member; stopping consumer");
+            handle.validity.end();
+            handle.stop();
+        }
+    }
+    let members = shared
+        .subscriptions
+        .heartbeat(&shared.member(), ttl)
+        .await?;
+    for registered in &shared.subscribers {
+        let id = &registered.subscription.id;
+        let state = shared.subscriptions.subscriber(id).await?;
+        let Some(generation) = agree_on_shape(shared, registered, &state).await? else {
+            for handle in consumers
+                .values_mut()
+                .filter(|h| h.lease.key.subscriber_id == *id)
+            {
+                handle.stop();
+            }
+            continue;
+        };
+        let state = if state.migration_pending
+            || state.shape.as_ref().map(|s| s.generation) != Some(generation)
+        {
+            if !shared.subscriptions.migrate(id).await? {
+                shared.set_view(id, ShapeView::Reshaping);
+                continue;
+            }
+            shared.subscriptions.subscriber(id).await?
+        } else {
+            state
+        };
+        shared.set_view(id, ShapeView::Agreed { generation });
+        let others: Vec<&Member> = members
+            .iter()
+            .filter(|m| m.incarnation != shared.incarnation && m.subscribers.contains(id))
+            .collect();
+        let partitions = registered.subscription.partitions;
+        let fair = partitions.div_ceil(others.len() as u32 + 1);
+        let mut mine: Vec<u32> = consumers
+            .iter()
+            .filter(|((sid, _), h)| sid == id && !h.stopping)
+            .map(|((_, p), _)| *p)
+            .collect();
+        mine.sort_unstable();
+        let starved = others.iter().any(|m| {
+            let held = state
+                .partitions
+                .iter()
+                .filter(|l| l.owner.is_some_and(|(holder, _)| holder == m.incarnation))
+                .count();
+            (held as u32) < fair
+        });
+        if mine.len() as u32 > fair && starved {
+            // Give the highest partitions back so that a member below its share takes them.
+            for partition in mine.iter().rev().take(mine.len() - fair as usize) {
+                if let Some(h) = consumers.get_mut(&(id.clone(), *partition)) {
+                    h.stop();
+                }
+            }
+            continue;
+        }
+        let mut count = mine.len() as u32;
+        for lease in &state.partitions {
+            if lease.owner.is_some() || consumers.contains_key(&(id.clone(), lease.partition)) {
+                continue;
+            }
+            let abandoned = lease.unowned_for.is_some_and(|d| d >= ttl);
+            if count >= fair && !abandoned {
+                continue;
+            }
+            let key = PartitionKey {
+                subscriber_id: id.clone(),
+                partition: lease.partition,
+                partitions,
+            };
+            let sent = Instant::now();
+            let Some(claim) = shared
+                .subscriptions
+                .try_acquire(&key, &shared.member(), generation, ttl)
+                .await?
+            else {
+                continue;
+            };
+            if abandoned && count >= fair {
+                tracing::warn!(subscriber = %id, partition = lease.partition, "taking a partition nobody held for longer than the lease TTL, above this node's share");
+            }
+            let validity = Validity::until(sent + ttl);
+            let (stop, stop_rx) = watch::channel(false);
+            let lease = claim.lease.clone();
+            let consumer =
+                Consumer::new(shared.clone(), registered.clone(), claim, validity.clone());
+            let task = tokio::spawn(consumer.run(stop_rx));
+            shared.track(&task);
+            consumers.insert(
+                (id.clone(), lease.key.partition),
+                ConsumerHandle {
+                    stop,
+                    task,
+                    lease,
+                    validity,
+                    stopping: false,
+                },
+            );
+            count += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Whether this runtime consumes the subscriber, and under which generation. The first time
+/// (at start) it declares its shape: stored as the first generation when there is none, and
+/// adopted when only the types differ (an old-shape consumer is fenced off at once and stops,
+/// so nothing is skipped). A different partition count is never adopted implicitly: the
+/// runtime does not consume the subscriber and says why until [`super::Running::reshape`]
+/// is called.
+async fn agree_on_shape(
+    shared: &Arc<Shared>,
+    registered: &Registered,
+    state: &SubscriberState,
+) -> Result<Option<u64>> {
+    let id = &registered.subscription.id;
+    let ours = &registered.shape;
+    let first = shared.first_declaration(id);
+    match &state.shape {
+        Some(stored) if stored.shape == *ours => Ok(Some(stored.generation)),
+        Some(stored) if !first || stored.shape.repartitions(ours) => {
+            if shared.set_view(
+                id,
+                ShapeView::Mismatch {
+                    stored: stored.shape.clone(),
+                },
+            ) {
+                tracing::error!(
+                    subscriber = %id,
+                    stored = %stored.shape,
+                    ours = %ours,
+                    "{}", super::mismatch_message(id, &stored.shape, ours)
+                );
+            }
+            Ok(None)
+        }
+        _ => {
+            let start = match registered.subscription.start {
+                StartFrom::Beginning => Position::START,
+                StartFrom::Now => shared.store.head().await?,
+            };
+            let stored = shared.subscriptions.reshape(id, ours, start).await?;
+            if state.shape.is_some() {
+                tracing::info!(subscriber = %id, shape = %ours, generation = stored.generation, "adopted this node's shape");
+            }
+            Ok(Some(stored.generation))
+        }
+    }
+}
