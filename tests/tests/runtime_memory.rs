@@ -405,6 +405,17 @@ async fn a_panicking_handler_is_a_failure_not_a_dead_consumer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_keeps_crashing_the_process_gets_parked() {
+    crash_loop(None).await;
+}
+
+/// A process restarted under the same node id (a pod name) is a new incarnation: it finds the
+/// partition dirty and consumes carefully, so the crash loop ends in parking just the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_under_a_stable_node_id_also_gets_the_event_parked() {
+    crash_loop(Some(uuid::Uuid::new_v4())).await;
+}
+
+async fn crash_loop(node_id: Option<uuid::Uuid>) {
     let store = InMemoryEventStore::new();
     let repo = Repository::new(store.clone());
     deposit(&repo, "a", 1).await;
@@ -421,7 +432,10 @@ async fn an_event_that_keeps_crashing_the_process_gets_parked() {
             ..Recorder::new("crashy")
         };
         let runtime = Eventuate::new(store.clone())
-            .options(fast())
+            .options(RuntimeOptions {
+                node_id: node_id.unwrap_or_else(uuid::Uuid::new_v4),
+                ..fast()
+            })
             .subscriber_with(recorder.clone(), |s| s.retry(quick_retries(max_attempts)))
             .start()
             .unwrap();

@@ -11,6 +11,7 @@
 //!   it still runs in this process; a consumer asked to stop keeps its lease renewed until it
 //!   has exited.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,19 +40,30 @@ pub(super) async fn manage(shared: Arc<Shared>) {
             _ = stop.changed() => {}
         }
     }
+    // Shutdown: every consumer finishes its handler, saves and releases; until it has, its
+    // lease is renewed, or another node could start on the partition under a slow handler.
     let mut consumers = shared.consumers.lock().await;
-    for handle in consumers.values() {
-        handle.stop.send_replace(true);
+    for handle in consumers.values_mut() {
+        handle.stop();
     }
     let deadline = Instant::now() + shared.options.shutdown_timeout;
-    for (key, mut handle) in consumers.drain() {
-        if tokio::time::timeout_at(deadline, &mut handle.task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(subscriber = %key.0, partition = key.1, "handler still running at the shutdown timeout; aborting it");
-            handle.task.abort();
+    loop {
+        consumers.retain(|_, h| !h.task.is_finished());
+        if consumers.is_empty() {
+            break;
         }
+        if Instant::now() >= deadline {
+            for ((id, partition), handle) in consumers.drain() {
+                tracing::warn!(subscriber = %id, partition, "handler still running at the shutdown timeout; aborting it");
+                handle.task.abort();
+            }
+            break;
+        }
+        renew(&shared, &mut consumers).await;
+        let next = (Instant::now() + tick).min(deadline);
+        let finished =
+            futures_util::future::select_all(consumers.values_mut().map(|h| Box::pin(&mut h.task)));
+        let _ = tokio::time::timeout_at(next, finished).await;
     }
     if let Err(e) = shared.subscriptions.leave(shared.incarnation).await {
         tracing::warn!(node = %shared.options.node_id, error = %e, "could not deregister node");
@@ -63,17 +75,7 @@ pub(super) async fn balance(shared: &Arc<Shared>) -> Result<()> {
     let ttl = shared.options.lease_ttl;
     let mut consumers = shared.consumers.lock().await;
     consumers.retain(|_, h| !h.task.is_finished());
-    for handle in consumers.values_mut() {
-        let sent = Instant::now();
-        if shared.subscriptions.renew(&handle.lease, ttl).await? {
-            handle.validity.extend_to(sent + ttl);
-        } else if !handle.stopping {
-            let key = &handle.lease.key;
-            tracing::warn!(subscriber = %key.subscriber_id, partition = key.partition, "lease taken by another member; stopping consumer");
-            handle.validity.end();
-            handle.stop();
-        }
-    }
+    renew(shared, &mut consumers).await;
     let members = shared
         .subscriptions
         .heartbeat(&shared.member(), ttl)
@@ -177,6 +179,31 @@ pub(super) async fn balance(shared: &Arc<Shared>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Renews the lease of every consumer that still runs (stopping ones too); stops those whose
+/// lease another member took. A failed renewal is logged and left to the next round: the
+/// consumer's validity runs out meanwhile, so it starts no handler on a lease it may have lost.
+async fn renew(shared: &Shared, consumers: &mut HashMap<(String, u32), ConsumerHandle>) {
+    let ttl = shared.options.lease_ttl;
+    for handle in consumers.values_mut() {
+        let sent = Instant::now();
+        match shared.subscriptions.renew(&handle.lease, ttl).await {
+            Ok(true) => handle.validity.extend_to(sent + ttl),
+            Ok(false) => {
+                if !handle.stopping {
+                    let key = &handle.lease.key;
+                    tracing::warn!(subscriber = %key.subscriber_id, partition = key.partition, "lease taken by another member; stopping consumer");
+                    handle.stop();
+                }
+                handle.validity.end();
+            }
+            Err(e) => {
+                let key = &handle.lease.key;
+                tracing::warn!(subscriber = %key.subscriber_id, partition = key.partition, error = %e, "lease not renewed; retrying");
+            }
+        }
+    }
 }
 
 /// Whether this runtime consumes the subscriber, and under which generation. The first time
