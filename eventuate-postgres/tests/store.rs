@@ -468,7 +468,11 @@ async fn append_in_an_older_transaction_is_refused() {
         )
         .await
         .expect_err("must be refused");
-    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(
+        matches!(err, Error::OrderingRefused { version: 1, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_permanent(), "a new transaction can succeed");
     assert!(err.to_string().contains("new transaction"), "{err}");
     tx.commit().await.expect("the transaction is still usable");
     assert_eq!(store.load("Order", "x", 0).await.expect("load").len(), 1);

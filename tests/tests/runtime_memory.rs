@@ -729,6 +729,71 @@ async fn a_command_the_target_refuses_is_parked_without_retries() {
     runtime.shutdown().await.unwrap();
 }
 
+/// Sends a command to an account that a saga creates a moment later (`target-<id>`).
+struct CreditLater {
+    calls: Arc<AtomicU32>,
+}
+
+impl Subscriber for CreditLater {
+    fn subscription(&self) -> Subscription {
+        Subscription::new("credit-later", ["Account"])
+            .event_types(["Opened"])
+            .retry(RetryPolicy {
+                max_attempts: 100,
+                initial_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(20),
+            })
+    }
+    async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+        if ctx.entity_id().starts_with("target-") {
+            return Ok(());
+        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let target = format!("target-{}", ctx.entity_id());
+        ctx.update::<Account>(&target, Deposit { amount: 5 })
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_to_an_entity_not_created_yet_is_retried_not_parked() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let runtime = Eventuate::new(InMemoryEventStore::new())
+        .options(fast())
+        .subscriber(CreditLater {
+            calls: calls.clone(),
+        })
+        .start()
+        .unwrap();
+    let repo = runtime.repository();
+    repo.create_with_id::<Account>("a", Open { owner: "a".into() })
+        .await
+        .unwrap();
+    eventually("the handler found no target", || {
+        calls.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert!(
+        runtime.parked("credit-later").await.unwrap().is_empty(),
+        "EntityNotFound is transient: the event is retried, not parked"
+    );
+    repo.create_with_id::<Account>("target-a", Open { owner: "t".into() })
+        .await
+        .unwrap();
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let target = repo.load::<Account>("target-a").await.unwrap();
+    assert_eq!(target.state.balance, 5, "the retried command landed");
+    assert!(runtime.parked("credit-later").await.unwrap().is_empty());
+    let status = runtime.status().await.unwrap();
+    assert!(status[0].retried >= 1, "{status:?}");
+    assert_eq!(status[0].parked, 0);
+    runtime.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_does_not_wait_forever_for_a_hung_handler() {
     let recorder = Recorder {

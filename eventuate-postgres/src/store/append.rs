@@ -25,8 +25,10 @@ impl PostgresEventStore {
     /// - the stream orders transactions by their id, which a transaction gets at its first
     ///   write. If the entity's current version was written by a transaction that got its id
     ///   *after* the caller's, appending the next version here would put it before its
-    ///   predecessor in the stream; the store refuses it with [`eventuate_core::Error::Config`]
-    ///   (retry in a new transaction). Appending early in the transaction avoids it.
+    ///   predecessor in the stream; the store refuses it with
+    ///   [`eventuate_core::Error::OrderingRefused`], a transient error: roll back and run the
+    ///   transaction again (a new transaction is younger). Appending early in the transaction
+    ///   avoids it.
     pub async fn append_in(
         &self,
         conn: &mut PgConnection,
@@ -233,13 +235,13 @@ impl PostgresEventStore {
             }
         }
         Err(match request.expected {
-            ExpectedVersion::Exactly(v) => eventuate_core::Error::Config(format!(
-                "{}: version {v} was written by a transaction younger than the one appending \
-                 version {}; appending here would order the entity's events backwards in the \
-                 stream. Append in a new transaction (or before the transaction's other writes)",
-                context(),
-                v + 1
-            )),
+            // Transient: a new transaction (or, for a pooled append, a later statement) sees
+            // the version as committed by an older transaction.
+            ExpectedVersion::Exactly(version) => eventuate_core::Error::OrderingRefused {
+                entity_type: entity_type.to_owned(),
+                entity_id: entity_id.to_owned(),
+                version,
+            },
             ExpectedVersion::New => eventuate_core::Error::Config(format!(
                 "{}: the entity neither exists nor can be created; is another process deleting \
                  events?",
