@@ -402,8 +402,13 @@ impl EventContext {
     }
 
     /// The store transaction of a transactional delivery (`#[event_handler(transactional)]`),
-    /// as the store's type `T` (for PostgreSQL, `sqlx::Transaction<'static, Postgres>`). Writes
-    /// made through it commit together with the subscriber's checkpoint, or not at all.
+    /// as the store's type `T`. Writes made through it commit together with the subscriber's
+    /// checkpoint, or not at all.
+    ///
+    /// On PostgreSQL, `T` is `sqlx::PgConnection` (the connection of the transaction); use
+    /// `eventuate_postgres::PgEventContextExt::pg_transaction`, which names that type for you.
+    /// Any other `T` is [`Error::Config`], a permanent error: the event is parked at its first
+    /// attempt.
     pub async fn transaction<T: Any + Send>(&self) -> Result<TransactionGuard<'_, T>> {
         let guard = self.transaction.lock().await;
         if guard.is_none() {
