@@ -109,6 +109,32 @@ pub enum Error {
         event_id: uuid::Uuid,
     },
 
+    /// A subscriber sent a command under an idempotency key (subscriber, triggering event,
+    /// `sequence`) already recorded for a *different* command: another target entity, entity
+    /// type or command type than on the attempt that was stored. Re-delivery is only safe when
+    /// a handler sends the same commands, in the same order, every time it handles an event;
+    /// this one did not, and taking its command for a duplicate would drop it silently.
+    /// Nothing was written. Permanent: the key stays recorded with the first command, so every
+    /// retry meets the same refusal; fix the handler (decide from the event and from state
+    /// that does not change between attempts) and replay the parked event.
+    #[error(
+        "subscriber `{subscriber}` sent {attempted} as command #{sequence} for event \
+         {triggering_event_id}, but that key was recorded for {recorded} on an earlier attempt; \
+         a handler must send the same commands, in the same order, on every attempt"
+    )]
+    IdempotencyMismatch {
+        /// The subscriber that sent the command.
+        subscriber: String,
+        /// The event whose handling sent it.
+        triggering_event_id: uuid::Uuid,
+        /// Index of the command among those the handler sent for the event.
+        sequence: u32,
+        /// The command recorded under the key.
+        recorded: crate::store::CommandFingerprint,
+        /// The command this attempt sent.
+        attempted: crate::store::CommandFingerprint,
+    },
+
     /// A stored event names a type the reader's event set does not know.
     #[error(
         "unknown event type `{event_type}` for {entity_type} `{entity_id}` at version {version}; \
@@ -310,14 +336,15 @@ impl Error {
     /// | `Rejected` (business rule), `EntityExists` | `Conflict`, `RetriesExhausted` (concurrency) |
     /// | `EmptyAppend`, `DuplicateEventId`, `InvalidPayload`, `PayloadTooLarge`, `InvalidName` (bad input) | `EntityNotFound` (the target may be created a moment later, see its docs) |
     /// | `UnknownEventType`, `Decode`, `Encode` (data the code cannot read or write) | `OrderingRefused` (retry in a new transaction), `Timeout` |
-    /// | `Config` (misuse) | `LeaseLost`, `Backend` (infrastructure) |
-    /// | | `Handler` (a handler's own error) |
+    /// | `IdempotencyMismatch` (a handler sent different commands on different attempts) | `LeaseLost`, `Backend` (infrastructure) |
+    /// | `Config` (misuse) | `Handler` (a handler's own error) |
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::Rejected { .. }
             | Error::EntityExists { .. }
             | Error::EmptyAppend { .. }
             | Error::DuplicateEventId { .. }
+            | Error::IdempotencyMismatch { .. }
             | Error::UnknownEventType { .. }
             | Error::Decode { .. }
             | Error::Encode { .. }
@@ -356,6 +383,14 @@ mod tests {
 
     fn names(entity_id: &str) -> (String, String) {
         ("Order".to_owned(), entity_id.to_owned())
+    }
+
+    fn fingerprint(entity_id: &str) -> crate::store::CommandFingerprint {
+        crate::store::CommandFingerprint {
+            entity_type: "Order".into(),
+            entity_id: entity_id.into(),
+            command_type: "Cancel".into(),
+        }
     }
 
     /// One value of every variant with the classification it must have. `index` matches
@@ -508,6 +543,16 @@ mod tests {
                 false,
             ),
             (Error::backend("read", "connection reset"), false),
+            (
+                Error::IdempotencyMismatch {
+                    subscriber: "s".into(),
+                    triggering_event_id: uuid::Uuid::nil(),
+                    sequence: 0,
+                    recorded: fingerprint("o-1"),
+                    attempted: fingerprint("o-2"),
+                },
+                true,
+            ),
         ]
     }
 
@@ -532,6 +577,7 @@ mod tests {
             Error::Timeout { .. } => 16,
             Error::LeaseLost { .. } => 17,
             Error::Backend { .. } => 18,
+            Error::IdempotencyMismatch { .. } => 19,
         }
     }
 
@@ -570,5 +616,20 @@ mod tests {
             timeout.to_string(),
             "subscribers catching up did not happen within 1.5s"
         );
+    }
+
+    #[test]
+    fn an_idempotency_mismatch_names_both_commands() {
+        let error = Error::IdempotencyMismatch {
+            subscriber: "saga".into(),
+            triggering_event_id: uuid::Uuid::nil(),
+            sequence: 1,
+            recorded: fingerprint("o-1"),
+            attempted: fingerprint("o-2"),
+        };
+        let message = error.to_string();
+        assert!(message.contains("`Cancel` to Order `o-1`"), "{message}");
+        assert!(message.contains("`Cancel` to Order `o-2`"), "{message}");
+        assert!(message.contains("command #1"), "{message}");
     }
 }

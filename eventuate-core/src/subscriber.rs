@@ -353,7 +353,7 @@ impl EventContext {
         &self.repository
     }
 
-    fn options(&self) -> CommandOptions {
+    fn options(&self, command_type: &str) -> CommandOptions {
         let sequence = self.commands_sent.fetch_add(1, Ordering::Relaxed);
         CommandOptions {
             command_id: None,
@@ -373,19 +373,27 @@ impl EventContext {
                 subscriber_id: self.subscriber_id.to_string(),
                 triggering_event_id: self.event.event_id,
                 sequence,
+                command_type: command_type.to_owned(),
             }),
         }
     }
 
     /// Sends a command to an existing aggregate. Re-delivery of the same event does not apply
     /// it twice: the second time the outcome is [`Committed::duplicate`].
+    ///
+    /// The k-th command a handler sends for an event is keyed by (subscriber, event, k) and
+    /// recorded with its target and type. A handler must send the same commands, in the same
+    /// order, on every attempt: if the k-th command of a retry goes to another entity, entity
+    /// type or is of another type than the one recorded, the result is
+    /// [`Error::IdempotencyMismatch`] (permanent), not a duplicate.
     pub async fn update<A: Aggregate>(
         &self,
         entity_id: &str,
         command: impl Command<A>,
     ) -> Result<Committed<A>> {
+        let options = self.options(command.command_type());
         self.repository
-            .update_with::<A>(entity_id, command, self.options())
+            .update_with::<A>(entity_id, command, options)
             .await
     }
 
@@ -396,8 +404,9 @@ impl EventContext {
         entity_id: &str,
         command: impl Command<A>,
     ) -> Result<Committed<A>> {
+        let options = self.options(command.command_type());
         self.repository
-            .create_with::<A>(Some(entity_id.to_owned()), command, self.options())
+            .create_with::<A>(Some(entity_id.to_owned()), command, options)
             .await
     }
 

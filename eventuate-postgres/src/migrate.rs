@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "subscriptions",
         include_str!("../migrations/0002_subscriptions.sql"),
     ),
+    (
+        4,
+        "command fingerprints",
+        include_str!("../migrations/0004_command_fingerprints.sql"),
+    ),
 ];
 
 /// The migrations as a sqlx source, built from the embedded text instead of a directory.

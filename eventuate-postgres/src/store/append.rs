@@ -1,9 +1,9 @@
 //! The write path: validation, then one statement per append (optimistic concurrency from the
-//! unique key on the entity version, idempotency keys written by the same statement), and the
-//! mapping of unique violations to typed errors.
+//! unique key on the entity version, idempotency keys and their command fingerprints written by
+//! the same statement), and the mapping of unique violations to typed errors.
 
-use eventuate_core::store::{validate_append, validate_payload};
-use eventuate_core::{AppendOutcome, AppendRequest, ExpectedVersion, Position};
+use eventuate_core::store::{duplicate_or_mismatch, validate_append, validate_payload};
+use eventuate_core::{AppendOutcome, AppendRequest, CommandFingerprint, ExpectedVersion, Position};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -123,7 +123,8 @@ impl PostgresEventStore {
                 query = query
                     .bind(key.subscriber_id.as_str())
                     .bind(key.triggering_event_id)
-                    .bind(i64::from(key.sequence));
+                    .bind(i64::from(key.sequence))
+                    .bind(key.command_type.as_str());
             }
             let rows = match query.fetch_all(&mut *conn).await {
                 Ok(rows) => rows,
@@ -204,17 +205,30 @@ impl PostgresEventStore {
             }
             // Nothing inserted: the key was already there, or the version guard failed.
             // The key is checked first so that a re-delivered create is a duplicate, not
-            // "entity exists".
+            // "entity exists". The same query reads the fingerprint recorded with the key, so
+            // telling a duplicate from a different command costs no extra round trip.
             if let Some(key) = &request.idempotency {
-                let exists: bool = sqlx::query_scalar(&sql.key_exists)
-                    .bind(key.subscriber_id.as_str())
-                    .bind(key.triggering_event_id)
-                    .bind(i64::from(key.sequence))
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(|e| backend(context(), e))?;
-                if exists {
-                    return Ok(AppendOutcome::Duplicate);
+                let recorded: Option<(Option<String>, Option<String>, Option<String>)> =
+                    sqlx::query_as(&sql.key_fingerprint)
+                        .bind(key.subscriber_id.as_str())
+                        .bind(key.triggering_event_id)
+                        .bind(i64::from(key.sequence))
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(|e| backend(context(), e))?;
+                if let Some(columns) = recorded {
+                    // NULLs: recorded before fingerprints were; unknown, never a mismatch.
+                    let fingerprint = match columns {
+                        (Some(entity_type), Some(entity_id), Some(command_type)) => {
+                            Some(CommandFingerprint {
+                                entity_type,
+                                entity_id,
+                                command_type,
+                            })
+                        }
+                        _ => None,
+                    };
+                    return duplicate_or_mismatch(request, fingerprint);
                 }
             }
             let actual = self.current_version(conn, entity_type, entity_id).await?;
