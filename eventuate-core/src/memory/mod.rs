@@ -25,7 +25,7 @@ use crate::{Error, EventEnvelope, Position, Result, Snapshot};
 /// Default maximum payload size: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
-/// An [`EventStore`] and [`SubscriptionStore`] in memory.
+/// An [`EventStore`] and [`SubscriptionStore`](crate::runtime::SubscriptionStore) in memory.
 #[derive(Clone)]
 pub struct InMemoryEventStore {
     inner: Arc<Inner>,

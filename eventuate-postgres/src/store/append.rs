@@ -17,7 +17,8 @@ impl PostgresEventStore {
     /// Appends inside the caller's transaction: the events (and the idempotency key) commit or
     /// roll back with the caller's other writes, e.g. a read model updated by the same handler.
     ///
-    /// Same checks and outcomes as [`EventStore::append`], with these differences:
+    /// Same checks and outcomes as
+    /// [`EventStore::append`](eventuate_core::EventStore::append), with these differences:
     /// - nothing is visible, and [`appended`](Self::appended) does not fire, until the caller
     ///   commits; call [`notify_appended`](Self::notify_appended) after the commit;
     /// - a lost race (a unique violation) aborts the caller's transaction, as any failed
