@@ -41,6 +41,12 @@ pub enum Error {
     },
 
     /// An update or load named an entity that has no events.
+    ///
+    /// Transient ([`Error::is_permanent`] is false): in a saga the target of a command is
+    /// often created by another handler, or another service, a moment after the event that
+    /// sends the command, so a subscriber whose `ctx.update` finds no entity is retried with
+    /// backoff and its event parked only when the retries run out. Code that knows the entity
+    /// should exist by now (an HTTP `GET`, say) can still treat it as final, e.g. as a 404.
     #[error("{entity_type} `{entity_id}` does not exist")]
     EntityNotFound {
         /// Entity type.
@@ -101,6 +107,32 @@ pub enum Error {
         entity_id: String,
         /// The reused event id.
         event_id: uuid::Uuid,
+    },
+
+    /// A subscriber sent a command under an idempotency key (subscriber, triggering event,
+    /// `sequence`) already recorded for a *different* command: another target entity, entity
+    /// type or command type than on the attempt that was stored. Re-delivery is only safe when
+    /// a handler sends the same commands, in the same order, every time it handles an event;
+    /// this one did not, and taking its command for a duplicate would drop it silently.
+    /// Nothing was written. Permanent: the key stays recorded with the first command, so every
+    /// retry meets the same refusal; fix the handler (decide from the event and from state
+    /// that does not change between attempts) and replay the parked event.
+    #[error(
+        "subscriber `{subscriber}` sent {attempted} as command #{sequence} for event \
+         {triggering_event_id}, but that key was recorded for {recorded} on an earlier attempt; \
+         a handler must send the same commands, in the same order, on every attempt"
+    )]
+    IdempotencyMismatch {
+        /// The subscriber that sent the command.
+        subscriber: String,
+        /// The event whose handling sent it.
+        triggering_event_id: uuid::Uuid,
+        /// Index of the command among those the handler sent for the event.
+        sequence: u32,
+        /// The command recorded under the key.
+        recorded: crate::store::CommandFingerprint,
+        /// The command this attempt sent.
+        attempted: crate::store::CommandFingerprint,
     },
 
     /// A stored event names a type the reader's event set does not know.
@@ -210,9 +242,44 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// Misuse of the runtime or the API (duplicate subscriber id, missing transaction, ...).
+    /// Misuse of the runtime or the API (duplicate subscriber id, missing transaction, ...):
+    /// permanent, the same call fails the same way until the code or configuration changes.
+    /// Situations that can pass on a later attempt have their own transient variants
+    /// ([`Error::OrderingRefused`], [`Error::Timeout`]).
     #[error("{0}")]
     Config(String),
+
+    /// An append inside the caller's transaction (`PostgresEventStore::append_in`) was refused
+    /// because the entity's current `version` was written by a transaction that started after
+    /// the caller's: appending `version + 1` there would put the entity's events backwards in
+    /// the stream. Nothing was written. Transient: roll the transaction back and run it again
+    /// (a new transaction is younger than the one that wrote `version`); appending before the
+    /// transaction's other writes makes it rare.
+    #[error(
+        "append to {entity_type} `{entity_id}` refused: version {version} was written by a \
+         transaction younger than the one appending version {next}, so appending here would \
+         order the entity's events backwards in the stream; retry the append in a new \
+         transaction (or append before the transaction's other writes)",
+        next = .version + 1
+    )]
+    OrderingRefused {
+        /// Entity type of the refused append.
+        entity_type: String,
+        /// Entity id of the refused append.
+        entity_id: String,
+        /// The entity's version the append was to build on.
+        version: u64,
+    },
+
+    /// Waiting for something took longer than allowed. Transient: what was awaited may still
+    /// happen; wait again or with a longer timeout.
+    #[error("{what} did not happen within {after:?}")]
+    Timeout {
+        /// What was awaited, e.g. `subscribers catching up`, with whatever state explains it.
+        what: String,
+        /// How long was waited.
+        after: std::time::Duration,
+    },
 
     /// The consumer lost its lease on a subscription partition to another process.
     #[error(
@@ -260,17 +327,24 @@ impl Error {
         }
     }
 
-    /// Whether retrying the same operation can never succeed: business rejections, bad input,
-    /// undecodable data, misuse. A handler error built from such an error is permanent (the
-    /// event is parked without further attempts). Conflicts, lost leases and backend failures
-    /// are transient.
+    /// Whether retrying the same operation can never succeed. A handler error built from such
+    /// an error is permanent (the event is parked without further attempts); any other error
+    /// is retried with backoff, and parked only when the retries run out.
+    ///
+    /// | permanent | transient |
+    /// | --- | --- |
+    /// | `Rejected` (business rule), `EntityExists` | `Conflict`, `RetriesExhausted` (concurrency) |
+    /// | `EmptyAppend`, `DuplicateEventId`, `InvalidPayload`, `PayloadTooLarge`, `InvalidName` (bad input) | `EntityNotFound` (the target may be created a moment later, see its docs) |
+    /// | `UnknownEventType`, `Decode`, `Encode` (data the code cannot read or write) | `OrderingRefused` (retry in a new transaction), `Timeout` |
+    /// | `IdempotencyMismatch` (a handler sent different commands on different attempts) | `LeaseLost`, `Backend` (infrastructure) |
+    /// | `Config` (misuse) | `Handler` (a handler's own error) |
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::Rejected { .. }
             | Error::EntityExists { .. }
-            | Error::EntityNotFound { .. }
             | Error::EmptyAppend { .. }
             | Error::DuplicateEventId { .. }
+            | Error::IdempotencyMismatch { .. }
             | Error::UnknownEventType { .. }
             | Error::Decode { .. }
             | Error::Encode { .. }
@@ -279,6 +353,9 @@ impl Error {
             | Error::InvalidName { .. }
             | Error::Config(_) => true,
             Error::Conflict { .. }
+            | Error::EntityNotFound { .. }
+            | Error::OrderingRefused { .. }
+            | Error::Timeout { .. }
             | Error::RetriesExhausted { .. }
             | Error::Handler { .. }
             | Error::LeaseLost { .. }
@@ -297,5 +374,262 @@ impl Error {
             context: context.into(),
             source: source.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(entity_id: &str) -> (String, String) {
+        ("Order".to_owned(), entity_id.to_owned())
+    }
+
+    fn fingerprint(entity_id: &str) -> crate::store::CommandFingerprint {
+        crate::store::CommandFingerprint {
+            entity_type: "Order".into(),
+            entity_id: entity_id.into(),
+            command_type: "Cancel".into(),
+        }
+    }
+
+    /// One value of every variant with the classification it must have. `index` matches
+    /// without a wildcard, so a new variant does not compile until it is classified here.
+    fn every_variant() -> Vec<(Error, bool)> {
+        let (entity_type, entity_id) = names("o-1");
+        let json = || serde_json::from_str::<u8>("x").unwrap_err();
+        vec![
+            (
+                Error::Conflict {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    expected: 1,
+                    actual: 2,
+                },
+                false,
+            ),
+            (
+                Error::EntityExists {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    version: 1,
+                },
+                true,
+            ),
+            (
+                Error::EntityNotFound {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                },
+                false,
+            ),
+            (
+                Error::EmptyAppend {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                },
+                true,
+            ),
+            (
+                Error::Rejected {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    command: "Cancel",
+                    source: "no".into(),
+                },
+                true,
+            ),
+            (
+                Error::RetriesExhausted {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    attempts: 10,
+                },
+                false,
+            ),
+            (
+                Error::DuplicateEventId {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    event_id: uuid::Uuid::nil(),
+                },
+                true,
+            ),
+            (
+                Error::UnknownEventType {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    version: 1,
+                    event_type: "X".into(),
+                },
+                true,
+            ),
+            (
+                Error::Decode {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    version: 1,
+                    event_type: "X".into(),
+                    source: json(),
+                },
+                true,
+            ),
+            (
+                Error::Encode {
+                    what: "X".into(),
+                    source: json(),
+                },
+                true,
+            ),
+            (
+                Error::InvalidPayload {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    event_type: "X".into(),
+                    reason: "not JSON".into(),
+                },
+                true,
+            ),
+            (
+                Error::PayloadTooLarge {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    event_type: "X".into(),
+                    size: 2,
+                    max: 1,
+                },
+                true,
+            ),
+            (
+                Error::InvalidName {
+                    kind: "entity id",
+                    name: String::new(),
+                    reason: "it is empty",
+                },
+                true,
+            ),
+            (
+                Error::Handler {
+                    subscriber: "s".into(),
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    event_type: "X".into(),
+                    position: crate::Position::START,
+                    source: "failed".into(),
+                },
+                false,
+            ),
+            (Error::Config("duplicate subscriber id".into()), true),
+            (
+                Error::OrderingRefused {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    version: 1,
+                },
+                false,
+            ),
+            (
+                Error::Timeout {
+                    what: "subscribers catching up".into(),
+                    after: std::time::Duration::from_secs(5),
+                },
+                false,
+            ),
+            (
+                Error::LeaseLost {
+                    subscriber: "s".into(),
+                    partition: 0,
+                },
+                false,
+            ),
+            (Error::backend("read", "connection reset"), false),
+            (
+                Error::IdempotencyMismatch {
+                    subscriber: "s".into(),
+                    triggering_event_id: uuid::Uuid::nil(),
+                    sequence: 0,
+                    recorded: fingerprint("o-1"),
+                    attempted: fingerprint("o-2"),
+                },
+                true,
+            ),
+        ]
+    }
+
+    fn index(error: &Error) -> usize {
+        match error {
+            Error::Conflict { .. } => 0,
+            Error::EntityExists { .. } => 1,
+            Error::EntityNotFound { .. } => 2,
+            Error::EmptyAppend { .. } => 3,
+            Error::Rejected { .. } => 4,
+            Error::RetriesExhausted { .. } => 5,
+            Error::DuplicateEventId { .. } => 6,
+            Error::UnknownEventType { .. } => 7,
+            Error::Decode { .. } => 8,
+            Error::Encode { .. } => 9,
+            Error::InvalidPayload { .. } => 10,
+            Error::PayloadTooLarge { .. } => 11,
+            Error::InvalidName { .. } => 12,
+            Error::Handler { .. } => 13,
+            Error::Config(_) => 14,
+            Error::OrderingRefused { .. } => 15,
+            Error::Timeout { .. } => 16,
+            Error::LeaseLost { .. } => 17,
+            Error::Backend { .. } => 18,
+            Error::IdempotencyMismatch { .. } => 19,
+        }
+    }
+
+    #[test]
+    fn every_variant_is_classified_permanent_or_transient() {
+        let table = every_variant();
+        let mut covered: Vec<usize> = table.iter().map(|(e, _)| index(e)).collect();
+        covered.sort_unstable();
+        assert_eq!(
+            covered,
+            (0..table.len()).collect::<Vec<_>>(),
+            "the table lists each variant once"
+        );
+        for (error, permanent) in &table {
+            assert_eq!(error.is_permanent(), *permanent, "{error:?}");
+            assert!(!error.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn transient_cases_say_what_to_retry() {
+        let refused = Error::OrderingRefused {
+            entity_type: "Order".into(),
+            entity_id: "o-1".into(),
+            version: 3,
+        };
+        let message = refused.to_string();
+        assert!(message.contains("version 3"), "{message}");
+        assert!(message.contains("appending version 4"), "{message}");
+        assert!(message.contains("new transaction"), "{message}");
+        let timeout = Error::Timeout {
+            what: "subscribers catching up".into(),
+            after: std::time::Duration::from_millis(1500),
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "subscribers catching up did not happen within 1.5s"
+        );
+    }
+
+    #[test]
+    fn an_idempotency_mismatch_names_both_commands() {
+        let error = Error::IdempotencyMismatch {
+            subscriber: "saga".into(),
+            triggering_event_id: uuid::Uuid::nil(),
+            sequence: 1,
+            recorded: fingerprint("o-1"),
+            attempted: fingerprint("o-2"),
+        };
+        let message = error.to_string();
+        assert!(message.contains("`Cancel` to Order `o-1`"), "{message}");
+        assert!(message.contains("`Cancel` to Order `o-2`"), "{message}");
+        assert!(message.contains("command #1"), "{message}");
     }
 }

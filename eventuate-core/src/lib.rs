@@ -25,8 +25,8 @@ pub use memory::InMemoryEventStore;
 pub use repository::{CommandOptions, Committed, Loaded, Repository, RepositoryOptions};
 pub use runtime::Eventuate;
 pub use store::{
-    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, Partition, Snapshot,
-    StoredEvent, StreamBatch, StreamFilter, StreamItem,
+    AppendOutcome, AppendRequest, CommandFingerprint, EventStore, ExpectedVersion, IdempotencyKey,
+    Partition, Snapshot, StoredEvent, StreamBatch, StreamFilter, StreamItem,
 };
 pub use subscriber::{
     EventContext, HandlerError, RetryPolicy, StartFrom, Subscriber, Subscription,

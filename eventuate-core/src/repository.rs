@@ -6,11 +6,20 @@
 //!
 //! With `cache_capacity > 0`, an update starts from the state the previous command on the same
 //! entity left behind instead of reading the entity's events again. The cache can be stale
-//! (another process appended), and that is safe: the append carries the cached version as its
-//! expected version, so a stale state ends in a concurrency conflict, the entry is dropped and
-//! the command is retried on a fresh load. An entry is *taken out* while a command works on it
-//! and put back only after a successful append, so two concurrent commands never share a state
-//! (the second simply loads), and aggregates need not be `Clone`.
+//! (another process appended), and no outcome is ever decided on stale state:
+//!
+//! - a command that produces events appends them with the cached version as its expected
+//!   version, so a stale state ends in a concurrency conflict, the entry is dropped and the
+//!   command is retried on a fresh load. This path costs one round trip, the append;
+//! - a command rejected ([`Error::Rejected`]) or deciding that nothing needs to happen (no
+//!   events) on cached state writes nothing that could conflict, so the decision is confirmed
+//!   first: the repository reads the entity's events after the cached version (one round
+//!   trip). None: the decision stands. Some: the cached state is brought up to date with them,
+//!   the command decides again on the fresh state, and the fresh state is cached.
+//!
+//! An entry is *taken out* while a command works on it and put back only after the command is
+//! done, so two concurrent commands never share a state (the second simply loads), and
+//! aggregates need not be `Clone`.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -291,11 +300,18 @@ impl Repository {
         options.command_id.get_or_insert_with(Uuid::new_v4);
         let attempts = self.options.max_attempts.max(1);
         for _ in 0..attempts {
-            let loaded = match self.cache_take::<A>(entity_id) {
-                Some(cached) => cached,
-                None => self.load::<A>(entity_id).await?,
+            let (mut loaded, cached) = match self.cache_take::<A>(entity_id) {
+                Some(cached) => (cached, true),
+                None => (self.load::<A>(entity_id).await?, false),
             };
-            let events = match command.process(&loaded.state) {
+            let mut decision = command.process(&loaded.state);
+            // A rejection or a no-op decided on cached state must not rest on a stale state:
+            // nothing is appended, so no optimistic concurrency would catch it.
+            let appends = matches!(&decision, Ok(events) if !events.is_empty());
+            if cached && !appends && self.catch_up(&mut loaded).await? {
+                decision = command.process(&loaded.state);
+            }
+            let events = match decision {
                 Ok(events) => events,
                 Err(source) => {
                     self.cache_put(entity_id, loaded.version, loaded.state);
@@ -308,6 +324,11 @@ impl Repository {
                 }
             };
             if events.is_empty() {
+                if self.cache.is_some() {
+                    if let Some(copy) = loaded.state.clone_for_cache() {
+                        self.cache_put(entity_id, loaded.version, copy);
+                    }
+                }
                 return Ok(Committed {
                     entity_id: entity_id.to_owned(),
                     version: loaded.version,
@@ -338,6 +359,27 @@ impl Repository {
             entity_id: entity_id.to_owned(),
             attempts,
         })
+    }
+
+    /// Brings a cached state up to date with the events stored after its version; whether
+    /// there were any. One round trip.
+    async fn catch_up<A: Aggregate>(&self, loaded: &mut Loaded<A>) -> Result<bool> {
+        let newer = self
+            .store
+            .load_for_fold(A::ENTITY_TYPE, &loaded.entity_id, loaded.version)
+            .await?;
+        for event in &newer {
+            // Versions have no gaps: anything else means the cached state is not a prefix of
+            // what the store holds, so start over from the store.
+            if event.entity_version != loaded.version + 1 {
+                *loaded = self.load::<A>(&loaded.entity_id).await?;
+                return Ok(true);
+            }
+            let decoded = decode_stored::<A::Event>(A::ENTITY_TYPE, &loaded.entity_id, event)?;
+            loaded.state.apply(&decoded);
+            loaded.version = event.entity_version;
+        }
+        Ok(!newer.is_empty())
     }
 
     async fn commit<A: Aggregate>(

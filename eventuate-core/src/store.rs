@@ -26,6 +26,12 @@ pub enum ExpectedVersion {
 /// event cannot apply the command twice: the store records the key in the same transaction as
 /// the events, and a second append with the same key is reported as
 /// [`AppendOutcome::Duplicate`].
+///
+/// The key is recorded with the command's [`CommandFingerprint`] (the append's entity type and
+/// id, and [`IdempotencyKey::command_type`]). A second append with the same key but another
+/// fingerprint is not the same command sent again: the handler sent a different `sequence`-th
+/// command this time, and the store refuses it with [`crate::Error::IdempotencyMismatch`]
+/// instead of dropping it as a duplicate.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey {
     /// The subscriber that handled the event.
@@ -34,6 +40,32 @@ pub struct IdempotencyKey {
     pub triggering_event_id: Uuid,
     /// Index of the command among those the handler sent for this event (0, 1, ...).
     pub sequence: u32,
+    /// The type name of the command sent under the key ([`crate::Command::command_type`],
+    /// as [`crate::EventContext`] sets it): part of the command's fingerprint.
+    pub command_type: String,
+}
+
+/// What a command sent under an [`IdempotencyKey`] was: its target and its type. Stores
+/// record it with the key, to tell a command sent again from a different command sent under
+/// the same key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CommandFingerprint {
+    /// The target's entity type.
+    pub entity_type: String,
+    /// The target's entity id.
+    pub entity_id: String,
+    /// The command's type name.
+    pub command_type: String,
+}
+
+impl std::fmt::Display for CommandFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` to {} `{}`",
+            self.command_type, self.entity_type, self.entity_id
+        )
+    }
 }
 
 /// One atomic append.
@@ -49,6 +81,43 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
     /// Set when the append is the effect of handling an event.
     pub idempotency: Option<IdempotencyKey>,
+}
+
+impl AppendRequest {
+    /// The fingerprint of the command this append carries out, when it has an idempotency key.
+    pub fn fingerprint(&self) -> Option<CommandFingerprint> {
+        self.idempotency.as_ref().map(|key| CommandFingerprint {
+            entity_type: self.entity_type.clone(),
+            entity_id: self.entity_id.clone(),
+            command_type: key.command_type.clone(),
+        })
+    }
+}
+
+/// What a store answers for an append whose idempotency key is already recorded, given the
+/// fingerprint recorded with the key: [`AppendOutcome::Duplicate`] when it is the same command,
+/// [`crate::Error::IdempotencyMismatch`] when it differs. A key recorded without a fingerprint
+/// (`None`: rows written before stores recorded fingerprints) is taken as the same command,
+/// since there is nothing to compare with.
+pub fn duplicate_or_mismatch(
+    request: &AppendRequest,
+    recorded: Option<CommandFingerprint>,
+) -> Result<AppendOutcome> {
+    let (Some(key), Some(recorded), Some(attempted)) =
+        (&request.idempotency, recorded, request.fingerprint())
+    else {
+        return Ok(AppendOutcome::Duplicate);
+    };
+    if recorded == attempted {
+        return Ok(AppendOutcome::Duplicate);
+    }
+    Err(crate::Error::IdempotencyMismatch {
+        subscriber: key.subscriber_id.clone(),
+        triggering_event_id: key.triggering_event_id,
+        sequence: key.sequence,
+        recorded,
+        attempted,
+    })
 }
 
 /// What an append did.
@@ -176,7 +245,9 @@ pub struct StoredEvent {
 /// - an append is atomic: all of its events are stored, or none;
 /// - `ExpectedVersion` is enforced; a lost race is [`crate::Error::Conflict`];
 /// - creating an existing entity is [`crate::Error::EntityExists`];
-/// - a repeated [`IdempotencyKey`] is [`AppendOutcome::Duplicate`] and writes nothing;
+/// - a repeated [`IdempotencyKey`] is [`AppendOutcome::Duplicate`] and writes nothing; repeated
+///   with another [`CommandFingerprint`], it is [`crate::Error::IdempotencyMismatch`] and
+///   writes nothing;
 /// - [`EventStore::read_stream`] never skips a committed event: reading after the last
 ///   position handled, repeatedly, yields every event exactly once, in an order that keeps
 ///   each entity's versions ascending;
@@ -396,8 +467,28 @@ pub fn validate_append(request: &AppendRequest) -> Result<()> {
     }
     if let Some(key) = &request.idempotency {
         crate::name::validate_subscriber_id(&key.subscriber_id)?;
+        validate_command_type(&key.command_type)?;
     }
     Ok(())
+}
+
+/// A command type name is stored with its idempotency key: 1 to 200 bytes, no control
+/// characters (type names are neither empty nor long; PostgreSQL text cannot hold NUL).
+fn validate_command_type(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > crate::name::MAX_ENTITY_ID_LEN {
+        "it is longer than 200 bytes"
+    } else if name.chars().any(char::is_control) {
+        "it contains control characters"
+    } else {
+        return Ok(());
+    };
+    Err(crate::Error::InvalidName {
+        kind: "command type",
+        name: name.chars().take(64).collect(),
+        reason,
+    })
 }
 
 /// Checks one payload: valid JSON and at most `max` bytes.

@@ -353,7 +353,7 @@ impl EventContext {
         &self.repository
     }
 
-    fn options(&self) -> CommandOptions {
+    fn options(&self, command_type: &str) -> CommandOptions {
         let sequence = self.commands_sent.fetch_add(1, Ordering::Relaxed);
         CommandOptions {
             command_id: None,
@@ -373,19 +373,27 @@ impl EventContext {
                 subscriber_id: self.subscriber_id.to_string(),
                 triggering_event_id: self.event.event_id,
                 sequence,
+                command_type: command_type.to_owned(),
             }),
         }
     }
 
     /// Sends a command to an existing aggregate. Re-delivery of the same event does not apply
     /// it twice: the second time the outcome is [`Committed::duplicate`].
+    ///
+    /// The k-th command a handler sends for an event is keyed by (subscriber, event, k) and
+    /// recorded with its target and type. A handler must send the same commands, in the same
+    /// order, on every attempt: if the k-th command of a retry goes to another entity, entity
+    /// type or is of another type than the one recorded, the result is
+    /// [`Error::IdempotencyMismatch`] (permanent), not a duplicate.
     pub async fn update<A: Aggregate>(
         &self,
         entity_id: &str,
         command: impl Command<A>,
     ) -> Result<Committed<A>> {
+        let options = self.options(command.command_type());
         self.repository
-            .update_with::<A>(entity_id, command, self.options())
+            .update_with::<A>(entity_id, command, options)
             .await
     }
 
@@ -396,14 +404,20 @@ impl EventContext {
         entity_id: &str,
         command: impl Command<A>,
     ) -> Result<Committed<A>> {
+        let options = self.options(command.command_type());
         self.repository
-            .create_with::<A>(Some(entity_id.to_owned()), command, self.options())
+            .create_with::<A>(Some(entity_id.to_owned()), command, options)
             .await
     }
 
     /// The store transaction of a transactional delivery (`#[event_handler(transactional)]`),
-    /// as the store's type `T` (for PostgreSQL, `sqlx::Transaction<'static, Postgres>`). Writes
-    /// made through it commit together with the subscriber's checkpoint, or not at all.
+    /// as the store's type `T`. Writes made through it commit together with the subscriber's
+    /// checkpoint, or not at all.
+    ///
+    /// On PostgreSQL, `T` is `sqlx::PgConnection` (the connection of the transaction); use
+    /// `eventuate_postgres::PgEventContextExt::pg_transaction`, which names that type for you.
+    /// Any other `T` is [`Error::Config`], a permanent error: the event is parked at its first
+    /// attempt.
     pub async fn transaction<T: Any + Send>(&self) -> Result<TransactionGuard<'_, T>> {
         let guard = self.transaction.lock().await;
         if guard.is_none() {

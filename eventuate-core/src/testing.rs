@@ -35,6 +35,7 @@ macro_rules! store_behaviour_suite {
             append_and_load, create_existing_entity_fails, expected_version_is_enforced,
             update_of_missing_entity_fails, bad_input_is_rejected_and_changes_nothing,
             idempotent_appends, concurrent_appends_one_winner, concurrent_idempotent_appends,
+            idempotency_key_mismatch_is_reported,
             stream_order_filter_and_partitions, head_and_count, snapshots,
             duplicate_event_ids_are_rejected, load_with_snapshot,
             concurrent_writers_reader_sees_everything_once);
@@ -409,6 +410,32 @@ pub async fn bad_input_is_rejected_and_changes_nothing(store: &dyn EventStore) {
             ),
             |e| matches!(e, Error::Config(_)),
         ),
+        (
+            "command type with a NUL",
+            AppendRequest {
+                idempotency: Some(IdempotencyKey {
+                    subscriber_id: "s".into(),
+                    triggering_event_id: Uuid::new_v4(),
+                    sequence: 0,
+                    command_type: "Bad\0".into(),
+                }),
+                ..request(
+                    "Order",
+                    &id,
+                    ExpectedVersion::Exactly(1),
+                    vec![event("A", 1)],
+                )
+            },
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidName {
+                        kind: "command type",
+                        ..
+                    }
+                )
+            },
+        ),
     ];
     for (name, req, check) in cases {
         let err = store.append(req).await.expect_err(name);
@@ -433,6 +460,7 @@ pub async fn idempotent_appends(store: &dyn EventStore) {
         subscriber_id: "customer-workflow".into(),
         triggering_event_id: Uuid::new_v4(),
         sequence: 0,
+        command_type: "Test".into(),
     };
     let mut create = request(
         "Customer",
@@ -551,17 +579,20 @@ pub async fn concurrent_appends_one_winner(store: &dyn EventStore) {
     );
 }
 
-/// Concurrent appends with one idempotency key: one is stored, the rest are duplicates.
+/// Concurrent appends with one idempotency key: one is stored. When they all carry the same
+/// command (a re-delivery racing itself), the rest are duplicates; when they carry different
+/// commands (here: different targets), the rest are `IdempotencyMismatch`, never dropped as
+/// duplicates.
 pub async fn concurrent_idempotent_appends(store: &dyn EventStore) {
     let key = IdempotencyKey {
         subscriber_id: "s".into(),
         triggering_event_id: Uuid::new_v4(),
         sequence: 0,
+        command_type: "Create".into(),
     };
-    let ids: Vec<String> = (0..8).map(|_| unique("t")).collect();
-    // Different target entities, same key: the key alone decides.
-    let results = futures_util::future::join_all(ids.iter().map(|id| {
-        let mut req = request("Order", id, ExpectedVersion::New, vec![event("A", 1)]);
+    let id = unique("t");
+    let results = futures_util::future::join_all((0..8).map(|_| {
+        let mut req = request("Order", &id, ExpectedVersion::New, vec![event("A", 1)]);
         req.idempotency = Some(key.clone());
         store.append(req)
     }))
@@ -575,11 +606,179 @@ pub async fn concurrent_idempotent_appends(store: &dyn EventStore) {
         .filter(|r| matches!(r, Ok(AppendOutcome::Duplicate)))
         .count();
     assert_eq!((appended, duplicates), (1, 7), "{results:?}");
+    assert_eq!(store.load("Order", &id, 0).await.expect("load").len(), 1);
+
+    let key = IdempotencyKey {
+        triggering_event_id: Uuid::new_v4(),
+        ..key
+    };
+    let ids: Vec<String> = (0..8).map(|_| unique("t")).collect();
+    let results = futures_util::future::join_all(ids.iter().map(|id| {
+        let mut req = request("Order", id, ExpectedVersion::New, vec![event("A", 1)]);
+        req.idempotency = Some(key.clone());
+        store.append(req)
+    }))
+    .await;
+    let winner: Vec<&String> = ids
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| matches!(r, Ok(AppendOutcome::Appended { .. })))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(winner.len(), 1, "{results:?}");
+    for (id, result) in ids.iter().zip(&results) {
+        if id == winner[0] {
+            continue;
+        }
+        match result {
+            Err(Error::IdempotencyMismatch {
+                recorded,
+                attempted,
+                ..
+            }) => {
+                assert_eq!(&recorded.entity_id, winner[0]);
+                assert_eq!(&attempted.entity_id, id);
+            }
+            other => panic!("a different command under a taken key: {other:?}"),
+        }
+    }
     let mut stored = 0;
     for id in &ids {
         stored += store.load("Order", id, 0).await.expect("load").len();
     }
     assert_eq!(stored, 1);
+}
+
+/// A key that comes back with another command (another entity id, entity type or command
+/// type) is `IdempotencyMismatch`, permanent, naming both commands, and writes nothing; the
+/// same command under the key is still a duplicate. The key is checked before the version.
+pub async fn idempotency_key_mismatch_is_reported(store: &dyn EventStore) {
+    let (id, other_id) = (unique("c"), unique("c"));
+    let key = IdempotencyKey {
+        subscriber_id: "order-saga".into(),
+        triggering_event_id: Uuid::new_v4(),
+        sequence: 1,
+        command_type: "ReserveCredit".into(),
+    };
+    let keyed = |entity_type: &str, id: &str, expected, command_type: &str| {
+        let mut req = request(entity_type, id, expected, vec![event("Reserved", 1)]);
+        req.idempotency = Some(IdempotencyKey {
+            command_type: command_type.to_owned(),
+            ..key.clone()
+        });
+        req
+    };
+    append_settled(
+        store,
+        request("Customer", &id, ExpectedVersion::New, vec![event("A", 0)]),
+    )
+    .await;
+    append_settled(
+        store,
+        keyed(
+            "Customer",
+            &id,
+            ExpectedVersion::Exactly(1),
+            "ReserveCredit",
+        ),
+    )
+    .await;
+    let before = snapshot_of_store(store).await;
+    let head = store.head().await.expect("head");
+
+    // The same command again, even with a stale expected version: a duplicate.
+    assert_eq!(
+        store
+            .append(keyed(
+                "Customer",
+                &id,
+                ExpectedVersion::Exactly(1),
+                "ReserveCredit"
+            ))
+            .await
+            .expect("repeat"),
+        AppendOutcome::Duplicate
+    );
+    let recorded = crate::CommandFingerprint {
+        entity_type: "Customer".into(),
+        entity_id: id.clone(),
+        command_type: "ReserveCredit".into(),
+    };
+    let cases = [
+        (
+            "another entity id",
+            keyed("Customer", &other_id, ExpectedVersion::New, "ReserveCredit"),
+        ),
+        (
+            "another entity type",
+            keyed("Account", &id, ExpectedVersion::New, "ReserveCredit"),
+        ),
+        (
+            "another command type",
+            keyed(
+                "Customer",
+                &id,
+                ExpectedVersion::Exactly(2),
+                "ReleaseCredit",
+            ),
+        ),
+        (
+            "another command type, stale version",
+            keyed(
+                "Customer",
+                &id,
+                ExpectedVersion::Exactly(1),
+                "ReleaseCredit",
+            ),
+        ),
+    ];
+    for (name, req) in cases {
+        let attempted = req.fingerprint().expect("keyed");
+        let err = store.append(req).await.expect_err(name);
+        match &err {
+            Error::IdempotencyMismatch {
+                subscriber,
+                triggering_event_id,
+                sequence,
+                recorded: r,
+                attempted: a,
+            } => {
+                assert_eq!(subscriber, "order-saga", "{name}");
+                assert_eq!(*triggering_event_id, key.triggering_event_id, "{name}");
+                assert_eq!(*sequence, 1, "{name}");
+                assert_eq!(r, &recorded, "{name}");
+                assert_eq!(a, &attempted, "{name}");
+            }
+            other => panic!("{name}: expected IdempotencyMismatch, got {other:?}"),
+        }
+        assert!(err.is_permanent(), "{name}");
+        let message = err.to_string();
+        assert!(message.contains(&recorded.to_string()), "{name}: {message}");
+        assert!(
+            message.contains(&attempted.to_string()),
+            "{name}: {message}"
+        );
+    }
+    assert_eq!(
+        snapshot_of_store(store).await,
+        before,
+        "a refused command changed the store"
+    );
+    assert_eq!(store.head().await.expect("head"), head);
+    assert!(
+        store
+            .load("Customer", &other_id, 0)
+            .await
+            .expect("load")
+            .is_empty()
+    );
+    assert!(
+        store
+            .load("Account", &id, 0)
+            .await
+            .expect("load")
+            .is_empty()
+    );
 }
 
 /// The stream: every event once, in position order, per-entity versions ascending; entity

@@ -16,11 +16,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A transactional subscriber writes through the delivery's transaction with
+//! [`PgEventContextExt::pg_transaction`].
+//!
 //! [`embedded`] starts a throwaway server from the installed PostgreSQL binaries, for tests,
 //! examples and benchmarks.
 
 #![warn(missing_docs)]
 
+mod context;
 pub mod embedded;
 mod error;
 mod migrate;
@@ -29,6 +33,7 @@ mod store;
 pub mod subscriptions;
 pub mod wakeup;
 
+pub use context::PgEventContextExt;
 pub use error::{Error, Result};
 pub use migrate::validate_schema;
 pub use store::{DEFAULT_MAX_PAYLOAD_BYTES, PostgresEventStore, PostgresEventStoreBuilder};

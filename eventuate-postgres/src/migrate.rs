@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "subscription protocol",
         include_str!("../migrations/0003_subscription_protocol.sql"),
     ),
+    (
+        4,
+        "command fingerprints",
+        include_str!("../migrations/0004_command_fingerprints.sql"),
+    ),
 ];
 
 /// The migrations as a sqlx source, built from the embedded text instead of a directory.

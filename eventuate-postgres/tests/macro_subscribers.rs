@@ -59,19 +59,26 @@ impl Account {
     }
 }
 
-/// Mirrors every deposit into `mirror-<id>`, creating it on first use.
+/// Mirrors every account into `mirror-<id>`: the opening creates the mirror, each deposit is
+/// repeated on it. The commands depend only on the event, so a retry sends the same ones.
 struct Mirror;
 
 #[event_handler(subscribe = Account, id = "mirror", max_attempts = 3)]
 impl Mirror {
+    async fn on_opened(&self, ctx: &EventContext, _: &AccountOpened) -> Result<(), HandlerError> {
+        if ctx.entity_id().starts_with("mirror-") {
+            return Ok(());
+        }
+        ctx.create::<Account>(&format!("mirror-{}", ctx.entity_id()), Open)
+            .await?;
+        Ok(())
+    }
+
     async fn on_deposit(&self, ctx: &EventContext, e: &Deposited) -> Result<(), HandlerError> {
         if ctx.entity_id().starts_with("mirror-") {
             return Ok(());
         }
         let target = format!("mirror-{}", ctx.entity_id());
-        if ctx.repository().find::<Account>(&target).await?.is_none() {
-            ctx.create::<Account>(&target, Open).await?;
-        }
         ctx.update::<Account>(&target, Deposit { amount: e.amount })
             .await?;
         Ok(())

@@ -393,6 +393,7 @@ async fn racing_idempotency_keys_store_once() {
         subscriber_id: "workflow".into(),
         triggering_event_id: Uuid::new_v4(),
         sequence: 0,
+        command_type: "Test".into(),
     };
     let keyed = |id: &str| AppendRequest {
         idempotency: Some(key.clone()),
@@ -414,6 +415,72 @@ async fn racing_idempotency_keys_store_once() {
     assert_eq!(store.load("Order", "x", 0).await.expect("load").len(), 1);
 }
 
+/// Keys recorded before the fingerprint columns existed (migration 0004) have NULLs there: the
+/// recorded command is unknown, so a repeated key is a duplicate, whatever command it carries,
+/// never a mismatch. A key recorded with a fingerprint is compared: another command is
+/// `IdempotencyMismatch`.
+#[tokio::test]
+async fn keys_recorded_without_a_fingerprint_are_duplicates_never_mismatches() {
+    let store = store().await;
+    store
+        .append(request("Order", "x", ExpectedVersion::New, 1))
+        .await
+        .expect("create");
+    let key = IdempotencyKey {
+        subscriber_id: "workflow".into(),
+        triggering_event_id: Uuid::new_v4(),
+        sequence: 0,
+        command_type: "Ship".into(),
+    };
+    // What a key row written before migration 0004 looks like.
+    sqlx::query(
+        "INSERT INTO processed_commands (subscriber_id, triggering_event_id, sequence) \
+         VALUES ($1, $2, $3)",
+    )
+    .bind(&key.subscriber_id)
+    .bind(key.triggering_event_id)
+    .bind(i64::from(key.sequence))
+    .execute(store.pool())
+    .await
+    .expect("legacy key row");
+    for (id, expected) in [
+        ("x", ExpectedVersion::Exactly(1)),
+        ("y", ExpectedVersion::New),
+    ] {
+        let mut keyed = request("Order", id, expected, 1);
+        keyed.idempotency = Some(key.clone());
+        assert_eq!(
+            store.append(keyed).await.expect("legacy key"),
+            AppendOutcome::Duplicate,
+            "{id}"
+        );
+    }
+    assert_eq!(store.load("Order", "x", 0).await.expect("load").len(), 1);
+    assert!(store.load("Order", "y", 0).await.expect("load").is_empty());
+
+    // A key written now carries its fingerprint, in the columns the migration added.
+    let fresh = IdempotencyKey {
+        triggering_event_id: Uuid::new_v4(),
+        ..key
+    };
+    let mut keyed = request("Order", "x", ExpectedVersion::Exactly(1), 1);
+    keyed.idempotency = Some(fresh.clone());
+    store.append(keyed.clone()).await.expect("keyed");
+    let row: (String, String, String) = sqlx::query_as(
+        "SELECT entity_type, entity_id, command_type FROM processed_commands \
+         WHERE triggering_event_id = $1",
+    )
+    .bind(fresh.triggering_event_id)
+    .fetch_one(store.pool())
+    .await
+    .expect("fingerprint");
+    assert_eq!(row, ("Order".into(), "x".into(), "Ship".into()));
+    keyed.entity_id = "y".into();
+    keyed.expected = ExpectedVersion::New;
+    let err = store.append(keyed).await.expect_err("another target");
+    assert!(matches!(err, Error::IdempotencyMismatch { .. }), "{err:?}");
+}
+
 /// A failed version check records no idempotency key: the retry with the right version is
 /// applied, not reported as a duplicate.
 #[tokio::test]
@@ -427,6 +494,7 @@ async fn failed_append_records_no_key() {
         subscriber_id: "workflow".into(),
         triggering_event_id: Uuid::new_v4(),
         sequence: 0,
+        command_type: "Test".into(),
     };
     let mut stale = request("Order", "x", ExpectedVersion::Exactly(1), 1);
     stale.idempotency = Some(key.clone());
@@ -468,7 +536,11 @@ async fn append_in_an_older_transaction_is_refused() {
         )
         .await
         .expect_err("must be refused");
-    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(
+        matches!(err, Error::OrderingRefused { version: 1, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_permanent(), "a new transaction can succeed");
     assert!(err.to_string().contains("new transaction"), "{err}");
     tx.commit().await.expect("the transaction is still usable");
     assert_eq!(store.load("Order", "x", 0).await.expect("load").len(), 1);
@@ -509,6 +581,7 @@ async fn schemas_are_independent_tenants() {
         subscriber_id: "s".into(),
         triggering_event_id: Uuid::new_v4(),
         sequence: 0,
+        command_type: "Test".into(),
     };
     for store in [&a, &b] {
         let mut keyed = request("Order", "y", ExpectedVersion::New, 1);

@@ -431,14 +431,16 @@ async fn the_cache_saves_loads_and_a_stale_entry_only_costs_a_retry() {
         0,
         "every update started from the cached state"
     );
-    // A rejected command leaves the cached state usable.
+    // A rejected command is confirmed against the store (one read of the events after the
+    // cached version, none here) and leaves the cached state usable.
     repo.update::<Account>("a", Withdraw { amount: 100 })
         .await
         .unwrap_err();
+    assert_eq!(store.loads.load(Ordering::SeqCst), 1, "the confirmation");
     repo.update::<Account>("a", Deposit { amount: 1 })
         .await
         .unwrap();
-    assert_eq!(store.loads.load(Ordering::SeqCst), 0);
+    assert_eq!(store.loads.load(Ordering::SeqCst), 1);
 
     // Another process (another repository) appends: our cache is stale.
     Repository::new(inner.clone())
@@ -456,9 +458,103 @@ async fn the_cache_saves_loads_and_a_stale_entry_only_costs_a_retry() {
     );
     assert_eq!(
         store.loads.load(Ordering::SeqCst),
-        1,
+        2,
         "one reload after the conflict"
     );
+}
+
+/// Withdraws the whole balance; nothing to do (no events) when it is zero.
+struct WithdrawAll;
+
+impl eventuate_core::HandleCommand<WithdrawAll> for Account {
+    type Error = AccountError;
+    fn handle(&self, _: &WithdrawAll) -> Result<Vec<AccountEvent>, AccountError> {
+        Ok(match self.balance {
+            0 => vec![],
+            amount => vec![AccountEvent::Withdrawn(Withdrawn { amount })],
+        })
+    }
+}
+
+/// Two processes, each with its own cache, over one store: what one cached is stale once the
+/// other appends. A rejection or a no-op decided on the stale state is confirmed against the
+/// store, decided again on the stored state, and the fresh state is cached.
+#[tokio::test]
+async fn a_stale_cache_never_decides_a_rejection_or_a_no_op() {
+    let inner = InMemoryEventStore::new();
+    let ours_store = Arc::new(Instrumented::over(inner.clone()));
+    let ours = cached(ours_store.clone());
+    let theirs = cached(Arc::new(inner.clone()));
+    ours.create_with_id::<Account>("a", Open { owner: "x".into() })
+        .await
+        .unwrap();
+
+    // Theirs deposits 100; our cache still says balance 0.
+    theirs
+        .update::<Account>("a", Deposit { amount: 100 })
+        .await
+        .unwrap();
+    let withdrawn = ours
+        .update::<Account>("a", Withdraw { amount: 60 })
+        .await
+        .expect("the store holds 100: not `insufficient funds: balance 0`");
+    assert_eq!((withdrawn.version, withdrawn.state.balance), (3, 40));
+    let loads = ours_store.loads.load(Ordering::SeqCst);
+    assert_eq!(loads, 1, "one read confirmed the rejection, and refuted it");
+
+    // Theirs deposits 10: a rejection on our stale 40 must report the stored 50.
+    theirs
+        .update::<Account>("a", Deposit { amount: 10 })
+        .await
+        .unwrap();
+    let err = ours
+        .update::<Account>("a", Withdraw { amount: 1_000 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.rejection::<AccountError>(),
+        Some(&AccountError::InsufficientFunds {
+            balance: 50,
+            requested: 1_000
+        }),
+        "decided again on the stored state"
+    );
+    // The fresh state was cached: the happy path is back to one append, no read.
+    let loads = ours_store.loads.load(Ordering::SeqCst);
+    let appends = ours_store.appends.load(Ordering::SeqCst);
+    let ok = ours
+        .update::<Account>("a", Withdraw { amount: 50 })
+        .await
+        .unwrap();
+    assert_eq!((ok.version, ok.state.balance), (5, 0));
+    assert_eq!(ours_store.loads.load(Ordering::SeqCst), loads, "no read");
+    assert_eq!(ours_store.appends.load(Ordering::SeqCst), appends + 1);
+
+    // A no-op on stale state: ours caches balance 0, theirs deposits 30, WithdrawAll must
+    // withdraw the 30 rather than decide that nothing needs to happen.
+    theirs
+        .update::<Account>("a", Deposit { amount: 30 })
+        .await
+        .unwrap();
+    let all = ours.update::<Account>("a", WithdrawAll).await.unwrap();
+    assert_eq!(
+        (all.version, all.state.balance, all.events.len()),
+        (7, 0, 1),
+        "{all:?}"
+    );
+    // A confirmed no-op: nothing written, the state stays cached.
+    let noop = ours.update::<Account>("a", WithdrawAll).await.unwrap();
+    assert_eq!((noop.version, noop.events.len()), (7, 0));
+    let loads = ours_store.loads.load(Ordering::SeqCst);
+    ours.update::<Account>("a", Deposit { amount: 1 })
+        .await
+        .unwrap();
+    assert_eq!(
+        ours_store.loads.load(Ordering::SeqCst),
+        loads,
+        "a no-op leaves its state in the cache"
+    );
+    assert_eq!(inner.len(), 8);
 }
 
 #[tokio::test]

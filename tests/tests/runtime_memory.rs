@@ -123,20 +123,22 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for: {what}");
 }
 
-/// Mirrors every deposit into account `mirror-<id>`, through the handler context.
+/// Mirrors every account into account `mirror-<id>`, through the handler context: the
+/// account's opening creates the mirror, each deposit is repeated on it. The commands depend
+/// only on the event, so every attempt sends the same ones (a handler that created the mirror
+/// "if it is missing" would send a different first command on a retry after the create).
 struct Mirror;
 
 impl Subscriber for Mirror {
     fn subscription(&self) -> Subscription {
-        Subscription::new("mirror", ["Account"]).event_types(["Deposited"])
+        Subscription::new("mirror", ["Account"]).event_types(["Opened", "Deposited"])
     }
     async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
         if ctx.entity_id().starts_with("mirror-") {
             return Ok(());
         }
-        let d: Deposited = ctx.event().decode()?;
         let target = format!("mirror-{}", ctx.entity_id());
-        if ctx.repository().find::<Account>(&target).await?.is_none() {
+        if ctx.event().event_type == "Opened" {
             ctx.create::<Account>(
                 &target,
                 Open {
@@ -144,9 +146,11 @@ impl Subscriber for Mirror {
                 },
             )
             .await?;
+        } else {
+            let d: Deposited = ctx.event().decode()?;
+            ctx.update::<Account>(&target, Deposit { amount: d.amount })
+                .await?;
         }
-        ctx.update::<Account>(&target, Deposit { amount: d.amount })
-            .await?;
         Ok(())
     }
 }
@@ -208,16 +212,19 @@ async fn a_redelivered_event_does_not_apply_its_command_twice() {
     repo.update::<Account>("a", Deposit { amount: 7 })
         .await
         .unwrap();
-    let deposit = store.load("Account", "a", 1).await.unwrap().remove(0);
+    let events = store.load("Account", "a", 0).await.unwrap();
+    let deposit = events[1].clone();
     for _ in 0..3 {
-        let ctx = EventContext::new(repo.clone(), "mirror", deposit.clone());
-        Mirror.handle(&ctx).await.unwrap();
+        for event in &events {
+            let ctx = EventContext::new(repo.clone(), "mirror", event.clone());
+            Mirror.handle(&ctx).await.unwrap();
+        }
     }
     let mirror = repo.load::<Account>("mirror-a").await.unwrap();
     assert_eq!(
         (mirror.version, mirror.state.balance),
         (2, 7),
-        "one create and one deposit, however often the event is delivered"
+        "one create and one deposit, however often the events are delivered"
     );
     // A different subscriber handling the same event is a different command.
     let ctx = EventContext::new(repo.clone(), "other", deposit);
@@ -232,6 +239,84 @@ async fn a_redelivered_event_does_not_apply_its_command_twice() {
         .await
         .unwrap();
     assert!(outcome.duplicate);
+}
+
+/// Before command fingerprints, a retry whose k-th command differed from the first attempt's
+/// was reported as a duplicate and silently dropped.
+#[tokio::test]
+async fn a_retry_that_sends_a_different_command_is_refused_not_dropped() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::new(store.clone());
+    for id in ["a", "x", "y"] {
+        deposit(&repo, id, 10).await;
+    }
+    let event = store.load("Account", "a", 1).await.unwrap().remove(0);
+    let attempt = || EventContext::new(repo.clone(), "router", event.clone());
+
+    let first = attempt();
+    first
+        .update::<Account>("x", Deposit { amount: 5 })
+        .await
+        .unwrap();
+    // The retry routes its first command to another account.
+    let err = attempt()
+        .update::<Account>("y", Deposit { amount: 5 })
+        .await
+        .unwrap_err();
+    match &err {
+        Error::IdempotencyMismatch {
+            subscriber,
+            triggering_event_id,
+            sequence,
+            recorded,
+            attempted,
+        } => {
+            assert_eq!(
+                (subscriber.as_str(), *triggering_event_id, *sequence),
+                ("router", event.event_id, 0)
+            );
+            assert_eq!(
+                (recorded.entity_id.as_str(), recorded.command_type.as_str()),
+                ("x", "Deposit")
+            );
+            assert_eq!(
+                (
+                    attempted.entity_id.as_str(),
+                    attempted.command_type.as_str()
+                ),
+                ("y", "Deposit")
+            );
+        }
+        other => panic!("expected IdempotencyMismatch, got {other:?}"),
+    }
+    assert!(
+        HandlerError::from(err).is_permanent(),
+        "retrying meets the same recorded key: parked"
+    );
+    // Another command type to the same account is a different command too.
+    let err = attempt()
+        .update::<Account>("x", Withdraw { amount: 5 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::IdempotencyMismatch { attempted, .. } if attempted.command_type == "Withdraw"),
+        "{err:?}"
+    );
+    // The same command again is still a duplicate.
+    let again = attempt()
+        .update::<Account>("x", Deposit { amount: 5 })
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    let balances = (
+        repo.load::<Account>("x").await.unwrap().state.balance,
+        repo.load::<Account>("y").await.unwrap().state.balance,
+    );
+    assert_eq!(
+        balances,
+        (15, 10),
+        "nothing but the first command was applied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -740,6 +825,71 @@ async fn a_command_the_target_refuses_is_parked_without_retries() {
     );
     let status = runtime.status().await.unwrap();
     assert_eq!(status[0].retried, 0);
+    runtime.shutdown().await.unwrap();
+}
+
+/// Sends a command to an account that a saga creates a moment later (`target-<id>`).
+struct CreditLater {
+    calls: Arc<AtomicU32>,
+}
+
+impl Subscriber for CreditLater {
+    fn subscription(&self) -> Subscription {
+        Subscription::new("credit-later", ["Account"])
+            .event_types(["Opened"])
+            .retry(RetryPolicy {
+                max_attempts: 100,
+                initial_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(20),
+            })
+    }
+    async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+        if ctx.entity_id().starts_with("target-") {
+            return Ok(());
+        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let target = format!("target-{}", ctx.entity_id());
+        ctx.update::<Account>(&target, Deposit { amount: 5 })
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_to_an_entity_not_created_yet_is_retried_not_parked() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let runtime = Eventuate::new(InMemoryEventStore::new())
+        .options(fast())
+        .subscriber(CreditLater {
+            calls: calls.clone(),
+        })
+        .start()
+        .unwrap();
+    let repo = runtime.repository();
+    repo.create_with_id::<Account>("a", Open { owner: "a".into() })
+        .await
+        .unwrap();
+    eventually("the handler found no target", || {
+        calls.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert!(
+        runtime.parked("credit-later").await.unwrap().is_empty(),
+        "EntityNotFound is transient: the event is retried, not parked"
+    );
+    repo.create_with_id::<Account>("target-a", Open { owner: "t".into() })
+        .await
+        .unwrap();
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let target = repo.load::<Account>("target-a").await.unwrap();
+    assert_eq!(target.state.balance, 5, "the retried command landed");
+    assert!(runtime.parked("credit-later").await.unwrap().is_empty());
+    let status = runtime.status().await.unwrap();
+    assert!(status[0].retried >= 1, "{status:?}");
+    assert_eq!(status[0].parked, 0);
     runtime.shutdown().await.unwrap();
 }
 

@@ -16,8 +16,9 @@ use uuid::Uuid;
 mod subscriptions;
 
 use crate::store::{
-    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, StreamBatch,
-    StreamFilter, StreamItem, validate_append, validate_payload,
+    AppendOutcome, AppendRequest, CommandFingerprint, EventStore, ExpectedVersion, IdempotencyKey,
+    StreamBatch, StreamFilter, StreamItem, duplicate_or_mismatch, validate_append,
+    validate_payload,
 };
 
 use crate::{Error, EventEnvelope, Position, Result, Snapshot};
@@ -25,7 +26,7 @@ use crate::{Error, EventEnvelope, Position, Result, Snapshot};
 /// Default maximum payload size: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
-/// An [`EventStore`] and [`SubscriptionStore`] in memory.
+/// An [`EventStore`] and [`SubscriptionStore`](crate::runtime::SubscriptionStore) in memory.
 #[derive(Clone)]
 pub struct InMemoryEventStore {
     inner: Arc<Inner>,
@@ -41,7 +42,8 @@ struct Inner {
 struct State {
     events: Vec<EventEnvelope>,
     entities: HashMap<(String, String), Vec<usize>>,
-    keys: HashSet<IdempotencyKey>,
+    /// Processed commands: (subscriber, triggering event, sequence) and what the command was.
+    keys: HashMap<(String, Uuid, u32), CommandFingerprint>,
     event_ids: HashSet<Uuid>,
     snapshots: HashMap<(String, String, u32), Snapshot>,
     transactions: u64,
@@ -111,8 +113,8 @@ impl InMemoryEventStore {
         }
         let mut state = self.lock();
         if let Some(key) = &request.idempotency {
-            if state.keys.contains(key) {
-                return Ok(AppendOutcome::Duplicate);
+            if let Some(recorded) = state.keys.get(&key_of(key)) {
+                return duplicate_or_mismatch(&request, Some(recorded.clone()));
             }
         }
         let entity = (request.entity_type.clone(), request.entity_id.clone());
@@ -179,12 +181,25 @@ impl InMemoryEventStore {
                 .push(index);
         }
         if let Some(key) = request.idempotency {
-            state.keys.insert(key);
+            let fingerprint = CommandFingerprint {
+                entity_type: entity.0,
+                entity_id: entity.1,
+                command_type: key.command_type.clone(),
+            };
+            state.keys.insert(key_of(&key), fingerprint);
         }
         drop(state);
         self.wake();
         Ok(AppendOutcome::Appended { version, positions })
     }
+}
+
+fn key_of(key: &IdempotencyKey) -> (String, Uuid, u32) {
+    (
+        key.subscriber_id.clone(),
+        key.triggering_event_id,
+        key.sequence,
+    )
 }
 
 fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {

@@ -1,9 +1,9 @@
 //! The write path: validation, then one statement per append (optimistic concurrency from the
-//! unique key on the entity version, idempotency keys written by the same statement), and the
-//! mapping of unique violations to typed errors.
+//! unique key on the entity version, idempotency keys and their command fingerprints written by
+//! the same statement), and the mapping of unique violations to typed errors.
 
-use eventuate_core::store::{validate_append, validate_payload};
-use eventuate_core::{AppendOutcome, AppendRequest, ExpectedVersion, Position};
+use eventuate_core::store::{duplicate_or_mismatch, validate_append, validate_payload};
+use eventuate_core::{AppendOutcome, AppendRequest, CommandFingerprint, ExpectedVersion, Position};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -17,7 +17,8 @@ impl PostgresEventStore {
     /// Appends inside the caller's transaction: the events (and the idempotency key) commit or
     /// roll back with the caller's other writes, e.g. a read model updated by the same handler.
     ///
-    /// Same checks and outcomes as [`EventStore::append`], with these differences:
+    /// Same checks and outcomes as
+    /// [`EventStore::append`](eventuate_core::EventStore::append), with these differences:
     /// - nothing is visible, and [`appended`](Self::appended) does not fire, until the caller
     ///   commits; call [`notify_appended`](Self::notify_appended) after the commit;
     /// - a lost race (a unique violation) aborts the caller's transaction, as any failed
@@ -25,8 +26,10 @@ impl PostgresEventStore {
     /// - the stream orders transactions by their id, which a transaction gets at its first
     ///   write. If the entity's current version was written by a transaction that got its id
     ///   *after* the caller's, appending the next version here would put it before its
-    ///   predecessor in the stream; the store refuses it with [`eventuate_core::Error::Config`]
-    ///   (retry in a new transaction). Appending early in the transaction avoids it.
+    ///   predecessor in the stream; the store refuses it with
+    ///   [`eventuate_core::Error::OrderingRefused`], a transient error: roll back and run the
+    ///   transaction again (a new transaction is younger). Appending early in the transaction
+    ///   avoids it.
     pub async fn append_in(
         &self,
         conn: &mut PgConnection,
@@ -121,7 +124,8 @@ impl PostgresEventStore {
                 query = query
                     .bind(key.subscriber_id.as_str())
                     .bind(key.triggering_event_id)
-                    .bind(i64::from(key.sequence));
+                    .bind(i64::from(key.sequence))
+                    .bind(key.command_type.as_str());
             }
             let rows = match query.fetch_all(&mut *conn).await {
                 Ok(rows) => rows,
@@ -202,17 +206,30 @@ impl PostgresEventStore {
             }
             // Nothing inserted: the key was already there, or the version guard failed.
             // The key is checked first so that a re-delivered create is a duplicate, not
-            // "entity exists".
+            // "entity exists". The same query reads the fingerprint recorded with the key, so
+            // telling a duplicate from a different command costs no extra round trip.
             if let Some(key) = &request.idempotency {
-                let exists: bool = sqlx::query_scalar(&sql.key_exists)
-                    .bind(key.subscriber_id.as_str())
-                    .bind(key.triggering_event_id)
-                    .bind(i64::from(key.sequence))
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(|e| backend(context(), e))?;
-                if exists {
-                    return Ok(AppendOutcome::Duplicate);
+                let recorded: Option<(Option<String>, Option<String>, Option<String>)> =
+                    sqlx::query_as(&sql.key_fingerprint)
+                        .bind(key.subscriber_id.as_str())
+                        .bind(key.triggering_event_id)
+                        .bind(i64::from(key.sequence))
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(|e| backend(context(), e))?;
+                if let Some(columns) = recorded {
+                    // NULLs: recorded before fingerprints were; unknown, never a mismatch.
+                    let fingerprint = match columns {
+                        (Some(entity_type), Some(entity_id), Some(command_type)) => {
+                            Some(CommandFingerprint {
+                                entity_type,
+                                entity_id,
+                                command_type,
+                            })
+                        }
+                        _ => None,
+                    };
+                    return duplicate_or_mismatch(request, fingerprint);
                 }
             }
             let actual = self.current_version(conn, entity_type, entity_id).await?;
@@ -233,13 +250,13 @@ impl PostgresEventStore {
             }
         }
         Err(match request.expected {
-            ExpectedVersion::Exactly(v) => eventuate_core::Error::Config(format!(
-                "{}: version {v} was written by a transaction younger than the one appending \
-                 version {}; appending here would order the entity's events backwards in the \
-                 stream. Append in a new transaction (or before the transaction's other writes)",
-                context(),
-                v + 1
-            )),
+            // Transient: a new transaction (or, for a pooled append, a later statement) sees
+            // the version as committed by an older transaction.
+            ExpectedVersion::Exactly(version) => eventuate_core::Error::OrderingRefused {
+                entity_type: entity_type.to_owned(),
+                entity_id: entity_id.to_owned(),
+                version,
+            },
             ExpectedVersion::New => eventuate_core::Error::Config(format!(
                 "{}: the entity neither exists nor can be created; is another process deleting \
                  events?",

@@ -130,7 +130,7 @@ impl PostgresEventStoreBuilder {
 /// Appends are single statements (atomic, one round trip) that take no lock: writers to
 /// different entities never wait for each other. Optimistic concurrency comes from the unique
 /// key on `(entity_type, entity_id, entity_version)`; idempotency keys live in
-/// `processed_commands`, written by the same statement. Readers follow the global stream
+/// `processed_commands` with the fingerprint of their command, written by the same statement. Readers follow the global stream
 /// without ever skipping an event, as explained in [`crate::ordering`].
 #[derive(Clone, Debug)]
 pub struct PostgresEventStore {

@@ -29,7 +29,7 @@ pub(super) struct Sql {
     pub(super) append_exactly: AppendSql,
     pub(super) append_new_key: AppendSql,
     pub(super) append_exactly_key: AppendSql,
-    pub(super) key_exists: String,
+    pub(super) key_fingerprint: String,
     pub(super) current_version: String,
     pub(super) load: String,
     pub(super) taken_event_id: String,
@@ -64,7 +64,8 @@ impl Sql {
         let s = quote(schema);
         // $1..$4: event id, type, payload and metadata (scalars for one event, arrays for
         // several); $5 entity type, $6 entity id, $7 the version the append builds on (0 for a
-        // create), $8 partition hash; $9..$11 the idempotency key.
+        // create), $8 partition hash; $9..$11 the idempotency key, $12 the command type (with
+        // $5 and $6, the command's fingerprint, recorded with the key).
         //
         // A create needs no guard: versions start at 1 and have no gaps, so an existing entity
         // has a version 1 and the unique key turns the insert into a unique violation, which is
@@ -104,8 +105,9 @@ impl Sql {
         let with_key = |guard: Option<&str>| {
             let key = format!(
                 "WITH key AS (INSERT INTO {s}.processed_commands \
-                 (subscriber_id, triggering_event_id, sequence) \
-                 SELECT $9, $10, $11 {} \
+                 (subscriber_id, triggering_event_id, sequence, entity_type, entity_id, \
+                 command_type) \
+                 SELECT $9, $10, $11, $5, $6, $12 {} \
                  ON CONFLICT DO NOTHING RETURNING 1)",
                 guard.map(|g| format!("WHERE {g}")).unwrap_or_default()
             );
@@ -148,9 +150,10 @@ impl Sql {
             append_exactly: insert(Some(&guard_exactly)),
             append_new_key: with_key(None),
             append_exactly_key: with_key(Some(&guard_exactly)),
-            key_exists: format!(
-                "SELECT EXISTS (SELECT 1 FROM {s}.processed_commands WHERE subscriber_id = $1 \
-                 AND triggering_event_id = $2 AND sequence = $3)"
+            // The fingerprint recorded with a key; no row when the key is not recorded.
+            key_fingerprint: format!(
+                "SELECT entity_type, entity_id, command_type FROM {s}.processed_commands \
+                 WHERE subscriber_id = $1 AND triggering_event_id = $2 AND sequence = $3"
             ),
             current_version: format!(
                 "SELECT COALESCE(MAX(entity_version), 0)::bigint FROM {s}.events \

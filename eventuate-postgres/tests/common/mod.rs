@@ -14,7 +14,7 @@ use eventuate_core::{
     Error, EventContext, EventEnvelope, EventStore, HandlerError, NewEvent, RetryPolicy,
     Subscriber, Subscription,
 };
-use eventuate_postgres::PostgresEventStore;
+use eventuate_postgres::{PgEventContextExt, PostgresEventStore};
 use tokio::sync::Notify;
 
 pub async fn store(url: &str) -> PostgresEventStore {
@@ -160,7 +160,7 @@ impl Subscriber for View {
     async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
         let event = ctx.event();
         {
-            let mut conn = ctx.transaction::<sqlx::PgConnection>().await?;
+            let mut conn = ctx.pg_transaction().await?;
             sqlx::query(
                 "INSERT INTO view_rows (subscriber, event_id, entity_id, version) \
                  VALUES ($1, $2, $3, $4)",

@@ -2,17 +2,18 @@
 //! events of both aggregates. [`crate::query`] reads it.
 //!
 //! On PostgreSQL the updater is a transactional subscriber: each event's writes go through
-//! `ctx.transaction::<sqlx::PgConnection>()`, and the runtime commits them together with the
-//! subscriber's checkpoint, so the view holds every event exactly once, even across crashes.
-//! The in-memory store has no transactions, so there the updater is registered as
-//! non-transactional (see [`CustomerViewUpdater::subscription_for`]) and the in-memory view
-//! makes re-delivery harmless itself: it remembers the last version it applied per entity
-//! and ignores events at or below it.
+//! `ctx.pg_transaction()` ([`eventuate_postgres::PgEventContextExt`]), and the runtime commits
+//! them together with the subscriber's checkpoint, so the view holds every event exactly once,
+//! even across crashes. The in-memory store has no transactions, so there the updater is
+//! registered as non-transactional (see [`CustomerViewUpdater::subscription_for`]) and the
+//! in-memory view makes re-delivery harmless itself: it remembers the last version it applied
+//! per entity and ignores events at or below it.
 
 use std::collections::HashMap;
 
 use eventuate_core::prelude::*;
 use eventuate_core::{EventEnvelope, Position, Subscription};
+use eventuate_postgres::PgEventContextExt;
 use sqlx::PgConnection;
 
 use crate::customer::{CreditReserved, CustomerCreated};
@@ -104,7 +105,7 @@ impl CustomerViewUpdater {
     async fn apply(&self, ctx: &EventContext, change: Change<'_>) -> Result<(), HandlerError> {
         match &self.tables {
             Tables::Postgres(_) => {
-                let mut conn = ctx.transaction::<PgConnection>().await?;
+                let mut conn = ctx.pg_transaction().await?;
                 apply_in_postgres(&mut conn, ctx.event(), change).await?;
             }
             Tables::Memory(tables) => tables.view().apply(ctx.event(), change),
