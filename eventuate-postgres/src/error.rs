@@ -26,6 +26,21 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    /// The connection pool size given to
+    /// [`PostgresEventStoreBuilder::max_connections`](crate::PostgresEventStoreBuilder::max_connections)
+    /// cannot work.
+    #[error(
+        "max_connections({requested}) is invalid: the event store's pool needs at least \
+         {minimum} connection (the LISTEN connection that wakes subscribers is opened outside \
+         the pool and is not counted)"
+    )]
+    InvalidMaxConnections {
+        /// The refused size.
+        requested: u32,
+        /// The smallest size accepted.
+        minimum: u32,
+    },
+
     /// Applying the embedded migrations failed.
     #[error("cannot migrate the event store schema `{schema}`: {source}")]
     Migrate {

@@ -29,6 +29,9 @@ type CoreResult<T> = eventuate_core::Result<T>;
 /// Default largest accepted event payload: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
+/// The smallest pool [`PostgresEventStoreBuilder::connect`] accepts.
+const MIN_CONNECTIONS: u32 = 1;
+
 /// Configures and connects a [`PostgresEventStore`].
 ///
 /// ```no_run
@@ -71,8 +74,16 @@ impl PostgresEventStoreBuilder {
         self
     }
 
-    /// Size of the connection pool that [`connect`](Self::connect) opens (default 16).
-    /// Ignored by [`with_pool`](Self::with_pool).
+    /// Size of the connection pool that [`connect`](Self::connect) opens (default 16; at
+    /// least 1, or `connect` returns [`Error::InvalidMaxConnections`]). Ignored by
+    /// [`with_pool`](Self::with_pool).
+    ///
+    /// The pool serves appends, reads and the dispatcher's bookkeeping. Once a subscriber
+    /// runs, the store opens one more connection, outside the pool, for the LISTEN session
+    /// that wakes it (see [`crate::wakeup`]): the server sees up to `n + 1` connections from
+    /// this store, and the session never takes a pooled connection away from commands. A pool
+    /// of 1 works; a transactional subscriber holds a pooled connection while its handler
+    /// runs, so give handlers that also write through the store's pool room for both.
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n;
         self
@@ -94,6 +105,13 @@ impl PostgresEventStoreBuilder {
     /// Opens a connection pool to `url` and builds the store.
     pub async fn connect(self, url: &str) -> Result<PostgresEventStore> {
         validate_schema(&self.schema)?;
+        if self.max_connections < MIN_CONNECTIONS {
+            // sqlx would panic on an empty pool.
+            return Err(Error::InvalidMaxConnections {
+                requested: self.max_connections,
+                minimum: MIN_CONNECTIONS,
+            });
+        }
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .connect(url)
@@ -103,6 +121,13 @@ impl PostgresEventStoreBuilder {
     }
 
     /// Builds the store on an existing pool (shared with the application's own queries).
+    ///
+    /// The store's LISTEN session (started with the first subscriber, see [`crate::wakeup`])
+    /// does not take a connection of this pool either: it opens one connection of its own
+    /// with the pool's connect options ([`PgPool::connect_options`]: same server, database,
+    /// user, password and TLS settings). What was set on the pool's
+    /// [`PgPoolOptions`] (`after_connect` hooks, timeouts, size) does not apply to that
+    /// connection, and the server sees it in addition to the pool's connections.
     pub async fn with_pool(self, pool: PgPool) -> Result<PostgresEventStore> {
         validate_schema(&self.schema)?;
         let (appended, _) = watch::channel(0);
