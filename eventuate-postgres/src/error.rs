@@ -51,6 +51,33 @@ pub enum Error {
         source: sqlx::migrate::MigrateError,
     },
 
+    /// The store holds events written by transactions whose ids this cluster has not
+    /// reached yet: it was restored or replicated *logically* into another cluster (pg_dump
+    /// and restore, logical replication). Stream positions are `(transaction id, sequence)`
+    /// with the writer's transaction id, so events written from now on would sort before the
+    /// stored ones and subscribers, which continue after their checkpoints, would never see
+    /// them. Refused when the store connects or migrates and at its first stream read; see
+    /// [`crate::ordering`] ("Physical moves only").
+    #[error(
+        "the event store in schema `{schema}` was restored or replicated logically into \
+         another PostgreSQL cluster: its events were written by transactions up to id \
+         {max_stored}, but this cluster's next transaction id is {current_xid}. Positions \
+         depend on transaction ids, so events written from now on would sort before the stored \
+         ones and subscribers would never see them. Move an event store physically \
+         (pg_basebackup, physical replication, pg_upgrade), or, before using this cluster, \
+         re-number it by moving the cluster's transaction ids past {max_stored} (pg_resetwal \
+         --epoch={epoch} on the cleanly stopped cluster; see eventuate_postgres::ordering)",
+        epoch = (*max_stored >> 32) + 1
+    )]
+    LogicalMoveDetected {
+        /// The schema of the store.
+        schema: String,
+        /// This cluster's next transaction id (the xmax of a current snapshot).
+        current_xid: u64,
+        /// The largest transaction id among the stored events.
+        max_stored: u64,
+    },
+
     /// A statement failed.
     #[error("{context}: {source}")]
     Database {

@@ -82,6 +82,42 @@
 //! in *any* database of the primary's cluster (the standby cannot tell them apart), and for
 //! the replay lag. Delivery from a standby stalls, never skips, while such a transaction runs.
 //!
+//! # Physical moves only
+//!
+//! A position is `(transaction_id, sequence)` with the *writer's* transaction id, and the
+//! horizon compares it with the running cluster's transaction ids. That holds together only
+//! while the events stay in the cluster that wrote them, or in a physical copy of it, which
+//! carries the transaction counter along: a streaming or file-based standby, a
+//! `pg_basebackup`, a file-system snapshot, `pg_upgrade` (which keeps the counter).
+//!
+//! A *logical* move does not: `pg_dump`/`pg_restore` (or `COPY`) into another cluster, or
+//! logical replication. The rows keep their `transaction_id` values, but the new cluster
+//! counts its own transaction ids, usually far lower. New events then get positions *before*
+//! the restored ones; subscribers, which continue after their checkpoints, never see them, and
+//! the horizon of the new cluster means nothing for the old ids. (Reading the stream on a
+//! logical replica is not safe either: its rows arrive in the publisher's commit order with
+//! the publisher's ids, so a row can appear below a position a reader has already passed.)
+//!
+//! The store detects the common case and refuses it: when it connects, after `migrate`, and
+//! before its first stream read (a dispatcher's first read), it compares the current
+//! snapshot's xmax (`pg_snapshot_xmax(pg_current_snapshot())`, the next transaction id;
+//! reading it assigns none) with the largest stored `transaction_id`. A store that never left
+//! its cluster cannot fail that test: every row a snapshot sees was written by a transaction
+//! that finished before it, below its xmax. When the xmax is at or below the largest stored
+//! id, the store returns [`Error::LogicalMoveDetected`](crate::Error::LogicalMoveDetected)
+//! (at a stream read: an [`eventuate_core::Error::Backend`] whose source is that error).
+//!
+//! What to do then: move the store physically instead, or move the new cluster's transaction
+//! ids past the stored ones before anything writes to it. The transaction id is 64 bits: a
+//! 32-bit epoch and a 32-bit counter. `pg_resetwal --epoch=E` on the cleanly stopped new
+//! cluster, with `E` greater than the largest stored id shifted right by 32 bits (the error
+//! message gives it), raises every future id above the stored ones without touching the
+//! 32-bit counter that PostgreSQL's commit log is indexed by (the documentation of
+//! `pg_resetwal` says any epoch works as far as the database itself is concerned; tried on
+//! PostgreSQL 15). Take a backup first, and read that documentation: it is a repair tool. The check does not catch a logical copy
+//! whose cluster happens to have counted past the stored ids already; such a copy works as
+//! long as nothing writes to the old cluster any more.
+//!
 //! Inside one transaction, `sequence` orders the events; an append writes its events in
 //! version order, so one entity's versions are always ascending in the stream. Across
 //! transactions, the store's append is a single statement whose transaction id is assigned
@@ -124,6 +160,8 @@
 //! - On a hot standby the horizon is the plain xmin (see above): exact, but it waits for every
 //!   transaction running on the primary, in any database, and for the replay lag. Read the
 //!   stream from the primary when that matters.
+//! - Only physical copies keep positions meaningful; a logical copy is refused (see "Physical
+//!   moves only").
 //! - The wake-up signal after an append (an in-process `watch` channel, and later
 //!   `LISTEN/NOTIFY` sent outside the writers' transactions) is only a hint: a reader woken
 //!   before a slower transaction below it finished simply reads nothing new and is woken, or
