@@ -16,8 +16,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`ThrowawayPostgres::start_standby`] adds a hot standby of a server (`pg_basebackup -R`,
+//! streaming replication), for tests of readers on a replica.
+//!
 //! The binaries are searched in `$EVENTUATE_PG_BIN`, then on `PATH`, then in the highest
-//! `/usr/lib/postgresql/*/bin`. `initdb` refuses to run as root, so when the process runs as
+//! `/usr/lib/postgresql/*/bin`; when the directory found holds links to them, the directory
+//! the links point to is used, so that the other tools of the installation are at hand. `initdb` refuses to run as root, so when the process runs as
 //! root the server runs as the `postgres` user (or `nobody` when there is no `postgres` user).
 //!
 //! Why a watchdog: the shared server lives in a static, and statics are never dropped. Each
@@ -132,7 +136,49 @@ impl ThrowawayPostgres {
     ///
     /// Fails, with a message saying how to install them, when no server binaries are found.
     pub fn start(options: Options) -> Result<Self> {
-        let bin_dir = find_bin_dir()?;
+        let mut server = Self::prepare(find_bin_dir()?)?;
+        server.initdb()?;
+        server.start_on_free_port(&options)?;
+        Ok(server)
+    }
+
+    /// Creates a hot standby of this server and starts it: `pg_basebackup -R` (streaming the
+    /// WAL it needs) into a fresh temporary directory, then a server on another free port of
+    /// 127.0.0.1 that replays this one's WAL through streaming replication and accepts
+    /// read-only connections. Stopped and deleted on drop, like any throwaway server. Blocks
+    /// for the base backup and the start (one to a few seconds).
+    ///
+    /// This server needs nothing more than its defaults: PostgreSQL's default `wal_level`
+    /// (`replica`) and `max_wal_senders`, and the `host replication all 127.0.0.1/32` line
+    /// that `initdb` writes into `pg_hba.conf` (with trust authentication here). `options`
+    /// must keep `max_connections` at least this server's (a hot standby refuses to start
+    /// otherwise); the defaults do.
+    pub fn start_standby(&self, options: Options) -> Result<Self> {
+        let mut standby = Self::prepare(self.bin_dir.clone())?;
+        standby.base_backup(self.port)?;
+        // `-R` wrote `primary_conninfo` into `postgresql.auto.conf`, which `write_config`
+        // rewrites wholesale: give it the setting again. (`-R` also created
+        // `standby.signal`, which is what makes the server a standby.)
+        let options = options.setting(
+            "primary_conninfo",
+            format!(
+                "host=127.0.0.1 port={} user=postgres application_name=eventuate_standby",
+                self.port
+            ),
+        );
+        standby.start_on_free_port(&options)?;
+        Ok(standby)
+    }
+
+    /// The directory of the server binaries in use (`initdb`, `pg_ctl`, `postgres`, and the
+    /// client tools installed next to them: `pg_dump`, `psql`, ...).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// A server that does not exist yet: a fresh directory owned by the server's user, and
+    /// its watchdog.
+    fn prepare(bin_dir: PathBuf) -> Result<Self> {
         let run_as = unprivileged_user()?;
         let root = fresh_dir()?;
         if let Some(user) = run_as {
@@ -140,7 +186,7 @@ impl ThrowawayPostgres {
                 .map_err(|e| io_error(format!("chown {}", root.display()), e))?;
         }
         let data_dir = root.join("data");
-        let mut server = ThrowawayPostgres {
+        let server = ThrowawayPostgres {
             bin_dir,
             root,
             data_dir,
@@ -152,13 +198,16 @@ impl ThrowawayPostgres {
         };
         // From here on, dropping `server` cleans up; the watchdog covers an abrupt exit.
         server.spawn_watchdog()?;
-        server.initdb()?;
+        Ok(server)
+    }
+
+    fn start_on_free_port(&mut self, options: &Options) -> Result<()> {
         let mut last_error = None;
         for _ in 0..5 {
-            server.port = free_port()?;
-            server.write_config(&options)?;
-            match server.pg_ctl_start() {
-                Ok(()) => return Ok(server),
+            self.port = free_port()?;
+            self.write_config(options)?;
+            match self.pg_ctl_start() {
+                Ok(()) => return Ok(()),
                 // Another process may have taken the port between our probe and the bind.
                 Err(e) if e.to_string().contains("could not bind") => last_error = Some(e),
                 Err(e) => return Err(e),
@@ -278,6 +327,22 @@ impl ThrowawayPostgres {
             .args(["-U", "postgres", "-A", "trust", "-E", "UTF8"])
             .args(["--locale=C", "--no-sync"]);
         run(cmd, "initdb")
+    }
+
+    fn base_backup(&self, primary_port: u16) -> Result<()> {
+        let mut cmd = self.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]);
+        run(cmd, "pg_basebackup")
     }
 
     fn write_config(&self, options: &Options) -> Result<()> {
@@ -460,11 +525,20 @@ fn has_server_binaries(dir: &Path) -> bool {
 }
 
 fn find_bin_dir() -> Result<PathBuf> {
-    find_bin_dir_in(
+    let dir = find_bin_dir_in(
         std::env::var_os("EVENTUATE_PG_BIN"),
         std::env::var_os("PATH"),
         Path::new("/usr/lib/postgresql"),
-    )
+    )?;
+    // A directory of links to the server binaries (e.g. `/usr/local/bin/postgres` ->
+    // `/usr/lib/postgresql/15/bin/postgres`) may lack the other tools of the installation
+    // (`pg_basebackup`, `pg_dump`, `psql`); the directory the links point to has them all, in
+    // the same version.
+    Ok(fs::canonicalize(dir.join("postgres"))
+        .ok()
+        .and_then(|real| real.parent().map(Path::to_path_buf))
+        .filter(|real| has_server_binaries(real))
+        .unwrap_or(dir))
 }
 
 fn find_bin_dir_in(

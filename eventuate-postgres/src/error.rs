@@ -26,6 +26,21 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    /// The connection pool size given to
+    /// [`PostgresEventStoreBuilder::max_connections`](crate::PostgresEventStoreBuilder::max_connections)
+    /// cannot work.
+    #[error(
+        "max_connections({requested}) is invalid: the event store's pool needs at least \
+         {minimum} connection (the LISTEN connection that wakes subscribers is opened outside \
+         the pool and is not counted)"
+    )]
+    InvalidMaxConnections {
+        /// The refused size.
+        requested: u32,
+        /// The smallest size accepted.
+        minimum: u32,
+    },
+
     /// Applying the embedded migrations failed.
     #[error("cannot migrate the event store schema `{schema}`: {source}")]
     Migrate {
@@ -34,6 +49,33 @@ pub enum Error {
         /// The migrator's error.
         #[source]
         source: sqlx::migrate::MigrateError,
+    },
+
+    /// The store holds events written by transactions whose ids this cluster has not
+    /// reached yet: it was restored or replicated *logically* into another cluster (pg_dump
+    /// and restore, logical replication). Stream positions are `(transaction id, sequence)`
+    /// with the writer's transaction id, so events written from now on would sort before the
+    /// stored ones and subscribers, which continue after their checkpoints, would never see
+    /// them. Refused when the store connects or migrates and at its first stream read; see
+    /// [`crate::ordering`] ("Physical moves only").
+    #[error(
+        "the event store in schema `{schema}` was restored or replicated logically into \
+         another PostgreSQL cluster: its events were written by transactions up to id \
+         {max_stored}, but this cluster's next transaction id is {current_xid}. Positions \
+         depend on transaction ids, so events written from now on would sort before the stored \
+         ones and subscribers would never see them. Move an event store physically \
+         (pg_basebackup, physical replication, pg_upgrade), or, before using this cluster, \
+         re-number it by moving the cluster's transaction ids past {max_stored} (pg_resetwal \
+         --epoch={epoch} on the cleanly stopped cluster; see eventuate_postgres::ordering)",
+        epoch = (*max_stored >> 32) + 1
+    )]
+    LogicalMoveDetected {
+        /// The schema of the store.
+        schema: String,
+        /// This cluster's next transaction id (the xmax of a current snapshot).
+        current_xid: u64,
+        /// The largest transaction id among the stored events.
+        max_stored: u64,
     },
 
     /// A statement failed.

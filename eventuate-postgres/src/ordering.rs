@@ -36,17 +36,87 @@
 //! being skipped. In the example above, B's rows wait until A commits, and then A's are
 //! delivered first.
 //!
-//! The store tightens that horizon without giving up exactness. Transaction ids are
-//! cluster-wide, so the plain xmin would also wait for transactions of *other databases* of
-//! the same server, which can never write to this database's tables (a PostgreSQL transaction
-//! never changes database). The horizon is therefore the smallest id among the snapshot's
-//! running transactions (`pg_snapshot_xip`) that are not proven harmless, or the snapshot's
-//! xmax when all are. A running transaction is proven harmless when `pg_stat_activity` shows
-//! it in a backend connected to another database, or in an autovacuum worker (which never
-//! writes user tables). Everything it cannot identify (a prepared transaction, a transaction
-//! that ended after the snapshot was taken) still holds the horizon back, so the worst case is
-//! the plain xmin. The look-up is an init-plan over the backend status array, computed once
-//! per statement (a fraction of a millisecond).
+//! On a primary the store tightens that horizon without giving up exactness. Transaction ids
+//! are cluster-wide, so the plain xmin would also wait for transactions of *other databases*
+//! of the same server, which can never write to this database's tables (a PostgreSQL
+//! transaction never changes database). The horizon is therefore the smallest id among the
+//! snapshot's running transactions (`pg_snapshot_xip`) that are not proven harmless, or the
+//! snapshot's xmax when all are. A running transaction is proven harmless when
+//! `pg_stat_activity` shows it in a backend connected to another database, or in an autovacuum
+//! worker (which never writes user tables). Everything it cannot identify (a prepared
+//! transaction, a transaction that ended after the snapshot was taken) still holds the horizon
+//! back. The look-up is an init-plan over the backend status array, computed once per
+//! statement (a fraction of a millisecond).
+//!
+//! That refinement is exact only because the running list is complete: every transaction that
+//! could still write a row below xmax is in it. Its result lies between xmin and xmax, and it
+//! reaches xmax when the list shows nothing that could write here. An incomplete list would
+//! therefore not degrade to the plain xmin, it would read past a running writer and skip its
+//! rows. That is exactly what happens on a hot standby, hence the next section. (On a primary,
+//! a list that is empty means xmin = xmax, so nothing is lost by taking the xmin then.)
+//!
+//! # On a hot standby
+//!
+//! A standby replays the primary's WAL; its transactions are the primary's. Its snapshots
+//! know which of them are still running (PostgreSQL's `KnownAssignedXids`: every id seen in
+//! the WAL, and every smaller id not seen yet, counts as running until its commit or abort
+//! record is replayed), but `pg_current_snapshot()` lists none of them: in recovery the
+//! running ids are kept where it does not show them, and its running list is always empty.
+//! `pg_stat_activity` on the standby shows the standby's backends, not the primary's. So the
+//! refinement above would see nothing running and answer xmax: a reader on the standby would
+//! read past a transaction still open on the primary, remember a later position, and never
+//! see that transaction's events once it commits.
+//!
+//! The horizon is therefore the plain xmin (`pg_snapshot_xmin(pg_current_snapshot())`)
+//! whenever `pg_is_in_recovery()`, or whenever the snapshot lists no running transaction at
+//! all (which also covers a standby promoted between the statement's snapshot and the test).
+//! On a standby that is exact, by the same argument as on a primary: the snapshot's xmin is
+//! the oldest id the standby still counts as running, and every smaller id has finished on the
+//! primary with its commit or abort already replayed (WAL is replayed in order, and a commit
+//! record is written before the transaction stops counting as running; an id pruned as
+//! finished by a running-transactions record had its commit written before that record). Its
+//! rows are visible now or never will be, so nothing can appear below the horizon later.
+//! `eventuate-postgres/tests/replicas.rs` proves it on a real streaming replica.
+//!
+//! What it costs on a standby: the horizon waits for every transaction running on the primary,
+//! in *any* database of the primary's cluster (the standby cannot tell them apart), and for
+//! the replay lag. Delivery from a standby stalls, never skips, while such a transaction runs.
+//!
+//! # Physical moves only
+//!
+//! A position is `(transaction_id, sequence)` with the *writer's* transaction id, and the
+//! horizon compares it with the running cluster's transaction ids. That holds together only
+//! while the events stay in the cluster that wrote them, or in a physical copy of it, which
+//! carries the transaction counter along: a streaming or file-based standby, a
+//! `pg_basebackup`, a file-system snapshot, `pg_upgrade` (which keeps the counter).
+//!
+//! A *logical* move does not: `pg_dump`/`pg_restore` (or `COPY`) into another cluster, or
+//! logical replication. The rows keep their `transaction_id` values, but the new cluster
+//! counts its own transaction ids, usually far lower. New events then get positions *before*
+//! the restored ones; subscribers, which continue after their checkpoints, never see them, and
+//! the horizon of the new cluster means nothing for the old ids. (Reading the stream on a
+//! logical replica is not safe either: its rows arrive in the publisher's commit order with
+//! the publisher's ids, so a row can appear below a position a reader has already passed.)
+//!
+//! The store detects the common case and refuses it: when it connects, after `migrate`, and
+//! before its first stream read (a dispatcher's first read), it compares the current
+//! snapshot's xmax (`pg_snapshot_xmax(pg_current_snapshot())`, the next transaction id;
+//! reading it assigns none) with the largest stored `transaction_id`. A store that never left
+//! its cluster cannot fail that test: every row a snapshot sees was written by a transaction
+//! that finished before it, below its xmax. When the xmax is at or below the largest stored
+//! id, the store returns [`Error::LogicalMoveDetected`](crate::Error::LogicalMoveDetected)
+//! (at a stream read: an [`eventuate_core::Error::Backend`] whose source is that error).
+//!
+//! What to do then: move the store physically instead, or move the new cluster's transaction
+//! ids past the stored ones before anything writes to it. The transaction id is 64 bits: a
+//! 32-bit epoch and a 32-bit counter. `pg_resetwal --epoch=E` on the cleanly stopped new
+//! cluster, with `E` greater than the largest stored id shifted right by 32 bits (the error
+//! message gives it), raises every future id above the stored ones without touching the
+//! 32-bit counter that PostgreSQL's commit log is indexed by (the documentation of
+//! `pg_resetwal` says any epoch works as far as the database itself is concerned; tried on
+//! PostgreSQL 15). Take a backup first, and read that documentation: it is a repair tool. The check does not catch a logical copy
+//! whose cluster happens to have counted past the stored ids already; such a copy works as
+//! long as nothing writes to the old cluster any more.
 //!
 //! Inside one transaction, `sequence` orders the events; an append writes its events in
 //! version order, so one entity's versions are always ascending in the stream. Across
@@ -87,8 +157,11 @@
 //!   code that must read its own append should load the entity, which is never delayed.
 //! - [`EventStore::head`](eventuate_core::EventStore::head) is the largest position below the
 //!   horizon, i.e. what a reader can see now, not the last event written.
-//! - On a hot standby, the snapshot's xmin comes from the standby's view of the primary; read
-//!   the stream from the primary.
+//! - On a hot standby the horizon is the plain xmin (see above): exact, but it waits for every
+//!   transaction running on the primary, in any database, and for the replay lag. Read the
+//!   stream from the primary when that matters.
+//! - Only physical copies keep positions meaningful; a logical copy is refused (see "Physical
+//!   moves only").
 //! - The wake-up signal after an append (an in-process `watch` channel, and later
 //!   `LISTEN/NOTIFY` sent outside the writers' transactions) is only a hint: a reader woken
 //!   before a slower transaction below it finished simply reads nothing new and is woken, or

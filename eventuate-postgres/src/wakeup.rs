@@ -12,13 +12,21 @@
 //!   (re)connect, because notifications sent while it was disconnected are lost. Consumers
 //!   also poll on a timer, so a lost notification delays delivery by at most the poll interval
 //!   and never loses an event: events are always read from the table.
+//! - **The listening connection is not one of the store's pool.** A LISTEN session holds its
+//!   connection for as long as it listens; taken from the pool, it would leave a pool of one
+//!   connection with nothing for commands and subscribers (every statement waiting for the
+//!   pool's acquire timeout), and a pool of *n* with *n - 1*. It is opened instead from the
+//!   pool's connect options ([`PgPool::connect_options`]: same server, database, user and
+//!   TLS settings) through a private pool of one connection, which only serves to reconnect.
+//!   A store therefore opens at most `max_connections + 1` connections to the server. The
+//!   forwarder's NOTIFY is one short statement per burst of appends and does use the pool.
 //!
 //! The notification payload is this store's random token, so a process ignores its own echo.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -147,6 +155,19 @@ async fn forward(
     }
 }
 
+/// The private pool of the listening connection: one connection, outside the store's pool,
+/// made from the same connect options. Lazy: nothing connects until the listener asks.
+fn listener_pool(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        // A listening session is meant to last; the store's own recycling settings do not
+        // apply to it.
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 /// The listening connection: wakes consumers on notifications from other processes and after
 /// every (re)connect; reconnects with exponential backoff.
 async fn listen(
@@ -154,13 +175,32 @@ async fn listen(
     channel: String,
     token: String,
     sender: watch::Sender<u64>,
+    stop: watch::Receiver<()>,
+) {
+    let own = listener_pool(&pool);
+    drop(pool);
+    listen_on(&own, &channel, &token, &sender, stop).await;
+    // Waits for the last listener's connection to come back (it is returned after an
+    // `UNLISTEN *` when the listener is dropped), then closes it.
+    own.close().await;
+}
+
+async fn listen_on(
+    pool: &PgPool,
+    channel: &str,
+    token: &str,
+    sender: &watch::Sender<u64>,
     mut stop: watch::Receiver<()>,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(&channel).await?;
+            let mut listener = PgListener::connect_with(pool).await?;
+            // A lost connection is reported as `Ok(None)` at once, without sqlx reconnecting
+            // inside `try_recv`: the loop below reconnects, with backoff, and wakes the
+            // consumers once LISTEN is active again.
+            listener.eager_reconnect(false);
+            listener.listen(channel).await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let mut listener = tokio::select! {
@@ -180,13 +220,13 @@ async fn listen(
         };
         backoff = Duration::from_millis(50);
         // Whatever was notified while we were away is lost: catch up now.
-        bump(&sender);
+        bump(sender);
         loop {
             tokio::select! {
                 received = listener.try_recv() => match received {
                     Ok(Some(notification)) => {
                         if notification.payload() != token {
-                            bump(&sender);
+                            bump(sender);
                         }
                     }
                     // The connection dropped. sqlx would reconnect inside the next `try_recv`,

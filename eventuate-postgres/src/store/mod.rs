@@ -11,6 +11,7 @@ mod read;
 mod sql;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use eventuate_core::{
     AppendOutcome, AppendRequest, EventEnvelope, EventStore, Position, Snapshot, StreamBatch,
@@ -29,6 +30,9 @@ type CoreResult<T> = eventuate_core::Result<T>;
 
 /// Default largest accepted event payload: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// The smallest pool [`PostgresEventStoreBuilder::connect`] accepts.
+const MIN_CONNECTIONS: u32 = 1;
 
 /// Configures and connects a [`PostgresEventStore`].
 ///
@@ -72,8 +76,16 @@ impl PostgresEventStoreBuilder {
         self
     }
 
-    /// Size of the connection pool that [`connect`](Self::connect) opens (default 16).
-    /// Ignored by [`with_pool`](Self::with_pool).
+    /// Size of the connection pool that [`connect`](Self::connect) opens (default 16; at
+    /// least 1, or `connect` returns [`Error::InvalidMaxConnections`]). Ignored by
+    /// [`with_pool`](Self::with_pool).
+    ///
+    /// The pool serves appends, reads and the dispatcher's bookkeeping. Once a subscriber
+    /// runs, the store opens one more connection, outside the pool, for the LISTEN session
+    /// that wakes it (see [`crate::wakeup`]): the server sees up to `n + 1` connections from
+    /// this store, and the session never takes a pooled connection away from commands. A pool
+    /// of 1 works; a transactional subscriber holds a pooled connection while its handler
+    /// runs, so give handlers that also write through the store's pool room for both.
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n;
         self
@@ -95,6 +107,13 @@ impl PostgresEventStoreBuilder {
     /// Opens a connection pool to `url` and builds the store.
     pub async fn connect(self, url: &str) -> Result<PostgresEventStore> {
         validate_schema(&self.schema)?;
+        if self.max_connections < MIN_CONNECTIONS {
+            // sqlx would panic on an empty pool.
+            return Err(Error::InvalidMaxConnections {
+                requested: self.max_connections,
+                minimum: MIN_CONNECTIONS,
+            });
+        }
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .connect(url)
@@ -104,6 +123,13 @@ impl PostgresEventStoreBuilder {
     }
 
     /// Builds the store on an existing pool (shared with the application's own queries).
+    ///
+    /// The store's LISTEN session (started with the first subscriber, see [`crate::wakeup`])
+    /// does not take a connection of this pool either: it opens one connection of its own
+    /// with the pool's connect options ([`PgPool::connect_options`]: same server, database,
+    /// user, password and TLS settings). What was set on the pool's
+    /// [`PgPoolOptions`] (`after_connect` hooks, timeouts, size) does not apply to that
+    /// connection, and the server sees it in addition to the pool's connections.
     pub async fn with_pool(self, pool: PgPool) -> Result<PostgresEventStore> {
         validate_schema(&self.schema)?;
         let (appended, _) = watch::channel(0);
@@ -116,10 +142,14 @@ impl PostgresEventStoreBuilder {
                 pool,
                 max_payload_bytes: self.max_payload_bytes,
                 appended,
+                transaction_ids_checked: AtomicBool::new(false),
             }),
         };
         if self.migrate_on_connect {
+            // Checks the transaction ids once migrated.
             store.migrate().await?;
+        } else {
+            store.check_transaction_ids().await?;
         }
         Ok(store)
     }
@@ -147,6 +177,9 @@ struct Inner {
     subscription_sql: crate::subscriptions::SubscriptionSql,
     // Started by the first consumer that asks for wake-ups (see `crate::wakeup`).
     wakeup: std::sync::OnceLock<crate::wakeup::Wakeup>,
+    // Set by the first stream read that found the stored transaction ids below this
+    // cluster's (see `check_transaction_ids`); left unset while the tables do not exist.
+    transaction_ids_checked: AtomicBool,
 }
 
 impl PostgresEventStore {
@@ -210,7 +243,72 @@ impl PostgresEventStore {
             .map_err(|source| Error::Migrate {
                 schema: schema.clone(),
                 source,
-            })
+            })?;
+        drop(conn);
+        self.check_transaction_ids().await.map(|_| ())
+    }
+
+    /// Refuses a store moved logically into this cluster: stored events written by
+    /// transactions whose ids this cluster has not reached yet (see [`crate::ordering`],
+    /// "Physical moves only"). Compares the xmax of the statement's snapshot (the next
+    /// transaction id; reading it assigns none) with the largest stored `transaction_id` (one
+    /// step down the primary key). Every event the snapshot sees was written by a transaction
+    /// that completed before it, i.e. below its xmax, so the test never fires on a store that
+    /// stayed in its cluster or moved physically, primary or standby. A store whose tables do
+    /// not exist yet passes (nothing is stored; `migrate` checks again): `Ok(false)`.
+    async fn check_transaction_ids(&self) -> Result<bool> {
+        let schema = &self.inner.schema;
+        let row: Option<(i64, Option<i64>)> = match sqlx::query_as(&format!(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+             (SELECT max(transaction_id) FROM {}.events)",
+            quote(schema)
+        ))
+        .fetch_one(&self.inner.pool)
+        .await
+        {
+            Ok(row) => Some(row),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => None,
+            Err(source) => {
+                return Err(Error::Database {
+                    context: format!(
+                        "compare the stored transaction ids with the cluster's (schema `{schema}`)"
+                    ),
+                    source,
+                });
+            }
+        };
+        match row {
+            Some((current, Some(max_stored))) if current <= max_stored => {
+                Err(Error::LogicalMoveDetected {
+                    schema: schema.clone(),
+                    current_xid: to_u64(current),
+                    max_stored: to_u64(max_stored),
+                })
+            }
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
+    }
+
+    /// [`check_transaction_ids`](Self::check_transaction_ids) before the first stream read of
+    /// this store (a dispatcher's first read), as the trait's error.
+    async fn check_transaction_ids_once(&self) -> CoreResult<()> {
+        if self
+            .inner
+            .transaction_ids_checked
+            .load(AtomicOrdering::Acquire)
+        {
+            return Ok(());
+        }
+        let checked = self.check_transaction_ids().await.map_err(|e| {
+            eventuate_core::Error::backend("check the stored transaction ids before reading", e)
+        })?;
+        if checked {
+            self.inner
+                .transaction_ids_checked
+                .store(true, AtomicOrdering::Release);
+        }
+        Ok(())
     }
 
     /// The connection pool, for the application's own queries (read models written in the
@@ -294,7 +392,10 @@ impl EventStore for PostgresEventStore {
         filter: &'a StreamFilter,
         limit: usize,
     ) -> BoxFuture<'a, CoreResult<Vec<EventEnvelope>>> {
-        Box::pin(self.read(after, filter, limit))
+        Box::pin(async move {
+            self.check_transaction_ids_once().await?;
+            self.read(after, filter, limit).await
+        })
     }
 
     fn read_batch<'a>(
@@ -307,7 +408,10 @@ impl EventStore for PostgresEventStore {
     }
 
     fn head(&self) -> BoxFuture<'_, CoreResult<Position>> {
-        Box::pin(self.read_head())
+        Box::pin(async move {
+            self.check_transaction_ids_once().await?;
+            self.read_head().await
+        })
     }
 
     fn count_after<'a>(

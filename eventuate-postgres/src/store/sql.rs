@@ -6,20 +6,35 @@ use super::quote;
 pub(super) const EVENT_COLUMNS: &str = "transaction_id, sequence, event_id, entity_type, entity_id, \
      entity_version, event_type, payload::text, metadata::text";
 
-/// The horizon below which the stream is final (see [`crate::ordering`]): the oldest
-/// transaction still running at the statement's snapshot that could write to this database's
-/// tables, or the snapshot's xmax when there is none. A running transaction is ignored only
-/// when `pg_stat_activity` proves it cannot write events: it belongs to a backend connected to
-/// another database (a transaction never changes database), or to an autovacuum worker. Anything
-/// unidentified (a prepared transaction, a transaction that ended since the snapshot) holds the
-/// horizon back. A planner init-plan: computed once per statement.
-const HORIZON: &str = "(SELECT COALESCE(\
-     (SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
-      WHERE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) AS a \
-       WHERE a.backend_xid = x::xid \
-       AND (a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database()) \
-            OR a.backend_type = 'autovacuum worker'))), \
-     pg_snapshot_xmax(pg_current_snapshot())::text::bigint))";
+/// The horizon below which the stream is final (see [`crate::ordering`]).
+///
+/// On a primary: the oldest transaction still running at the statement's snapshot that could
+/// write to this database's tables, or the snapshot's xmax when there is none. A running
+/// transaction is ignored only when `pg_stat_activity` proves it cannot write events: it
+/// belongs to a backend connected to another database (a transaction never changes database),
+/// or to an autovacuum worker. Anything unidentified (a prepared transaction, a transaction
+/// that ended since the snapshot) holds the horizon back.
+///
+/// On a hot standby (and whenever the snapshot lists no running transaction): the snapshot's
+/// plain xmin. A snapshot taken in recovery lists no running transaction (the standby keeps
+/// the primary's running ids where `pg_current_snapshot()` does not show them), so the
+/// refinement above would answer xmax and read past transactions still open on the primary;
+/// the standby's xmin is exact. Testing the empty list as well as `pg_is_in_recovery()` keeps
+/// that right when the standby is promoted between the statement's snapshot and the test; on
+/// a primary an empty list means xmin = xmax, so it costs nothing there.
+///
+/// A planner init-plan: computed once per statement.
+const HORIZON: &str = "(SELECT CASE \
+     WHEN pg_is_in_recovery() OR NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot())) \
+     THEN pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+     ELSE COALESCE(\
+      (SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
+       WHERE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) AS a \
+        WHERE a.backend_xid = x::xid \
+        AND (a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             OR a.backend_type = 'autovacuum worker'))), \
+      pg_snapshot_xmax(pg_current_snapshot())::text::bigint) \
+     END)";
 
 /// Every statement, built once per store with the schema spliced in (names cannot be bound
 /// as parameters). sqlx prepares each on first use per connection and caches it.
