@@ -23,7 +23,7 @@
 //!   clean release; a new holder that finds it set consumes carefully (see the core runtime).
 //! - **Stored text** passes through [`storable_text`]: `text` columns refuse NUL bytes.
 //! - **Transactional subscribers** get the connection of a transaction
-//!   (`ctx.transaction::<sqlx::PgConnection>()`) in which the runtime also writes the
+//!   ([`crate::PgEventContextExt::pg_transaction`]) in which the runtime also writes the
 //!   checkpoint, fenced like any other checkpoint write, before committing: view and checkpoint
 //!   move together.
 //! - **Wake-ups** come from [`crate::wakeup`]: in-process appends, LISTEN/NOTIFY from other

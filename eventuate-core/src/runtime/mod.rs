@@ -528,7 +528,8 @@ impl Running {
     }
 
     /// Waits until every partition this node owns has no lag and every partition of every
-    /// subscriber is owned by some node (this one or another), or the timeout passes. A
+    /// subscriber is owned by some node (this one or another), or the timeout passes
+    /// ([`Error::Timeout`]). A
     /// subscriber stored with another shape than this node's is an error at once: waiting
     /// cannot help.
     pub async fn wait_caught_up(&self, timeout: Duration) -> Result<()> {
@@ -556,9 +557,10 @@ impl Running {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(Error::Config(format!(
-                    "subscribers did not catch up within {timeout:?}: {status:?}"
-                )));
+                return Err(Error::Timeout {
+                    what: format!("subscribers catching up (status: {status:?})"),
+                    after: timeout,
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

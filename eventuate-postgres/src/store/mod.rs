@@ -404,7 +404,10 @@ impl EventStore for PostgresEventStore {
         filter: &'a StreamFilter,
         limit: usize,
     ) -> BoxFuture<'a, CoreResult<StreamBatch>> {
-        Box::pin(self.read_batch_below_horizon(after, filter, limit))
+        Box::pin(async move {
+            self.check_transaction_ids_once().await?;
+            self.read_batch_below_horizon(after, filter, limit).await
+        })
     }
 
     fn head(&self) -> BoxFuture<'_, CoreResult<Position>> {
