@@ -349,23 +349,29 @@ pub trait EventStore: Send + Sync + 'static {
         snapshot_version: u32,
     ) -> BoxFuture<'a, Result<Option<Snapshot>>>;
 
-    /// How many events follow `after` in the filtered stream (a subscriber's lag). The default
-    /// reads the stream; stores override it with a cheaper count.
+    /// How many events follow `after` in the filtered stream (a subscriber's lag), counting
+    /// at most `limit`: a lag costs at most that many rows however far behind the reader is.
+    /// The default reads the stream; stores override it with a cheaper count.
     fn count_after<'a>(
         &'a self,
         after: Position,
         filter: &'a StreamFilter,
+        limit: u64,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             let (mut count, mut cursor) = (0u64, after);
-            loop {
-                let batch = self.read_stream(cursor, filter, 1000).await?;
+            while count < limit {
+                let want = usize::try_from(limit - count)
+                    .unwrap_or(usize::MAX)
+                    .min(1000);
+                let batch = self.read_stream(cursor, filter, want).await?;
                 let Some(last) = batch.last() else {
-                    return Ok(count);
+                    break;
                 };
                 cursor = last.position;
                 count += batch.len() as u64;
             }
+            Ok(count.min(limit))
         })
     }
 }
@@ -432,8 +438,9 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         &'a self,
         after: Position,
         filter: &'a StreamFilter,
+        limit: u64,
     ) -> BoxFuture<'a, Result<u64>> {
-        (**self).count_after(after, filter)
+        (**self).count_after(after, filter, limit)
     }
 }
 

@@ -840,11 +840,18 @@ pub async fn stream_order_filter_and_partitions(store: &dyn EventStore) {
     assert_eq!(seen.len(), 16, "partitions cover every event");
 }
 
-/// `head` is the last readable position; `count_after` counts the filtered stream.
+/// `head` is the last readable position; `count_after` counts the filtered stream, up to its
+/// limit.
 pub async fn head_and_count(store: &dyn EventStore) {
     let before = store.head().await.expect("head");
     let types = StreamFilter::entity_types([unique("T").replace('-', "_")]);
-    assert_eq!(store.count_after(before, &types).await.expect("count"), 0);
+    assert_eq!(
+        store
+            .count_after(before, &types, u64::MAX)
+            .await
+            .expect("count"),
+        0
+    );
     let ty = types.entity_types[0].clone();
     let positions = append_settled(
         store,
@@ -859,17 +866,28 @@ pub async fn head_and_count(store: &dyn EventStore) {
     let head = store.head().await.expect("head");
     assert_eq!(head, positions[1]);
     assert!(head > before);
-    assert_eq!(store.count_after(before, &types).await.expect("count"), 2);
     assert_eq!(
         store
-            .count_after(positions[0], &types)
+            .count_after(before, &types, u64::MAX)
+            .await
+            .expect("count"),
+        2
+    );
+    assert_eq!(
+        store.count_after(before, &types, 1).await.expect("count"),
+        1,
+        "a count stops at its limit"
+    );
+    assert_eq!(
+        store
+            .count_after(positions[0], &types, u64::MAX)
             .await
             .expect("count"),
         1
     );
     assert_eq!(
         store
-            .count_after(head, &StreamFilter::default())
+            .count_after(head, &StreamFilter::default(), u64::MAX)
             .await
             .expect("count"),
         0

@@ -110,7 +110,7 @@ async fn late_committer_is_waited_for_not_skipped() {
     assert_eq!(store.head().await.expect("head"), checkpoint);
     assert_eq!(
         store
-            .count_after(checkpoint, &StreamFilter::default())
+            .count_after(checkpoint, &StreamFilter::default(), u64::MAX)
             .await
             .expect("count"),
         0
@@ -787,13 +787,13 @@ async fn count_after_matches_reads() {
                 .all(|e| filter.matches(&e.entity_type, &e.entity_id))
         );
         let count = store
-            .count_after(Position::START, filter)
+            .count_after(Position::START, filter, u64::MAX)
             .await
             .expect("count");
         assert_eq!(count, read.len() as u64, "{filter:?}");
         if let Some(mid) = read.get(read.len() / 2) {
             let rest = store
-                .count_after(mid.position, filter)
+                .count_after(mid.position, filter, u64::MAX)
                 .await
                 .expect("count");
             assert_eq!(rest, (read.len() - read.len() / 2 - 1) as u64);
@@ -801,7 +801,7 @@ async fn count_after_matches_reads() {
     }
     assert_eq!(
         store
-            .count_after(Position::START, &StreamFilter::default())
+            .count_after(Position::START, &StreamFilter::default(), u64::MAX)
             .await
             .expect("count"),
         60

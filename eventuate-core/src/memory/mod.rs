@@ -338,12 +338,14 @@ impl EventStore for InMemoryEventStore {
         &'a self,
         after: Position,
         filter: &'a StreamFilter,
+        limit: u64,
     ) -> BoxFuture<'a, Result<u64>> {
         let state = self.lock();
         let start = state.events.partition_point(|e| e.position <= after);
         let count = state.events[start..]
             .iter()
             .filter(|e| filter.matches(&e.entity_type, &e.entity_id))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .count() as u64;
         ready(Ok(count))
     }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{Counters, Registered, Shared, filter_for};
-use crate::store::{StreamFilter, StreamItem};
+use crate::store::{EventStore, StreamBatch, StreamFilter, StreamItem};
 use crate::subscriber::EventContext;
 use crate::subscription_store::{Claim, Lease, ParkedEvent};
 use crate::{Error, EventEnvelope, Position, Result};
@@ -64,6 +64,39 @@ impl From<Error> for Interrupt {
             Error::LeaseLost { .. } => Interrupt::LeaseLost,
             other => Interrupt::Store(other),
         }
+    }
+}
+
+/// The read of the batch after `after`, started while the batch before it is delivered.
+struct Prefetch {
+    after: Position,
+    task: tokio::task::JoinHandle<Result<StreamBatch>>,
+}
+
+impl Prefetch {
+    fn start(
+        store: Arc<dyn EventStore>,
+        filter: StreamFilter,
+        after: Position,
+        limit: usize,
+    ) -> Self {
+        Prefetch {
+            after,
+            task: tokio::spawn(async move { store.read_batch(after, &filter, limit).await }),
+        }
+    }
+
+    async fn result(mut self) -> Result<StreamBatch> {
+        let outcome = (&mut self.task).await;
+        outcome.map_err(|e| Error::backend("read the next batch", e))?
+    }
+}
+
+impl Drop for Prefetch {
+    /// A prefetch no longer wanted (the consumer stopped, or did not get through the batch
+    /// before it) is abandoned.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -167,9 +200,12 @@ impl Consumer {
         let mut failures = 0u32;
         let poll = self.shared.options.poll_interval;
         let mut next_replay_check = Instant::now() + poll;
-        // Progress over rows this partition does not receive is saved at most once a poll
-        // interval: it only spares a later read, so losing it costs nothing but that read.
-        let mut next_idle_save = Instant::now();
+        // During a catch-up the checkpoint is saved at most once a poll interval, not after
+        // every batch: a crash then delivers at most that much again (at least once), and the
+        // catch-up saves a round trip per batch. At the head it is saved at once.
+        let mut next_save = Instant::now() + poll;
+        // While a full batch is delivered, the next one is already being read.
+        let mut prefetch: Option<Prefetch> = None;
         if let Err(e) = self.replay_parked(stop).await {
             return e;
         }
@@ -190,19 +226,28 @@ impl Consumer {
                     }
                     next_replay_check = Instant::now() + poll;
                 }
-                let batch = self
-                    .shared
-                    .store
-                    .read_batch(
-                        self.checkpoint,
-                        &self.filter,
-                        self.shared.options.batch_size,
-                    )
-                    .await?;
+                let limit = self.shared.options.batch_size;
+                let batch = match prefetch.take() {
+                    Some(next) if next.after == self.checkpoint => next.result().await?,
+                    _ => {
+                        self.shared
+                            .store
+                            .read_batch(self.checkpoint, &self.filter, limit)
+                            .await?
+                    }
+                };
                 // A short batch reached the head: wait instead of reading again. Safe, since
                 // the wake-up signal was borrowed before the read, so an append that landed
                 // meanwhile still wakes us at once.
-                let at_head = batch.items.len() < self.shared.options.batch_size;
+                let at_head = batch.items.len() < limit;
+                if !at_head {
+                    prefetch = Some(Prefetch::start(
+                        self.shared.store.clone(),
+                        self.filter.clone(),
+                        batch.scanned_to,
+                        limit,
+                    ));
+                }
                 let delivered_any = !batch.items.is_empty();
                 for item in batch.items {
                     if *stop.borrow() {
@@ -217,9 +262,11 @@ impl Consumer {
                 }
                 // Nothing the filter passes lies between the last item and `scanned_to`.
                 self.advance(batch.scanned_to);
-                if delivered_any || Instant::now() >= next_idle_save {
+                // Progress over rows this partition does not receive only spares a later
+                // read: it too is saved at most once a poll interval.
+                if (at_head && delivered_any) || Instant::now() >= next_save {
                     self.save().await?;
-                    next_idle_save = Instant::now() + poll;
+                    next_save = Instant::now() + poll;
                 }
                 Ok::<bool, Interrupt>(at_head)
             };

@@ -438,7 +438,8 @@ pub struct PartitionStatus {
     /// The last position handled in it (this node's own progress while it consumes it, the
     /// stored checkpoint otherwise).
     pub position: Position,
-    /// Events after `position` in the partition's stream (events behind the head).
+    /// Events after `position` in the partition's stream (events behind the head), counted up
+    /// to [`LAG_COUNT_LIMIT`]: a status costs the same however far behind a partition is.
     pub lag: u64,
     /// Events delivered successfully by this node.
     pub delivered: u64,
@@ -447,6 +448,9 @@ pub struct PartitionStatus {
     /// Events parked.
     pub parked: u64,
 }
+
+/// The largest lag [`Running::status`] counts; a partition further behind reports this.
+pub const LAG_COUNT_LIMIT: u64 = 10_000;
 
 fn mismatch_message(id: &str, stored: &Shape, ours: &Shape) -> String {
     format!(
@@ -505,7 +509,10 @@ impl Running {
                 let lag = match (&shape, stored) {
                     (ShapeView::Agreed { .. }, Some(_)) => {
                         let filter = filter_for(sub, partition);
-                        self.shared.store.count_after(position, &filter).await?
+                        self.shared
+                            .store
+                            .count_after(position, &filter, LAG_COUNT_LIMIT)
+                            .await?
                     }
                     _ => 0,
                 };

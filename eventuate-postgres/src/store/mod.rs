@@ -421,8 +421,9 @@ impl EventStore for PostgresEventStore {
         &'a self,
         after: Position,
         filter: &'a StreamFilter,
+        limit: u64,
     ) -> BoxFuture<'a, CoreResult<u64>> {
-        Box::pin(self.count(after, filter))
+        Box::pin(self.count(after, filter, limit))
     }
 
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, CoreResult<()>> {

@@ -197,7 +197,12 @@ impl PostgresEventStore {
         Ok(StreamBatch { items, scanned_to })
     }
 
-    pub(super) async fn count(&self, after: Position, filter: &StreamFilter) -> CoreResult<u64> {
+    pub(super) async fn count(
+        &self,
+        after: Position,
+        filter: &StreamFilter,
+        limit: u64,
+    ) -> CoreResult<u64> {
         let context = || format!("count the events after position {after}");
         let sql = &self.inner.sql;
         let statement = match (filter.entity_types.is_empty(), filter.partition.is_some()) {
@@ -208,7 +213,8 @@ impl PostgresEventStore {
         };
         let mut query = sqlx::query_scalar(statement)
             .bind(i64::try_from(after.transaction).unwrap_or(i64::MAX))
-            .bind(i64::try_from(after.sequence).unwrap_or(i64::MAX));
+            .bind(i64::try_from(after.sequence).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
         if !filter.entity_types.is_empty() {
             query = query.bind(&filter.entity_types);
         }

@@ -154,10 +154,12 @@ impl Sql {
             )
         };
         // Counts: the same rows as a read without limit, so the filters start at $3.
+        // Counts stop at the limit ($3): a lag costs at most that many rows, however far behind.
         let count = |filters: &str| {
             format!(
-                "SELECT count(*) FROM {s}.events \
-                 WHERE (transaction_id, sequence) > ($1, $2) AND transaction_id < {HORIZON}{filters}"
+                "SELECT count(*) FROM (SELECT 1 FROM {s}.events \
+                 WHERE (transaction_id, sequence) > ($1, $2) AND transaction_id < {HORIZON}{filters} \
+                 LIMIT $3) AS counted"
             )
         };
         Sql {
@@ -207,9 +209,9 @@ impl Sql {
             batch_partition: batch(" AND partition_hash % $4 = $5"),
             batch_types_partition: batch(" AND entity_type = ANY($4) AND partition_hash % $5 = $6"),
             count_all: count(""),
-            count_types: count(" AND entity_type = ANY($3)"),
-            count_partition: count(" AND partition_hash % $3 = $4"),
-            count_types_partition: count(" AND entity_type = ANY($3) AND partition_hash % $4 = $5"),
+            count_types: count(" AND entity_type = ANY($4)"),
+            count_partition: count(" AND partition_hash % $4 = $5"),
+            count_types_partition: count(" AND entity_type = ANY($4) AND partition_hash % $5 = $6"),
             head: format!(
                 "SELECT transaction_id, sequence FROM {s}.events WHERE transaction_id < {HORIZON} \
                  ORDER BY transaction_id DESC, sequence DESC LIMIT 1"
