@@ -94,10 +94,11 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(holders) = self.observed.in_flight.lock().unwrap().get_mut(&self.key) {
-            if let Some(i) = holders.iter().position(|s| *s == self.slot) {
-                holders.remove(i);
-            }
+        let mut map = self.observed.in_flight.lock().unwrap();
+        if let Some(holders) = map.get_mut(&self.key)
+            && let Some(i) = holders.iter().position(|s| *s == self.slot)
+        {
+            holders.remove(i);
         }
     }
 }
@@ -151,7 +152,7 @@ impl Subscriber for MirrorSub {
         } else {
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
         }
-        if self.observed.broken.load(Ordering::SeqCst) && d.amount % 7 == 0 {
+        if self.observed.broken.load(Ordering::SeqCst) && d.amount.is_multiple_of(7) {
             return Err(HandlerError::permanent(format!("poison {}", d.amount)));
         }
         let target = format!("mirror-{entity}");
