@@ -365,3 +365,117 @@ async fn f_sixteen_writers_three_partitions() {
         runtime.shutdown().await.unwrap();
     }
 }
+
+/// An idle subscriber behind many rows of another entity type moves its checkpoint past them
+/// (a short read reports how far it looked below the horizon), so it does not read them again
+/// on every wake-up; and it still never skips: an event of its type written by a transaction
+/// that was open while it moved on is delivered when that transaction commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscriber_moves_past_rows_it_does_not_receive() {
+    use eventuate_core::runtime::SubscriptionStore;
+    use eventuate_core::store::{AppendRequest, ExpectedVersion};
+    use eventuate_core::{EventStore, NewEvent};
+
+    let db = test_database().await;
+    let store = store(&db.url).await;
+    let recorder = Recorder::new("recorder");
+    let runtime = Eventuate::new(store.clone())
+        .options(options())
+        .subscriber(recorder.clone())
+        .start()
+        .unwrap();
+    tick(&store, "c-1", 1).await;
+    eventually(10, "first event delivered", || {
+        let n = distinct(&recorder.log);
+        async move { n == 1 }
+    })
+    .await;
+    // A late committer of the subscriber's type, open while the other rows are written.
+    let mut late = store.pool().begin().await.unwrap();
+    store
+        .append_in(
+            &mut late,
+            AppendRequest {
+                entity_type: "Counter".into(),
+                entity_id: "c-late".into(),
+                expected: ExpectedVersion::New,
+                events: vec![NewEvent::new("Tick", "{\"n\":2}")],
+                idempotency: None,
+            },
+        )
+        .await
+        .unwrap();
+    let other = |id: String| AppendRequest {
+        entity_type: "Other".into(),
+        entity_id: id,
+        expected: ExpectedVersion::New,
+        events: (0..100)
+            .map(|i| NewEvent::new("Noise", format!("{{\"i\":{i}}}")))
+            .collect(),
+        idempotency: None,
+    };
+    for i in 0..5 {
+        store.append(other(format!("o-{i}"))).await.unwrap();
+    }
+    let stored_checkpoint = || async {
+        let state = SubscriptionStore::subscriber(&store, "recorder")
+            .await
+            .unwrap();
+        state.partitions[0].checkpoint
+    };
+    // While the late transaction is open, the horizon holds the checkpoint before it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let held = stored_checkpoint().await;
+    commit_and_check_delivery(late, &recorder).await;
+    // Now the checkpoint moves past all 500 rows of the other type.
+    for i in 5..10 {
+        store.append(other(format!("o-{i}"))).await.unwrap();
+    }
+    let last_other = store
+        .read_stream(
+            eventuate_core::Position::START,
+            &eventuate_core::StreamFilter::entity_types(["Other"]),
+            10_000,
+        )
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .position;
+    for _ in 0..100 {
+        if stored_checkpoint().await >= last_other {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved = stored_checkpoint().await;
+    assert!(
+        moved >= last_other,
+        "the idle subscriber's checkpoint {moved} moved past the other type's rows ({last_other}); \
+         it was {held} while the late transaction was open"
+    );
+    tick(&store, "c-1", 3).await;
+    eventually(10, "a later event of its type delivered", || {
+        let n = distinct(&recorder.log);
+        async move { n == 3 }
+    })
+    .await;
+    runtime.shutdown().await.unwrap();
+}
+
+async fn commit_and_check_delivery(
+    late: sqlx::Transaction<'static, sqlx::Postgres>,
+    recorder: &Recorder,
+) {
+    assert_eq!(
+        distinct(&recorder.log),
+        1,
+        "nothing delivered before the commit"
+    );
+    late.commit().await.unwrap();
+    eventually(10, "the late committer's event delivered", || {
+        let n = distinct(&recorder.log);
+        async move { n == 2 }
+    })
+    .await;
+}
