@@ -1,12 +1,13 @@
 //! The dispatcher: runs subscribers against a store that implements both [`EventStore`] and
 //! [`SubscriptionStore`], with the same mechanism for the in-memory and the PostgreSQL store.
 //!
-//! A runtime (one per process, identified by a node id) heartbeats, and for every subscriber
-//! partition either holds its lease or leaves it to another node; each node takes a fair share
-//! (`ceil(partitions / live nodes)`) and gives up extras, so partitions spread evenly and a dead
-//! node's partitions are taken over once its leases expire. Each held partition runs one
-//! consumer task, which reads the global stream after its checkpoint in batches (filtered by
-//! entity type and partition), delivers each event in order, and moves the checkpoint.
+//! A runtime is a member of the cluster of runtimes sharing the store (see
+//! [`crate::subscription_store`] for the protocol). Its lease manager (`manager`) heartbeats,
+//! checks each subscriber's stored shape, and takes a fair share of each subscriber's
+//! partitions among the members that run it; each held partition runs one consumer task
+//! (`consumer`), which reads the global stream after its checkpoint in batches (filtered by
+//! entity type and partition), delivers each event in order, parks what cannot be delivered,
+//! and moves the checkpoint, every write fenced by its lease.
 //!
 //! ## Delivery guarantees
 //!
@@ -17,10 +18,18 @@
 //!   past an event only after the handler succeeded or the event was parked, and the store's
 //!   stream read never skips a committed event. Proved by `dispatcher.rs` `c_consumer_dropped_
 //!   between_handling_and_checkpoint` and `f_sixteen_writers_three_partitions`.
-//! - **One consumer per partition; partitions spread and taken over.** Leases fence every
-//!   write; each node takes `ceil(partitions / live nodes)`. Proved by `dispatcher.rs`
+//! - **One consumer per partition; partitions spread and taken over.** Leases belong to the
+//!   runtime's incarnation and carry an epoch that fences every state write; a stopping
+//!   consumer keeps its lease renewed until it has exited; no handler starts on a lease not
+//!   confirmed within the TTL. Each member takes `ceil(partitions / members running the
+//!   subscriber)`, and any member takes a partition unowned for longer than the TTL. Proved by
+//!   `tests/tests/simulation.rs` (seeded multi-node scenarios), `dispatcher.rs`
 //!   `d_two_runtimes_compete_then_one_is_dropped` and `f_sixteen_writers_three_partitions`,
-//!   `runtime_memory.rs` `partitions_spread_over_runtimes_and_keep_per_entity_order`.
+//!   `protocol.rs` `a_partition_given_back_is_never_consumed_twice_at_once`.
+//! - **Shapes.** A subscriber's partition count and types are stored; a node that disagrees
+//!   does not consume silently ([`ShapeView::Mismatch`]); a change of types is adopted at start,
+//!   a change of partition count is [`Running::reshape`]. Proved by `simulation.rs` and
+//!   `protocol.rs` `changing_the_partition_count_is_explicit_and_loses_nothing`.
 //! - **Wake-ups are hints.** A consumer waits for [`SubscriptionStore::wakeups`] *or* the poll
 //!   interval and always reads from the store. Proved by `dispatcher.rs`
 //!   `a_listener_connection_killed_mid_stream` (30 s poll interval: only reconnect catch-up
@@ -41,15 +50,20 @@
 //!   is parked after at most `max_attempts + 1` crashes. (Outside that window the first attempt
 //!   of an event is not persisted on its own: that would add a write to every delivery; the
 //!   lease's "not released cleanly" flag stands in for it.) Proved by `runtime_memory.rs`
-//!   `an_event_that_keeps_crashing_the_process_gets_parked`.
+//!   `an_event_that_keeps_crashing_the_process_gets_parked` and, for a process restarted
+//!   under the same node id, `a_crash_loop_under_a_stable_node_id_also_gets_the_event_parked`.
+//! - **Bad rows.** A stored row that does not decode is parked for the subscribers that want
+//!   it, and everything else flows. Proved by `protocol.rs`
+//!   `a_row_with_undecodable_metadata_is_parked_and_the_rest_flows`.
 //! - **Exactly-once views.** A transactional subscriber writes through
-//!   [`EventContext::transaction`]; the runtime commits that transaction together with the
+//!   [`EventContext::transaction`] (on PostgreSQL, `PgEventContextExt::pg_transaction`); the
+//!   runtime commits that transaction together with the
 //!   checkpoint. Commands sent with [`EventContext::update`] are deduplicated by the
 //!   triggering event. Proved by `dispatcher.rs` (a) to (f), which check the view for
 //!   duplicates after every fault, and `runtime_memory.rs`
 //!   `a_redelivered_event_does_not_apply_its_command_twice`.
-//! - **Graceful shutdown.** In-flight handlers finish (for at most `shutdown_timeout`),
-//!   checkpoints are saved, leases released. Proved by `runtime_memory.rs`
+//! - **Graceful shutdown.** In-flight handlers finish (for at most `shutdown_timeout`, their
+//!   leases renewed meanwhile), checkpoints are saved, leases released. Proved by `runtime_memory.rs`
 //!   `shutdown_lets_an_in_flight_handler_finish_and_saves_its_checkpoint` and
 //!   `shutdown_does_not_wait_forever_for_a_hung_handler`.
 
