@@ -547,7 +547,8 @@ impl Consumer {
             }
             events.sort_by_key(|p| p.event.position);
             let mut cleared = true;
-            for p in events {
+            let mut events = events.into_iter();
+            while let Some(p) = events.next() {
                 let position = p.event.position;
                 match self.run_handler(&p.event).await? {
                     Ok(()) => {
@@ -563,6 +564,19 @@ impl Consumer {
                             .subscriptions
                             .replayed(&self.lease, position, failure)
                             .await?;
+                        // The events behind it stay parked, and their replay requests end
+                        // too: otherwise the next check would replay the entity again at once,
+                        // without backoff, for ever.
+                        for rest in events.filter(|r| r.replay_requested) {
+                            self.shared
+                                .subscriptions
+                                .replayed(
+                                    &self.lease,
+                                    rest.event.position,
+                                    Some((rest.attempts, rest.error)),
+                                )
+                                .await?;
+                        }
                         cleared = false;
                         break;
                     }
