@@ -1172,3 +1172,211 @@ pub async fn load_with_snapshot(store: &dyn EventStore) {
         .expect("load");
     assert!(none.is_none() && nothing.is_empty());
 }
+
+/// The subscriber of [`nul_in_handler_errors`]: fails on the events of entity `bad` with an
+/// error whose message holds a NUL byte (until `fixed`), and records every event it handled.
+#[derive(Clone)]
+struct NulInError {
+    bad: String,
+    fixed: Arc<std::sync::atomic::AtomicBool>,
+    bad_calls: Arc<std::sync::atomic::AtomicU32>,
+    log: Arc<std::sync::Mutex<Vec<EventEnvelope>>>,
+}
+
+impl NulInError {
+    const ID: &'static str = "nul-in-error";
+
+    /// The versions of `entity` handled successfully, in delivery order.
+    fn delivered(&self, entity: &str) -> Vec<u64> {
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|e| e.entity_id == entity)
+            .map(|e| e.entity_version)
+            .collect()
+    }
+}
+
+impl crate::Subscriber for NulInError {
+    fn subscription(&self) -> crate::Subscription {
+        crate::Subscription::new(Self::ID, ["Counter"]).retry(crate::RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: std::time::Duration::from_millis(1),
+            max_backoff: std::time::Duration::from_millis(5),
+        })
+    }
+
+    async fn handle(&self, ctx: &crate::EventContext) -> Result<(), crate::HandlerError> {
+        use std::sync::atomic::Ordering;
+        if ctx.entity_id() == self.bad {
+            self.bad_calls.fetch_add(1, Ordering::SeqCst);
+            if !self.fixed.load(Ordering::SeqCst) {
+                return Err(crate::HandlerError::msg("bad\u{0}byte"));
+            }
+        }
+        self.log.lock().expect("log").push(ctx.event().clone());
+        Ok(())
+    }
+}
+
+/// Appends version `version` of Counter `id` (a `Tick` with `n` = version) and waits until
+/// the stream has it.
+async fn tick_version(store: &dyn EventStore, id: &str, version: u64) {
+    let expected = match version {
+        1 => ExpectedVersion::New,
+        v => ExpectedVersion::Exactly(v - 1),
+    };
+    append_settled(
+        store,
+        request("Counter", id, expected, vec![event("Tick", version)]),
+    )
+    .await;
+}
+
+/// Polls `check` every 10 ms until it holds; panics after 15 s.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A handler error holding a NUL byte (which PostgreSQL `text` refuses) parks the event with
+/// the error escaped by [`crate::subscription_store::storable_text`], in every store: the
+/// event is parked after its attempts, the entity's later events behind it, other entities
+/// flow. A replay requested while the handler still fails makes exactly one more attempt,
+/// records it (escaped again) and clears the request, and wedges nothing; once the handler
+/// is fixed, a replay delivers the entity's events in order and empties the parked list.
+///
+/// Runs a dispatcher on `store` (a fresh one: the subscriber id is fixed).
+pub async fn nul_in_handler_errors<S>(store: S)
+where
+    S: EventStore + crate::runtime::SubscriptionStore + Clone,
+{
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    let (good, bad) = (unique("good"), unique("bad"));
+    let subscriber = NulInError {
+        bad: bad.clone(),
+        fixed: Arc::default(),
+        bad_calls: Arc::default(),
+        log: Arc::default(),
+    };
+    let poll = Duration::from_millis(50);
+    let runtime = crate::Eventuate::new(store.clone())
+        .options(crate::runtime::RuntimeOptions {
+            poll_interval: poll,
+            lease_ttl: Duration::from_millis(900),
+            batch_size: 16,
+            ..crate::runtime::RuntimeOptions::default()
+        })
+        .subscriber(subscriber.clone())
+        .start()
+        .expect("start");
+    let id = NulInError::ID;
+    let caught_up = || runtime.wait_caught_up(Duration::from_secs(15));
+
+    tick_version(&store, &good, 1).await;
+    tick_version(&store, &bad, 1).await; // fails twice: parked
+    tick_version(&store, &bad, 2).await; // parked behind it
+    tick_version(&store, &good, 2).await; // flows
+    caught_up().await.expect("caught up with a parked entity");
+    let parked = runtime.parked(id).await.expect("parked");
+    let summary = |parked: &[crate::runtime::ParkedEvent]| {
+        parked
+            .iter()
+            .map(|p| {
+                (
+                    p.event.entity_id.clone(),
+                    p.event.entity_version,
+                    p.attempts,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        summary(&parked),
+        vec![(bad.clone(), 1, 2), (bad.clone(), 2, 0)],
+        "the failing event after its 2 attempts, the next one behind it without an attempt"
+    );
+    assert!(
+        parked[0].error.contains("bad\\u0000byte") && !parked[0].error.contains('\0'),
+        "the stored error keeps the handler's message with the NUL escaped: {:?}",
+        parked[0].error
+    );
+    assert!(
+        parked[1].error.contains("waiting behind"),
+        "{:?}",
+        parked[1].error
+    );
+    assert_eq!(subscriber.delivered(&good), vec![1, 2]);
+    assert!(subscriber.delivered(&bad).is_empty());
+    assert_eq!(subscriber.bad_calls.load(Ordering::SeqCst), 2);
+
+    // A replay while the handler still fails: one more attempt, recorded, request cleared.
+    assert_eq!(runtime.replay(id, None).await.expect("replay"), 2);
+    until("the failed replay is recorded", || async {
+        let parked = runtime.parked(id).await.expect("parked");
+        parked[0].attempts == 3 && !parked[0].replay_requested
+    })
+    .await;
+    // Nothing is wedged: other entities still flow, the failing one still parks behind.
+    tick_version(&store, &good, 3).await;
+    tick_version(&store, &bad, 3).await;
+    caught_up().await.expect("caught up after a failed replay");
+    assert_eq!(subscriber.delivered(&good), vec![1, 2, 3]);
+    // Several replay checks of the consumer (one per poll interval) pass meanwhile: the one
+    // request made one attempt, not one per check.
+    tokio::time::sleep(poll * 10).await;
+    let parked = runtime.parked(id).await.expect("parked");
+    assert_eq!(
+        summary(&parked),
+        vec![
+            (bad.clone(), 1, 3),
+            (bad.clone(), 2, 0),
+            (bad.clone(), 3, 0)
+        ],
+        "one replay request, one more attempt; the later events still parked behind \
+         (replay requests: {:?})",
+        parked
+            .iter()
+            .map(|p| p.replay_requested)
+            .collect::<Vec<_>>()
+    );
+    assert!(!parked[0].replay_requested);
+    assert!(
+        parked[0].error.contains("bad\\u0000byte") && !parked[0].error.contains('\0'),
+        "the replay's error is stored escaped too: {:?}",
+        parked[0].error
+    );
+    assert_eq!(
+        subscriber.bad_calls.load(Ordering::SeqCst),
+        3,
+        "the handler ran once for the one replay request"
+    );
+    assert!(subscriber.delivered(&bad).is_empty());
+
+    // Fixed: a replay delivers the entity's events in order, and the entity flows again.
+    subscriber.fixed.store(true, Ordering::SeqCst);
+    assert_eq!(runtime.replay(id, None).await.expect("replay"), 3);
+    until("the parked list is empty", || async {
+        runtime.parked(id).await.expect("parked").is_empty()
+    })
+    .await;
+    assert_eq!(subscriber.delivered(&bad), vec![1, 2, 3]);
+    tick_version(&store, &bad, 4).await;
+    caught_up().await.expect("caught up after the replay");
+    assert_eq!(subscriber.delivered(&bad), vec![1, 2, 3, 4]);
+    assert_eq!(subscriber.delivered(&good), vec![1, 2, 3]);
+    runtime.shutdown().await.expect("shutdown");
+}

@@ -1194,3 +1194,11 @@ async fn a_store_outage_is_retried_without_counting_attempts_or_parking() {
     assert_eq!(status[0].retried, 0, "an outage is not a handler failure");
     runtime.shutdown().await.unwrap();
 }
+
+/// The shared case of `eventuate_core::testing` (the PostgreSQL store runs it too, in
+/// `eventuate-postgres/tests/protocol.rs`): a handler error with a NUL byte is stored escaped,
+/// parks its entity, and replays correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_handler_error_parks_and_replays_correctly() {
+    eventuate_core::testing::nul_in_handler_errors(InMemoryEventStore::new()).await;
+}
