@@ -431,7 +431,15 @@ impl PostgresEventStore {
                 .map_err(db("move partitions to the new shape"))?;
             return Ok(true);
         }
-        let from = rows.iter().map(|r| r.checkpoint).min().unwrap_or(start);
+        // Rows left by a version without stored shapes may lack partitions it never consumed:
+        // their events were never delivered, so such rows also count the subscriber's start.
+        let legacy = rows.iter().any(|r| r.generation == 0);
+        let from = rows
+            .iter()
+            .map(|r| r.checkpoint)
+            .chain(legacy.then_some(start))
+            .min()
+            .unwrap_or(start);
         let epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(0) + 1;
         let dirty = rows.iter().any(|r| r.dirty);
         let (t, s) = position_args(from)?;
