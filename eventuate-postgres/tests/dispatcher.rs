@@ -479,3 +479,48 @@ async fn commit_and_check_delivery(
     })
     .await;
 }
+
+/// (g) A transactional subscriber delivers runs of events in one transaction (one commit per
+/// run, not per event); a handler failing in the middle of a run rolls the whole run back,
+/// and the run is delivered again event by event: the view still holds every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_a_failure_inside_a_transaction_run_rolls_the_run_back() {
+    let db = test_database().await;
+    let store = store(&db.url).await;
+    create_view_table(&store).await;
+    for i in 0..150u64 {
+        tick(&store, &format!("e{}", i % 5), i).await;
+    }
+    let view = View {
+        id: "view",
+        fail_once_on: Some(40),
+        ..View::default()
+    };
+    let runtime = Eventuate::new(store.clone())
+        .options(RuntimeOptions {
+            batch_size: 256,
+            ..options()
+        })
+        .subscriber_with(view.clone(), |s| s.retry(retries(3)))
+        .start()
+        .unwrap();
+    runtime
+        .wait_caught_up(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(view.failed.load(Ordering::SeqCst), "the failure happened");
+    let stored = all_events(&store).await;
+    assert_view_exactly_once(&store, "view", &stored).await;
+    let (rows, transactions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT xid) FROM view_rows WHERE subscriber = 'view'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows, 150);
+    assert!(
+        transactions < 20,
+        "events are committed in runs: {transactions} transactions for {rows} rows"
+    );
+    runtime.shutdown().await.unwrap();
+}

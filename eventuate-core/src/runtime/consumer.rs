@@ -100,6 +100,20 @@ impl Drop for Prefetch {
     }
 }
 
+/// The most events of a transactional subscriber delivered in one transaction.
+const TRANSACTION_RUN: usize = 64;
+
+/// How long one transaction of a transactional subscriber takes more events.
+const TRANSACTION_RUN_TIME: Duration = Duration::from_millis(50);
+
+/// What one transaction over a run of events did.
+enum RunOutcome {
+    /// Its first `n` events are delivered and checkpointed.
+    Committed(usize),
+    /// Rolled back: the event at this index failed (0: deliver the first one alone).
+    FailedAt(usize),
+}
+
 /// A handler's failed attempt.
 struct Failure {
     /// [`Error::Handler`], naming subscriber, event and position.
@@ -249,11 +263,30 @@ impl Consumer {
                     ));
                 }
                 let delivered_any = !batch.items.is_empty();
-                for item in batch.items {
+                let mut items = batch.items.into_iter().peekable();
+                while let Some(item) = items.next() {
                     if *stop.borrow() {
                         return Ok(at_head);
                     }
                     match item {
+                        StreamItem::Event(event) if self.joins_transaction(&event) => {
+                            let mut run = vec![event];
+                            while run.len() < TRANSACTION_RUN {
+                                match items.next_if(|next| {
+                                    matches!(next, StreamItem::Event(e) if self.joins_transaction(e))
+                                }) {
+                                    Some(StreamItem::Event(e)) => run.push(e),
+                                    _ => break,
+                                }
+                            }
+                            if run.len() > 1 {
+                                self.deliver_in_one_transaction(run, stop).await?;
+                            } else {
+                                for event in run {
+                                    self.deliver(event, stop).await?;
+                                }
+                            }
+                        }
                         StreamItem::Event(event) => self.deliver(event, stop).await?,
                         StreamItem::Undecodable { event, error } => {
                             self.park_undecodable(event, error).await?
@@ -457,51 +490,52 @@ impl Consumer {
     /// attempt. The inner one is the handler's failure (an error, a panic, or a view
     /// transaction that would not commit): it counts as an attempt.
     async fn run_handler(&self, event: &EventEnvelope) -> Result<Result<(), Failure>, Interrupt> {
-        let subscription = &self.registered.subscription;
-        let mut ctx = EventContext::new(
-            self.shared.repository.clone(),
-            &subscription.id,
-            event.clone(),
-        );
-        if subscription.transactional {
+        let mut ctx = self.context(event);
+        if self.registered.subscription.transactional {
             let tx = self.shared.subscriptions.begin(&self.lease).await?;
             ctx = ctx.with_transaction(tx);
         }
+        if let Err(failure) = self.invoke(&ctx).await {
+            return Ok(Err(failure));
+        }
+        Ok(match ctx.take_transaction() {
+            None => Ok(()),
+            Some(tx) => match tx.commit(event.position).await {
+                Ok(()) => Ok(()),
+                Err(Error::LeaseLost { .. }) => return Err(Interrupt::LeaseLost),
+                Err(e) => Err(self.failure(event, Box::new(e), false)),
+            },
+        })
+    }
+
+    fn context(&self, event: &EventEnvelope) -> EventContext {
+        EventContext::new(
+            self.shared.repository.clone(),
+            &self.registered.subscription.id,
+            event.clone(),
+        )
+    }
+
+    /// Calls the subscriber's handler with `ctx`, in its span, a panic turned into a failure.
+    async fn invoke(&self, ctx: &EventContext) -> Result<(), Failure> {
+        let event = ctx.event();
         let span = tracing::info_span!(
             "deliver",
-            subscriber = %subscription.id,
+            subscriber = %self.registered.subscription.id,
             position = %event.position,
             entity_type = %event.entity_type,
             entity_id = %event.entity_id,
             event_type = %event.event_type,
         );
-        let outcome = AssertUnwindSafe(self.registered.subscriber.handle(&ctx))
+        let outcome = AssertUnwindSafe(self.registered.subscriber.handle(ctx))
             .catch_unwind()
             .instrument(span)
             .await;
-        let failure = |source: crate::BoxError, permanent: bool| Failure {
-            error: Error::Handler {
-                subscriber: subscription.id.clone(),
-                entity_type: event.entity_type.clone(),
-                entity_id: event.entity_id.clone(),
-                event_type: event.event_type.clone(),
-                position: event.position,
-                source,
-            },
-            permanent,
-        };
-        Ok(match outcome {
-            Ok(Ok(())) => match ctx.take_transaction() {
-                None => Ok(()),
-                Some(tx) => match tx.commit(event.position).await {
-                    Ok(()) => Ok(()),
-                    Err(Error::LeaseLost { .. }) => return Err(Interrupt::LeaseLost),
-                    Err(e) => Err(failure(Box::new(e), false)),
-                },
-            },
+        match outcome {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 let permanent = e.is_permanent();
-                Err(failure(e.into_inner(), permanent))
+                Err(self.failure(event, e.into_inner(), permanent))
             }
             Err(panic) => {
                 let message = panic
@@ -509,12 +543,119 @@ impl Consumer {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic payload".to_owned());
-                Err(failure(
-                    format!("handler panicked: {message}").into(),
-                    false,
-                ))
+                Err(self.failure(event, format!("handler panicked: {message}").into(), false))
             }
-        })
+        }
+    }
+
+    fn failure(&self, event: &EventEnvelope, source: crate::BoxError, permanent: bool) -> Failure {
+        Failure {
+            error: Error::Handler {
+                subscriber: self.registered.subscription.id.clone(),
+                entity_type: event.entity_type.clone(),
+                entity_id: event.entity_id.clone(),
+                event_type: event.event_type.clone(),
+                position: event.position,
+                source,
+            },
+            permanent,
+        }
+    }
+
+    /// Whether an event can join a run of a transactional subscriber's events delivered in one
+    /// transaction: a first attempt, outside careful mode, of a handled event whose entity is
+    /// not blocked.
+    fn joins_transaction(&self, event: &EventEnvelope) -> bool {
+        self.registered.subscription.transactional
+            && self.careful_left == 0
+            && self.registered.subscription.handles(&event.event_type)
+            && !self.is_blocked(event)
+            && self.attempt.is_none_or(|(at, _)| at != event.position)
+    }
+
+    /// Delivers a run of a transactional subscriber's events in as few transactions as it
+    /// can, each also moving the checkpoint past its last event: a commit per run instead of
+    /// per event, with the same exactly-once effect. A transaction takes events while they
+    /// succeed, for at most [`TRANSACTION_RUN_TIME`] (an open transaction holds every reader's
+    /// horizon back). When a handler fails, the transaction is rolled back, so none of its
+    /// view writes happened; the events before the failing one are delivered again in a new
+    /// transaction, and the failing one alone, where retries and parking apply as usual.
+    async fn deliver_in_one_transaction(
+        &mut self,
+        run: Vec<EventEnvelope>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), Interrupt> {
+        let mut pending = std::collections::VecDeque::from(run);
+        let mut limit = pending.len();
+        while !pending.is_empty() {
+            if *stop.borrow() {
+                return Err(Interrupt::Stopped);
+            }
+            if limit <= 1 {
+                if let Some(event) = pending.pop_front() {
+                    self.deliver(event, stop).await?;
+                }
+                limit = pending.len();
+                continue;
+            }
+            match self.try_run(pending.iter().take(limit)).await? {
+                RunOutcome::Committed(n) => {
+                    pending.drain(..n);
+                    limit = pending.len();
+                }
+                RunOutcome::FailedAt(i) => limit = i,
+            }
+        }
+        Ok(())
+    }
+
+    /// One transaction over a prefix of `events`; see [`Self::deliver_in_one_transaction`].
+    async fn try_run(
+        &mut self,
+        events: impl Iterator<Item = &EventEnvelope>,
+    ) -> Result<RunOutcome, Interrupt> {
+        if !self.validity.holds() {
+            return Err(Interrupt::Unconfirmed);
+        }
+        let began = Instant::now();
+        let mut tx = Some(self.shared.subscriptions.begin(&self.lease).await?);
+        let mut last = None;
+        let mut count = 0;
+        for (i, event) in events.enumerate() {
+            if count > 0 && began.elapsed() >= TRANSACTION_RUN_TIME {
+                break;
+            }
+            let Some(open) = tx.take() else {
+                return Ok(RunOutcome::FailedAt(i));
+            };
+            let mut ctx = self.context(event).with_transaction(open);
+            let outcome = self.invoke(&ctx).await;
+            tx = ctx.take_transaction();
+            if outcome.is_err() || tx.is_none() {
+                // Dropping the transaction rolls the run's writes back.
+                return Ok(RunOutcome::FailedAt(i));
+            }
+            last = Some(event.position);
+            count += 1;
+        }
+        let (Some(open), Some(last)) = (tx, last) else {
+            return Ok(RunOutcome::FailedAt(0));
+        };
+        match open.commit(last).await {
+            Ok(()) => {
+                self.counters
+                    .delivered
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                self.advance(last);
+                self.saved = self.saved.max(last);
+                Ok(RunOutcome::Committed(count))
+            }
+            Err(Error::LeaseLost { .. }) => Err(Interrupt::LeaseLost),
+            Err(e) => {
+                tracing::warn!(error = %e, events = count, "a run's view transaction did not commit; delivering its first event alone");
+                Ok(RunOutcome::FailedAt(0))
+            }
+        }
     }
 
     /// Replays parked events of this partition whose replay was requested, entity by entity

@@ -137,6 +137,9 @@ impl Subscriber for Recorder {
 pub struct View {
     pub id: &'static str,
     pub block_on: Option<u64>,
+    /// Fails (transiently) the first delivery of this payload value, after writing its row.
+    pub fail_once_on: Option<u64>,
+    pub failed: Arc<AtomicBool>,
     pub fixed: Arc<AtomicBool>,
     pub blocked: Arc<Notify>,
 }
@@ -145,7 +148,7 @@ pub async fn create_view_table(store: &PostgresEventStore) {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS view_rows (row_no BIGSERIAL PRIMARY KEY, \
          subscriber TEXT NOT NULL, event_id UUID NOT NULL, entity_id TEXT NOT NULL, \
-         version BIGINT NOT NULL)",
+         version BIGINT NOT NULL, xid BIGINT NOT NULL DEFAULT txid_current())",
     )
     .execute(store.pool())
     .await
@@ -176,12 +179,34 @@ impl Subscriber for View {
             self.blocked.notify_one();
             std::future::pending::<()>().await;
         }
+        if self.fail_once_on == Some(n_of(event)) && !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(HandlerError::msg("fails once, after writing its row"));
+        }
         Ok(())
     }
 }
 
 /// Every stored Counter event, in stream order.
 pub async fn all_events(store: &PostgresEventStore) -> Vec<EventEnvelope> {
+    // A reader stops at the horizon: while a transaction is open (a transactional
+    // subscriber's, say) the latest events are not readable yet. Read until every committed
+    // Counter event was.
+    let committed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE entity_type = 'Counter'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    for _ in 0..200 {
+        let events = read_all_counter_events(store).await;
+        if events.len() as i64 >= committed {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the stream never showed the {committed} committed Counter events");
+}
+
+async fn read_all_counter_events(store: &PostgresEventStore) -> Vec<EventEnvelope> {
     let filter = eventuate_core::StreamFilter::entity_types(["Counter"]);
     let mut out = Vec::new();
     let mut after = eventuate_core::Position::START;
