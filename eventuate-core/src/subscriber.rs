@@ -143,6 +143,14 @@ impl Subscription {
     /// Checks ids and numbers.
     pub fn validate(&self) -> Result<()> {
         crate::name::validate_subscriber_id(&self.id)?;
+        if self.id.starts_with("eventuate.") {
+            return Err(Error::Config(format!(
+                "subscriber id `{}` starts with `eventuate.`, which is reserved (external \
+                 command ids are recorded under `{}`)",
+                self.id,
+                crate::repository::EXTERNAL_COMMANDS
+            )));
+        }
         if self.entity_types.is_empty() {
             return Err(Error::Config(format!(
                 "subscriber `{}` subscribes to no entity type",
