@@ -292,6 +292,21 @@ pub enum Error {
         partition: u32,
     },
 
+    /// Subscribers caught up, but with events parked (their handler failed until the retries
+    /// ran out, or failed permanently): from [`crate::runtime::CaughtUp::nothing_parked`].
+    /// Transient: a replay after a fix ([`crate::runtime::Running::replay`]) can deliver them.
+    #[error(
+        "subscriber `{subscriber}` has {count} parked event(s): their handler failed and the \
+         checkpoint moved past them; see Running::parked(\"{subscriber}\") for the errors, fix the \
+         handler and call Running::replay"
+    )]
+    Parked {
+        /// The subscriber with parked events.
+        subscriber: String,
+        /// How many it has.
+        count: u64,
+    },
+
     /// The storage backend failed (database, network, ...).
     #[error("{context}: {source}")]
     Backend {
@@ -337,7 +352,7 @@ impl Error {
     /// | `EmptyAppend`, `DuplicateEventId`, `InvalidPayload`, `PayloadTooLarge`, `InvalidName` (bad input) | `EntityNotFound` (the target may be created a moment later, see its docs) |
     /// | `UnknownEventType`, `Decode`, `Encode` (data the code cannot read or write) | `OrderingRefused` (retry in a new transaction), `Timeout` |
     /// | `IdempotencyMismatch` (a handler sent different commands on different attempts) | `LeaseLost`, `Backend` (infrastructure) |
-    /// | `Config` (misuse) | `Handler` (a handler's own error) |
+    /// | `Config` (misuse) | `Handler` (a handler's own error), `Parked` (replay after a fix) |
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::Rejected { .. }
@@ -359,6 +374,7 @@ impl Error {
             | Error::RetriesExhausted { .. }
             | Error::Handler { .. }
             | Error::LeaseLost { .. }
+            | Error::Parked { .. }
             | Error::Backend { .. } => false,
         }
     }
@@ -553,6 +569,13 @@ mod tests {
                 },
                 true,
             ),
+            (
+                Error::Parked {
+                    subscriber: "s".into(),
+                    count: 2,
+                },
+                false,
+            ),
         ]
     }
 
@@ -578,6 +601,7 @@ mod tests {
             Error::LeaseLost { .. } => 17,
             Error::Backend { .. } => 18,
             Error::IdempotencyMismatch { .. } => 19,
+            Error::Parked { .. } => 20,
         }
     }
 

@@ -1202,3 +1202,84 @@ async fn a_store_outage_is_retried_without_counting_attempts_or_parking() {
 async fn a_nul_in_a_handler_error_parks_and_replays_correctly() {
     eventuate_core::testing::nul_in_handler_errors(InMemoryEventStore::new()).await;
 }
+
+/// A saga step whose command the target refuses is parked; catching up says so instead of
+/// passing silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_caught_up_reports_a_parked_saga_step() {
+    let runtime = Eventuate::new(InMemoryEventStore::new())
+        .options(fast())
+        .subscriber(Overdraw)
+        .start()
+        .unwrap();
+    let repo = runtime.repository();
+    repo.create_with_id::<Account>("rich", Open { owner: "r".into() })
+        .await
+        .unwrap();
+    let clean = runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The saga's step on `rich` is parked too (it overdraws every account); the outcome says
+    // how many, per subscriber.
+    assert_eq!(clean.parked, vec![("overdraw".to_owned(), 1)]);
+    repo.create_with_id::<Account>("poor", Open { owner: "p".into() })
+        .await
+        .unwrap();
+    let outcome = runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(outcome.parked, vec![("overdraw".to_owned(), 2)]);
+    let err = outcome.nothing_parked().unwrap_err();
+    assert!(
+        matches!(&err, Error::Parked { subscriber, count: 2 } if subscriber == "overdraw"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("Running::replay"), "{err}");
+    runtime.shutdown().await.unwrap();
+}
+
+/// Each retry of a failing handler sees its attempt number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_sees_its_attempt_number() {
+    #[derive(Clone, Default)]
+    struct Counting {
+        seen: Arc<Mutex<Vec<(u64, u32)>>>,
+    }
+    impl Subscriber for Counting {
+        fn subscription(&self) -> Subscription {
+            Subscription::new("counting", ["Account"])
+                .event_types(["Deposited"])
+                .retry(quick_retries(5))
+        }
+        async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+            let amount = ctx.event().decode::<Deposited>().unwrap().amount;
+            self.seen.lock().unwrap().push((amount, ctx.attempt()));
+            if amount == 13 && ctx.attempt() < 3 {
+                return Err(HandlerError::msg("not yet"));
+            }
+            Ok(())
+        }
+    }
+    let counting = Counting::default();
+    let runtime = Eventuate::new(InMemoryEventStore::new())
+        .options(fast())
+        .subscriber(counting.clone())
+        .start()
+        .unwrap();
+    let repo = runtime.repository();
+    deposit(&repo, "a", 13).await;
+    deposit(&repo, "a", 1).await;
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    assert_eq!(
+        *counting.seen.lock().unwrap(),
+        vec![(13, 1), (13, 2), (13, 3), (1, 1)]
+    );
+    runtime.shutdown().await.unwrap();
+}

@@ -462,6 +462,11 @@ impl Consumer {
             self.shared.repository.clone(),
             &subscription.id,
             event.clone(),
+        )
+        .with_attempt(
+            self.attempt
+                .filter(|(at, _)| *at == event.position)
+                .map_or(1, |(_, n)| n),
         );
         if subscription.transactional {
             let tx = self.shared.subscriptions.begin(&self.lease).await?;

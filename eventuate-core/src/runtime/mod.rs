@@ -463,6 +463,26 @@ pub struct PartitionStatus {
     pub parked: u64,
 }
 
+/// What [`Running::wait_caught_up`] found once every partition had caught up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// Subscribers with parked events, and how many each has (only those with some): the
+    /// checkpoint moved past these events without their handler succeeding. See
+    /// [`Running::parked`] and [`Running::replay`].
+    pub parked: Vec<(String, u64)>,
+}
+
+impl CaughtUp {
+    /// `Ok` when no event is parked, else [`Error::Parked`] naming the first subscriber with
+    /// parked events.
+    pub fn nothing_parked(self) -> Result<()> {
+        match self.parked.into_iter().next() {
+            None => Ok(()),
+            Some((subscriber, count)) => Err(Error::Parked { subscriber, count }),
+        }
+    }
+}
+
 /// The largest lag [`Running::status`] counts; a partition further behind reports this.
 pub const LAG_COUNT_LIMIT: u64 = 10_000;
 
@@ -553,7 +573,13 @@ impl Running {
     /// ([`Error::Timeout`]). A
     /// subscriber stored with another shape than this node's is an error at once: waiting
     /// cannot help.
-    pub async fn wait_caught_up(&self, timeout: Duration) -> Result<()> {
+    ///
+    /// Caught up is not the same as delivered: an event whose handler kept failing is parked,
+    /// and the checkpoint moves past it. The outcome, [`CaughtUp`], says how many events each
+    /// subscriber has parked; [`CaughtUp::nothing_parked`] turns parked events into
+    /// [`Error::Parked`] (what a test that expects every handler to succeed wants:
+    /// `runtime.wait_caught_up(t).await?.nothing_parked()?`).
+    pub async fn wait_caught_up(&self, timeout: Duration) -> Result<CaughtUp> {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status().await?;
@@ -575,7 +601,15 @@ impl Running {
                 Some(_) => true,
             });
             if done {
-                return Ok(());
+                let mut parked = Vec::new();
+                for registered in &self.shared.subscribers {
+                    let id = &registered.subscription.id;
+                    let count = self.shared.subscriptions.parked(id).await?.len() as u64;
+                    if count > 0 {
+                        parked.push((id.clone(), count));
+                    }
+                }
+                return Ok(CaughtUp { parked });
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
