@@ -1283,3 +1283,154 @@ async fn the_handler_sees_its_attempt_number() {
     );
     runtime.shutdown().await.unwrap();
 }
+
+/// `subscribe = "Ordr"` (a typo) must not pass silently: the unknown type is a warning in
+/// `status()` and `entity_type_warnings()`, known types are the stored ones and the declared
+/// ones, and strict mode makes it an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_to_an_unknown_entity_type_is_reported() {
+    struct Typo;
+    impl Subscriber for Typo {
+        fn subscription(&self) -> Subscription {
+            Subscription::new("typo", ["Acount"])
+        }
+        async fn handle(&self, _: &EventContext) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+    let store = InMemoryEventStore::new();
+    deposit(&Repository::new(store.clone()), "a", 1).await;
+    let runtime = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(Typo)
+        .start()
+        .unwrap();
+    let warnings = runtime.entity_type_warnings().await.unwrap();
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(
+        (warnings[0].entity_type.as_str(), warnings[0].known.clone()),
+        ("Acount", vec!["Account".to_owned()])
+    );
+    assert!(warnings[0].to_string().contains("known: [Account]"));
+    let status = runtime.status().await.unwrap();
+    assert_eq!(status[0].unknown_entity_types, vec!["Acount".to_owned()]);
+    runtime.shutdown().await.unwrap();
+
+    // Strict: an error, from status() and wait_caught_up().
+    let strict = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(Typo)
+        .strict_entity_types()
+        .start()
+        .unwrap();
+    let err = strict
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("`Acount`"), "{err}");
+    strict.shutdown().await.unwrap();
+
+    // A type declared by a registered aggregate, or by name, is known before it has events.
+    let fresh = InMemoryEventStore::new();
+    let declared = Eventuate::new(fresh.clone())
+        .options(fast())
+        .subscriber(Recorder::new("recorder"))
+        .aggregate::<Account>()
+        .strict_entity_types()
+        .start()
+        .unwrap();
+    declared
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(declared.entity_type_warnings().await.unwrap().is_empty());
+    declared.shutdown().await.unwrap();
+    let named = Eventuate::new(fresh)
+        .options(fast())
+        .subscriber(Typo)
+        .known_entity_type("Acount")
+        .strict_entity_types()
+        .start()
+        .unwrap();
+    assert!(named.status().await.is_ok());
+    named.shutdown().await.unwrap();
+}
+
+/// A node that gave a partition to another shows it with its new owner and the stored
+/// checkpoint, not its own last position, and a lag counted from that checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_partition_given_away_shows_the_new_owner_and_stored_checkpoint() {
+    use eventuate_core::runtime::SubscriptionStore;
+    let store = InMemoryEventStore::new();
+    let log: Log = Arc::default();
+    let make = || Recorder {
+        log: log.clone(),
+        ..Recorder::new("given")
+    };
+    let a = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(make(), |s| s.partitions(2))
+        .start()
+        .unwrap();
+    let repo = a.repository();
+    for i in 0..8 {
+        deposit(&repo, &format!("e{i}"), 1).await;
+    }
+    a.wait_caught_up(Duration::from_secs(5)).await.unwrap();
+    assert!(a.status().await.unwrap().iter().all(|p| p.owned));
+    let b = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(make(), |s| s.partitions(2))
+        .start()
+        .unwrap();
+    let mut given = None;
+    for _ in 0..500 {
+        let status = a.status().await.unwrap();
+        if let Some(p) = status.iter().find(|p| p.owner == Some(b.node_id())) {
+            given = Some(p.partition);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let given = given.expect("a gave a partition to b");
+    let before = a.status().await.unwrap()[given as usize].position;
+    // New events in the given partition, handled by b.
+    for i in 0..8 {
+        deposit(&repo, &format!("e{i}"), 2).await;
+    }
+    b.wait_caught_up(Duration::from_secs(5)).await.unwrap();
+    a.wait_caught_up(Duration::from_secs(5)).await.unwrap();
+    let state = store.subscriber("given").await.unwrap();
+    let stored = state
+        .partitions
+        .iter()
+        .find(|p| p.partition == given)
+        .unwrap()
+        .checkpoint;
+    let status = a.status().await.unwrap();
+    let p = &status[given as usize];
+    assert!(!p.owned);
+    assert_eq!(p.owner, Some(b.node_id()));
+    assert_eq!(
+        p.position, stored,
+        "the stored checkpoint, not a's last own position"
+    );
+    assert!(p.position > before, "b's progress shows on a");
+    let filter = eventuate_core::StreamFilter {
+        entity_types: vec!["Account".into()],
+        partition: Some(eventuate_core::Partition {
+            index: given,
+            count: 2,
+        }),
+    };
+    assert_eq!(
+        p.lag,
+        store
+            .count_after(stored, &filter, eventuate_core::runtime::LAG_COUNT_LIMIT)
+            .await
+            .unwrap()
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
