@@ -318,7 +318,6 @@ impl Repository {
             events,
             command.command_type(),
             &options,
-            1,
         )
         .await
     }
@@ -508,10 +507,12 @@ impl Repository {
                     events,
                     command.command_type(),
                     &options,
-                    attempt,
                 )
                 .await
-            {
+                .map(|committed| Committed {
+                    attempts: attempt,
+                    ..committed
+                }) {
                 Err(Error::Conflict { .. }) if !matches!(mode, Mode::Expecting(_)) => continue,
                 Err(Error::EntityExists { .. }) if matches!(mode, Mode::Upsert) => continue,
                 other => return other,
@@ -580,8 +581,8 @@ impl Repository {
         events: Vec<A::Event>,
         command_type: &'static str,
         options: &CommandOptions,
-        attempts: u32,
     ) -> Result<Committed<A>> {
+        let attempts = 1;
         let command_id = options.command_id.unwrap_or_else(Uuid::new_v4);
         let metadata = EventMetadata {
             timestamp: std::time::SystemTime::now(),
