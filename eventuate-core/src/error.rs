@@ -292,7 +292,40 @@ pub enum Error {
         partition: u32,
     },
 
-    /// The storage backend failed (database, network, ...).
+    /// Subscribers caught up, but with events parked (their handler failed until the retries
+    /// ran out, or failed permanently): from [`crate::runtime::CaughtUp::nothing_parked`].
+    /// Transient: a replay after a fix ([`crate::runtime::Running::replay`]) can deliver them.
+    #[error(
+        "subscriber `{subscriber}` has {count} parked event(s): their handler failed and the \
+         checkpoint moved past them; see Running::parked(\"{subscriber}\") for the errors, fix the \
+         handler and call Running::replay"
+    )]
+    Parked {
+        /// The subscriber with parked events.
+        subscriber: String,
+        /// How many it has.
+        count: u64,
+    },
+
+    /// The storage backend failed after the operation may have reached it: for an append, the
+    /// connection broke (reset, closed, TLS or protocol failure) after the statement was sent,
+    /// so the events may or may not be stored. Transient, but not blindly repeatable: reload
+    /// the entity (or send the command again under the same command id,
+    /// [`crate::CommandOptions::with_command_id`], which is applied at most once) to find
+    /// out. See [`Error::outcome_unknown`].
+    #[error("{context}: {source} (the operation may or may not have taken effect)")]
+    OutcomeUnknown {
+        /// What the store was doing.
+        context: String,
+        /// The backend's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The storage backend failed (database, network, ...) before anything could be written,
+    /// or the database refused the operation: nothing was written (for an append: no
+    /// connection could be had, the pool timed out, or the statement failed). Failures after
+    /// which a write may have happened are [`Error::OutcomeUnknown`].
     #[error("{context}: {source}")]
     Backend {
         /// What the store was doing.
@@ -336,8 +369,8 @@ impl Error {
     /// | `Rejected` (business rule), `EntityExists` | `Conflict`, `RetriesExhausted` (concurrency) |
     /// | `EmptyAppend`, `DuplicateEventId`, `InvalidPayload`, `PayloadTooLarge`, `InvalidName` (bad input) | `EntityNotFound` (the target may be created a moment later, see its docs) |
     /// | `UnknownEventType`, `Decode`, `Encode` (data the code cannot read or write) | `OrderingRefused` (retry in a new transaction), `Timeout` |
-    /// | `IdempotencyMismatch` (a handler sent different commands on different attempts) | `LeaseLost`, `Backend` (infrastructure) |
-    /// | `Config` (misuse) | `Handler` (a handler's own error) |
+    /// | `IdempotencyMismatch` (a handler sent different commands on different attempts) | `LeaseLost`, `Backend`, `OutcomeUnknown` (infrastructure) |
+    /// | `Config` (misuse) | `Handler` (a handler's own error), `Parked` (replay after a fix) |
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::Rejected { .. }
@@ -359,7 +392,31 @@ impl Error {
             | Error::RetriesExhausted { .. }
             | Error::Handler { .. }
             | Error::LeaseLost { .. }
+            | Error::Parked { .. }
+            | Error::OutcomeUnknown { .. }
             | Error::Backend { .. } => false,
+        }
+    }
+
+    /// Whether the failed operation may nevertheless have taken effect: true for
+    /// [`Error::OutcomeUnknown`] (the connection broke after a write was sent), false for
+    /// every other error, whose operation wrote nothing (a [`Error::Backend`] failure to get a
+    /// connection, a pool timeout, a statement the database refused; invalid input; a
+    /// conflict; a rejection). An HTTP handler can answer "unknown, retry with the same
+    /// idempotency key" instead of "failed".
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
+    }
+
+    /// Wraps a backend error that happened after a write may have reached the backend
+    /// ([`Error::OutcomeUnknown`]).
+    pub fn backend_outcome_unknown(
+        context: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::OutcomeUnknown {
+            context: context.into(),
+            source: source.into(),
         }
     }
 
@@ -553,6 +610,17 @@ mod tests {
                 },
                 true,
             ),
+            (
+                Error::Parked {
+                    subscriber: "s".into(),
+                    count: 2,
+                },
+                false,
+            ),
+            (
+                Error::backend_outcome_unknown("append", "connection reset"),
+                false,
+            ),
         ]
     }
 
@@ -578,6 +646,8 @@ mod tests {
             Error::LeaseLost { .. } => 17,
             Error::Backend { .. } => 18,
             Error::IdempotencyMismatch { .. } => 19,
+            Error::Parked { .. } => 20,
+            Error::OutcomeUnknown { .. } => 21,
         }
     }
 
@@ -593,6 +663,11 @@ mod tests {
         );
         for (error, permanent) in &table {
             assert_eq!(error.is_permanent(), *permanent, "{error:?}");
+            assert_eq!(
+                error.outcome_unknown(),
+                index(error) == 21,
+                "only OutcomeUnknown may have taken effect: {error:?}"
+            );
             assert!(!error.to_string().is_empty());
         }
     }

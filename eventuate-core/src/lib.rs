@@ -22,7 +22,9 @@ pub use envelope::{EventEnvelope, EventMetadata, NewEvent, Position};
 pub use error::{BoxError, Error, Result};
 pub use fixture::AggregateFixture;
 pub use memory::InMemoryEventStore;
-pub use repository::{CommandOptions, Committed, Loaded, Repository, RepositoryOptions};
+pub use repository::{
+    CommandOptions, Committed, EXTERNAL_COMMANDS, Loaded, Repository, RepositoryOptions,
+};
 pub use runtime::Eventuate;
 pub use store::{
     AppendOutcome, AppendRequest, CommandFingerprint, EventStore, ExpectedVersion, IdempotencyKey,

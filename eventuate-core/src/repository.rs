@@ -31,6 +31,7 @@ use uuid::Uuid;
 use crate::aggregate::{Aggregate, Command, DecodeError, EventSet};
 use crate::store::{
     AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, StoredEvent,
+    duplicate_or_mismatch,
 };
 use crate::{Error, EventEnvelope, EventMetadata, NewEvent, Position, Result, Snapshot};
 
@@ -54,6 +55,30 @@ impl Default for RepositoryOptions {
 }
 
 type CacheKey = (&'static str, String);
+
+/// What an update may do with the stored entity.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// The entity must exist; conflicts are retried.
+    Update,
+    /// The entity must exist at this version; a conflict is the caller's.
+    Expecting(u64),
+    /// A missing entity starts from the default state; conflicts are retried.
+    Upsert,
+}
+
+/// Keys an external command with a caller-chosen command id, so that it is applied at most
+/// once (see [`CommandOptions::with_command_id`]).
+fn external_idempotency(options: &mut CommandOptions, command_type: &str) {
+    if let (None, Some(command_id)) = (&options.idempotency, options.command_id) {
+        options.idempotency = Some(IdempotencyKey {
+            subscriber_id: EXTERNAL_COMMANDS.to_owned(),
+            triggering_event_id: command_id,
+            sequence: 0,
+            command_type: command_type.to_owned(),
+        });
+    }
+}
 
 /// Aggregate states by entity, each a `(version, A)` behind `dyn Any`; FIFO eviction.
 #[derive(Default)]
@@ -112,9 +137,23 @@ pub struct CommandOptions {
     pub idempotency: Option<IdempotencyKey>,
 }
 
+/// The subscriber id under which the command ids of external commands
+/// ([`CommandOptions::with_command_id`]) are recorded as idempotency keys (with the command id
+/// as the triggering event id and sequence 0). Subscriber ids starting with `eventuate.` are
+/// reserved.
+pub const EXTERNAL_COMMANDS: &str = "eventuate.external";
+
 impl CommandOptions {
     /// Options with a caller-chosen command id (for example an HTTP idempotency key), which
     /// also starts the correlation chain.
+    ///
+    /// The command is applied at most once per command id: the id is recorded with the
+    /// command's events (as the idempotency key ([`EXTERNAL_COMMANDS`], command id, 0), the
+    /// mechanism that deduplicates commands sent by handlers), and sending the same command id
+    /// again writes nothing and returns [`Committed::duplicate`] with the entity's current
+    /// state. The same id sent with another command type or to another entity is
+    /// [`Error::IdempotencyMismatch`]. A command that was rejected or produced no events
+    /// records nothing, so it may be sent again.
     pub fn with_command_id(command_id: Uuid) -> Self {
         CommandOptions {
             command_id: Some(command_id),
@@ -145,9 +184,13 @@ pub struct Committed<A: Aggregate> {
     pub event_ids: Vec<Uuid>,
     /// Positions of the stored events.
     pub positions: Vec<Position>,
-    /// True when the command had already been applied for the same triggering event, so this
-    /// call wrote nothing.
+    /// True when the command had already been applied for the same triggering event (or, for
+    /// an external command, under the same command id), so this call wrote nothing; `state`
+    /// and `version` are then the entity's current ones.
     pub duplicate: bool,
+    /// How many times the command was processed: 1, plus one for every concurrency conflict
+    /// that made the repository load the entity again and retry.
+    pub attempts: u32,
 }
 
 /// An aggregate as loaded from the store.
@@ -250,8 +293,9 @@ impl Repository {
         &self,
         entity_id: Option<String>,
         command: impl Command<A>,
-        options: CommandOptions,
+        mut options: CommandOptions,
     ) -> Result<Committed<A>> {
+        external_idempotency(&mut options, command.command_type());
         let entity_id = entity_id.unwrap_or_else(|| Uuid::new_v4().to_string());
         crate::name::validate_entity_id(&entity_id)?;
         let state = A::default();
@@ -294,16 +338,109 @@ impl Repository {
         &self,
         entity_id: &str,
         command: impl Command<A>,
-        mut options: CommandOptions,
+        options: CommandOptions,
     ) -> Result<Committed<A>> {
+        self.execute(entity_id, command, options, Mode::Update)
+            .await
+    }
+
+    /// Processes a command on an existing aggregate only if it is at `expected_version` (the
+    /// version a client read, e.g. from an HTTP `ETag` sent back in `If-Match`). Another
+    /// stored version is [`Error::Conflict`] (with `expected` and `actual`), and it is not
+    /// retried: the client decided on a state that is no longer current. A missing entity is
+    /// [`Error::EntityNotFound`].
+    pub async fn update_expecting<A: Aggregate>(
+        &self,
+        entity_id: &str,
+        expected_version: u64,
+        command: impl Command<A>,
+    ) -> Result<Committed<A>> {
+        self.execute(
+            entity_id,
+            command,
+            CommandOptions::default(),
+            Mode::Expecting(expected_version),
+        )
+        .await
+    }
+
+    /// Create-or-update: processes the command on the entity's current state, or on the
+    /// aggregate's default state when the entity has no events yet (then the events create it).
+    /// The aggregate's `Default` is the state a command sees for a new entity, so one command
+    /// handler serves both cases. A concurrent create or update is retried like a conflict.
+    /// A command that produces no events for a missing entity returns version 0 and writes
+    /// nothing.
+    pub async fn upsert<A: Aggregate>(
+        &self,
+        entity_id: &str,
+        command: impl Command<A>,
+    ) -> Result<Committed<A>> {
+        self.upsert_with(entity_id, command, CommandOptions::default())
+            .await
+    }
+
+    /// [`Repository::upsert`] with full control over ids and idempotency.
+    pub async fn upsert_with<A: Aggregate>(
+        &self,
+        entity_id: &str,
+        command: impl Command<A>,
+        options: CommandOptions,
+    ) -> Result<Committed<A>> {
+        self.execute(entity_id, command, options, Mode::Upsert)
+            .await
+    }
+
+    async fn execute<A: Aggregate>(
+        &self,
+        entity_id: &str,
+        command: impl Command<A>,
+        mut options: CommandOptions,
+        mode: Mode,
+    ) -> Result<Committed<A>> {
+        crate::name::validate_entity_id(entity_id)?;
+        external_idempotency(&mut options, command.command_type());
         // Conflict retries must reuse one command id: it is the command's identity.
         options.command_id.get_or_insert_with(Uuid::new_v4);
-        let attempts = self.options.max_attempts.max(1);
-        for _ in 0..attempts {
-            let (mut loaded, cached) = match self.cache_take::<A>(entity_id) {
-                Some(cached) => (cached, true),
-                None => (self.load::<A>(entity_id).await?, false),
+        let attempts = match mode {
+            Mode::Expecting(_) => 1,
+            Mode::Update | Mode::Upsert => self.options.max_attempts.max(1),
+        };
+        for attempt in 1..=attempts {
+            // A client's expected version is checked against the store, not a cached state.
+            let cached = match mode {
+                Mode::Expecting(_) => None,
+                Mode::Update | Mode::Upsert => self.cache_take::<A>(entity_id),
             };
+            let (mut loaded, cached) = match cached {
+                Some(cached) => (cached, true),
+                None => match (mode, self.find::<A>(entity_id).await?) {
+                    (_, Some(loaded)) => (loaded, false),
+                    (Mode::Upsert, None) => (
+                        Loaded {
+                            entity_id: entity_id.to_owned(),
+                            version: 0,
+                            state: A::default(),
+                        },
+                        false,
+                    ),
+                    (Mode::Update | Mode::Expecting(_), None) => {
+                        return Err(Error::EntityNotFound {
+                            entity_type: A::ENTITY_TYPE.to_owned(),
+                            entity_id: entity_id.to_owned(),
+                        });
+                    }
+                },
+            };
+            if let Mode::Expecting(expected) = mode {
+                if loaded.version != expected {
+                    return Err(Error::Conflict {
+                        entity_type: A::ENTITY_TYPE.to_owned(),
+                        entity_id: entity_id.to_owned(),
+                        expected,
+                        actual: loaded.version,
+                    });
+                }
+            }
             let mut decision = command.process(&loaded.state);
             // A rejection or a no-op decided on cached state must not rest on a stale state:
             // nothing is appended, so no optimistic concurrency would catch it.
@@ -311,10 +448,32 @@ impl Repository {
             if cached && !appends && self.catch_up(&mut loaded).await? {
                 decision = command.process(&loaded.state);
             }
+            let appends = matches!(&decision, Ok(events) if !events.is_empty());
+            // A command sent again under a recorded key (a redelivered event, an external
+            // command id sent twice) may be rejected, or decide nothing, on the state its first
+            // run produced: it was applied, so the answer is the first run's, a duplicate.
+            if !appends
+                && self
+                    .recorded::<A>(entity_id, &options, command.command_type())
+                    .await?
+            {
+                return Ok(Committed {
+                    entity_id: entity_id.to_owned(),
+                    version: loaded.version,
+                    state: loaded.state,
+                    events: Vec::new(),
+                    event_ids: Vec::new(),
+                    positions: Vec::new(),
+                    duplicate: true,
+                    attempts: attempt,
+                });
+            }
             let events = match decision {
                 Ok(events) => events,
                 Err(source) => {
-                    self.cache_put(entity_id, loaded.version, loaded.state);
+                    if loaded.version > 0 {
+                        self.cache_put(entity_id, loaded.version, loaded.state);
+                    }
                     return Err(Error::Rejected {
                         entity_type: A::ENTITY_TYPE.to_owned(),
                         entity_id: entity_id.to_owned(),
@@ -324,7 +483,7 @@ impl Repository {
                 }
             };
             if events.is_empty() {
-                if self.cache.is_some() {
+                if self.cache.is_some() && loaded.version > 0 {
                     if let Some(copy) = loaded.state.clone_for_cache() {
                         self.cache_put(entity_id, loaded.version, copy);
                     }
@@ -337,6 +496,7 @@ impl Repository {
                     event_ids: Vec::new(),
                     positions: Vec::new(),
                     duplicate: false,
+                    attempts: attempt,
                 });
             }
             match self
@@ -349,8 +509,12 @@ impl Repository {
                     &options,
                 )
                 .await
-            {
-                Err(Error::Conflict { .. }) => continue,
+                .map(|committed| Committed {
+                    attempts: attempt,
+                    ..committed
+                }) {
+                Err(Error::Conflict { .. }) if !matches!(mode, Mode::Expecting(_)) => continue,
+                Err(Error::EntityExists { .. }) if matches!(mode, Mode::Upsert) => continue,
                 other => return other,
             }
         }
@@ -359,6 +523,33 @@ impl Repository {
             entity_id: entity_id.to_owned(),
             attempts,
         })
+    }
+
+    /// Whether the command's idempotency key is recorded with the same command (a
+    /// duplicate); [`Error::IdempotencyMismatch`] if it is recorded with another.
+    async fn recorded<A: Aggregate>(
+        &self,
+        entity_id: &str,
+        options: &CommandOptions,
+        command_type: &str,
+    ) -> Result<bool> {
+        let Some(key) = &options.idempotency else {
+            return Ok(false);
+        };
+        let Some(recorded) = self.store.recorded_command(key).await? else {
+            return Ok(false);
+        };
+        let request = AppendRequest {
+            entity_type: A::ENTITY_TYPE.to_owned(),
+            entity_id: entity_id.to_owned(),
+            expected: ExpectedVersion::New,
+            events: Vec::new(),
+            idempotency: Some(IdempotencyKey {
+                command_type: command_type.to_owned(),
+                ..key.clone()
+            }),
+        };
+        duplicate_or_mismatch(&request, recorded).map(|_| true)
     }
 
     /// Brings a cached state up to date with the events stored after its version; whether
@@ -391,6 +582,7 @@ impl Repository {
         command_type: &'static str,
         options: &CommandOptions,
     ) -> Result<Committed<A>> {
+        let attempts = 1;
         let command_id = options.command_id.unwrap_or_else(Uuid::new_v4);
         let metadata = EventMetadata {
             timestamp: std::time::SystemTime::now(),
@@ -448,6 +640,7 @@ impl Repository {
                     event_ids,
                     positions,
                     duplicate: false,
+                    attempts,
                 })
             }
             AppendOutcome::Duplicate => {
@@ -460,6 +653,7 @@ impl Repository {
                     event_ids: Vec::new(),
                     positions: Vec::new(),
                     duplicate: true,
+                    attempts,
                 })
             }
         }

@@ -349,6 +349,38 @@ pub trait EventStore: Send + Sync + 'static {
         snapshot_version: u32,
     ) -> BoxFuture<'a, Result<Option<Snapshot>>>;
 
+    /// Whether an idempotency key is recorded: `None` if not, `Some(fingerprint)` if it is
+    /// (`Some(None)`: recorded without a fingerprint, by a version before fingerprints were
+    /// stored). The repository asks when a command sent under a key is rejected or decides
+    /// nothing, so that a command applied once answers as a duplicate on the state it left.
+    /// The default answers `None` (never recorded): stores that record keys override it.
+    fn recorded_command<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<Option<Option<CommandFingerprint>>>> {
+        let _ = key;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The entity types of the stored events, sorted (used to warn about subscriptions to a
+    /// type nothing has written). The default reads the whole stream; stores override it
+    /// with something cheaper.
+    fn entity_types(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let (mut types, mut cursor) = (std::collections::BTreeSet::new(), Position::START);
+            let filter = StreamFilter::default();
+            loop {
+                let batch = self.read_stream(cursor, &filter, 1000).await?;
+                let Some(last) = batch.last() else {
+                    break;
+                };
+                cursor = last.position;
+                types.extend(batch.into_iter().map(|e| e.entity_type));
+            }
+            Ok(types.into_iter().collect())
+        })
+    }
+
     /// How many events follow `after` in the filtered stream (a subscriber's lag), counting
     /// at most `limit`: a lag costs at most that many rows however far behind the reader is.
     /// The default reads the stream; stores override it with a cheaper count.
@@ -441,6 +473,15 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         limit: u64,
     ) -> BoxFuture<'a, Result<u64>> {
         (**self).count_after(after, filter, limit)
+    }
+    fn recorded_command<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<Option<Option<CommandFingerprint>>>> {
+        (**self).recorded_command(key)
+    }
+    fn entity_types(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        (**self).entity_types()
     }
 }
 

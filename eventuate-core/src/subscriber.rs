@@ -143,6 +143,14 @@ impl Subscription {
     /// Checks ids and numbers.
     pub fn validate(&self) -> Result<()> {
         crate::name::validate_subscriber_id(&self.id)?;
+        if self.id.starts_with("eventuate.") {
+            return Err(Error::Config(format!(
+                "subscriber id `{}` starts with `eventuate.`, which is reserved (external \
+                 command ids are recorded under `{}`)",
+                self.id,
+                crate::repository::EXTERNAL_COMMANDS
+            )));
+        }
         if self.entity_types.is_empty() {
             return Err(Error::Config(format!(
                 "subscriber `{}` subscribes to no entity type",
@@ -274,6 +282,7 @@ pub struct EventContext {
     subscriber_id: Arc<str>,
     repository: Repository,
     commands_sent: AtomicU32,
+    attempt: u32,
     transaction: Mutex<Option<Box<dyn CheckpointTransaction>>>,
 }
 
@@ -303,8 +312,30 @@ impl EventContext {
             subscriber_id: Arc::from(subscriber_id),
             repository,
             commands_sent: AtomicU32::new(0),
+            attempt: 1,
             transaction: Mutex::new(None),
         }
+    }
+
+    /// The same context, saying this is the `attempt`-th attempt (see
+    /// [`EventContext::attempt`]; at least 1).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt.max(1);
+        self
+    }
+
+    /// Which attempt at handling this event this is: 1 on the first delivery in this process,
+    /// 2, 3, ... on the retries that follow a failure (the retry policy's attempts), so a
+    /// handler can tell a redelivery (`attempt() > 1`) from a first one.
+    ///
+    /// A redelivery after a crash or a lost lease may still say 1: attempt counts are kept in
+    /// memory, and persisted only for retries and while a partition taken over *dirty* (its
+    /// previous holder crashed without releasing it) is consumed carefully, where the count
+    /// continues from the persisted one. A replay of a parked event starts at 1 again. So
+    /// `attempt() == 1` does not prove a first delivery: handlers must stay idempotent (commands
+    /// sent through [`EventContext::update`] are).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     pub(crate) fn with_transaction(self, tx: Box<dyn CheckpointTransaction>) -> Self {

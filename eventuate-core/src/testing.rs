@@ -38,7 +38,8 @@ macro_rules! store_behaviour_suite {
             idempotency_key_mismatch_is_reported,
             stream_order_filter_and_partitions, head_and_count, snapshots,
             duplicate_event_ids_are_rejected, load_with_snapshot,
-            concurrent_writers_reader_sees_everything_once);
+            concurrent_writers_reader_sees_everything_once,
+            external_command_ids_are_applied_once);
     };
     (@cases $factory:expr; $($case:ident),*) => {
         $(
@@ -1379,4 +1380,146 @@ where
     assert_eq!(subscriber.delivered(&bad), vec![1, 2, 3, 4]);
     assert_eq!(subscriber.delivered(&good), vec![1, 2, 3]);
     runtime.shutdown().await.expect("shutdown");
+}
+
+/// A wallet that cannot go below zero: the aggregate of
+/// [`external_command_ids_are_applied_once`], written against the traits.
+#[derive(Debug, Default)]
+struct Wallet {
+    balance: u64,
+}
+
+#[derive(Debug)]
+enum WalletEvent {
+    Credited(u64),
+    Debited(u64),
+}
+
+impl crate::aggregate::EventSet for WalletEvent {
+    const EVENT_TYPES: &'static [&'static str] = &["Credited", "Debited"];
+    fn event_type(&self) -> &'static str {
+        match self {
+            WalletEvent::Credited(_) => "Credited",
+            WalletEvent::Debited(_) => "Debited",
+        }
+    }
+    fn encode(&self) -> Result<String, serde_json::Error> {
+        match self {
+            WalletEvent::Credited(n) | WalletEvent::Debited(n) => {
+                serde_json::to_string(&serde_json::json!({ "n": n }))
+            }
+        }
+    }
+    fn decode(event_type: &str, payload: &str) -> Result<Self, crate::aggregate::DecodeError> {
+        let value: serde_json::Value =
+            serde_json::from_str(payload).map_err(crate::aggregate::DecodeError::Json)?;
+        let n = value["n"].as_u64().unwrap_or(0);
+        match event_type {
+            "Credited" => Ok(WalletEvent::Credited(n)),
+            "Debited" => Ok(WalletEvent::Debited(n)),
+            _ => Err(crate::aggregate::DecodeError::UnknownType),
+        }
+    }
+}
+
+impl crate::Aggregate for Wallet {
+    const ENTITY_TYPE: &'static str = "Wallet";
+    type Event = WalletEvent;
+    fn apply(&mut self, event: &WalletEvent) {
+        match event {
+            WalletEvent::Credited(n) => self.balance += n,
+            WalletEvent::Debited(n) => self.balance -= n,
+        }
+    }
+}
+
+struct Credit(u64);
+struct Debit(u64);
+
+#[derive(Debug, thiserror::Error)]
+#[error("insufficient funds")]
+struct InsufficientFunds;
+
+impl crate::aggregate::HandleCommand<Credit> for Wallet {
+    type Error = InsufficientFunds;
+    fn handle(&self, c: &Credit) -> Result<Vec<WalletEvent>, InsufficientFunds> {
+        Ok(vec![WalletEvent::Credited(c.0)])
+    }
+}
+
+impl crate::aggregate::HandleCommand<Debit> for Wallet {
+    type Error = InsufficientFunds;
+    fn handle(&self, c: &Debit) -> Result<Vec<WalletEvent>, InsufficientFunds> {
+        if c.0 > self.balance {
+            return Err(InsufficientFunds);
+        }
+        Ok(vec![WalletEvent::Debited(c.0)])
+    }
+}
+
+/// A command sent with a caller-chosen command id (an HTTP idempotency key) is applied at most
+/// once: sent again, it writes nothing and answers a duplicate with the current state, also
+/// when it would now be rejected (the second debit finds the balance it left); a create sent
+/// again is a duplicate, not "entity exists"; the same id with another command is an
+/// [`Error::IdempotencyMismatch`] under [`crate::EXTERNAL_COMMANDS`].
+///
+/// Generic (the repository needs an owned store): stores that run the suite are `Clone`.
+pub async fn external_command_ids_are_applied_once<S: EventStore + Clone>(store: &S) {
+    use crate::repository::{CommandOptions, Repository};
+    let repo = Repository::new(store.clone());
+    let id = unique("wallet");
+    let (create, debit) = (Uuid::new_v4(), Uuid::new_v4());
+    for round in 0..2 {
+        let created = repo
+            .create_with::<Wallet>(
+                Some(id.clone()),
+                Credit(10),
+                CommandOptions::with_command_id(create),
+            )
+            .await
+            .expect("create");
+        assert_eq!((created.version, created.duplicate), (1, round == 1));
+    }
+    for round in 0..2 {
+        let debited = repo
+            .update_with::<Wallet>(&id, Debit(7), CommandOptions::with_command_id(debit))
+            .await
+            .expect("the same debit twice is one debit, not a rejection");
+        assert_eq!(
+            (debited.version, debited.state.balance, debited.duplicate),
+            (2, 3, round == 1)
+        );
+    }
+    let events = store.load("Wallet", &id, 0).await.expect("load");
+    assert_eq!(events.len(), 2, "each command applied once");
+    assert_eq!(events[1].metadata.command_id, Some(debit));
+    // Another command under a used id is refused, not dropped as a duplicate.
+    let err = repo
+        .update_with::<Wallet>(&id, Credit(1), CommandOptions::with_command_id(debit))
+        .await
+        .expect_err("another command under a used id");
+    assert!(
+        matches!(&err, Error::IdempotencyMismatch { subscriber, .. } if subscriber == crate::EXTERNAL_COMMANDS),
+        "{err:?}"
+    );
+    // A rejected command records nothing: the same id may be sent again once it can succeed.
+    let retry = Uuid::new_v4();
+    let err = repo
+        .update_with::<Wallet>(&id, Debit(5), CommandOptions::with_command_id(retry))
+        .await
+        .expect_err("insufficient funds");
+    assert!(matches!(err, Error::Rejected { .. }), "{err:?}");
+    repo.update::<Wallet>(&id, Credit(5)).await.expect("credit");
+    let ok = repo
+        .update_with::<Wallet>(&id, Debit(5), CommandOptions::with_command_id(retry))
+        .await
+        .expect("now it succeeds");
+    assert_eq!((ok.state.balance, ok.duplicate), (3, false));
+    // Commands without an id are never deduplicated.
+    repo.update::<Wallet>(&id, Credit(1)).await.expect("credit");
+    repo.update::<Wallet>(&id, Credit(1)).await.expect("credit");
+    assert_eq!(
+        repo.load::<Wallet>(&id).await.expect("load").state.balance,
+        5
+    );
 }

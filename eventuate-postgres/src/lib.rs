@@ -33,6 +33,11 @@ mod store;
 pub mod subscriptions;
 pub mod wakeup;
 
+/// The sqlx this crate is built on (0.8, with `runtime-tokio`, `postgres`, `migrate`, `uuid`
+/// and `json`): a transactional handler's `pg_transaction` is a `sqlx::PgConnection` of this
+/// version, so use `eventuate_postgres::sqlx` rather than a sqlx of your own that may differ.
+pub use sqlx;
+
 pub use context::PgEventContextExt;
 pub use error::{Error, Result};
 pub use migrate::validate_schema;

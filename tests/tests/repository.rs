@@ -207,6 +207,13 @@ impl EventStore for Instrumented {
     ) -> BoxFuture<'a, eventuate_core::Result<Option<Snapshot>>> {
         self.inner.load_snapshot(t, id, v)
     }
+    fn recorded_command<'a>(
+        &'a self,
+        key: &'a eventuate_core::IdempotencyKey,
+    ) -> BoxFuture<'a, eventuate_core::Result<Option<Option<eventuate_core::CommandFingerprint>>>>
+    {
+        self.inner.recorded_command(key)
+    }
 }
 
 #[tokio::test]
@@ -589,4 +596,116 @@ async fn the_cache_is_bounded() {
         1,
         "`c` was still cached"
     );
+}
+
+#[tokio::test]
+async fn update_expecting_refuses_a_version_the_client_did_not_see() {
+    let (store, repo) = repo();
+    repo.create_with_id::<Account>("e", Open { owner: "x".into() })
+        .await
+        .unwrap();
+    let ok = repo
+        .update_expecting::<Account>("e", 1, Deposit { amount: 5 })
+        .await
+        .unwrap();
+    assert_eq!((ok.version, ok.state.balance, ok.attempts), (2, 5, 1));
+    // A client that read version 1 (If-Match: 1) loses to the deposit it did not see.
+    let err = repo
+        .update_expecting::<Account>("e", 1, Deposit { amount: 5 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.len(), 2, "nothing written, and not retried");
+    let err = repo
+        .update_expecting::<Account>("missing", 1, Deposit { amount: 5 })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::EntityNotFound { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn update_expecting_is_checked_against_the_store_not_the_cache() {
+    let inner = InMemoryEventStore::new();
+    let repo = cached(Arc::new(inner.clone()));
+    repo.create_with_id::<Account>("c", Open { owner: "x".into() })
+        .await
+        .unwrap();
+    // Another process appends: the cache still says version 1.
+    Repository::new(inner)
+        .update::<Account>("c", Deposit { amount: 1 })
+        .await
+        .unwrap();
+    let err = repo
+        .update_expecting::<Account>("c", 1, Deposit { amount: 5 })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { actual: 2, .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn upsert_creates_a_missing_entity_and_updates_an_existing_one() {
+    let (_, repo) = repo();
+    let created = repo
+        .upsert::<Account>("u", Deposit { amount: 5 })
+        .await
+        .unwrap();
+    assert_eq!((created.version, created.state.balance), (1, 5));
+    let updated = repo
+        .upsert::<Account>("u", Deposit { amount: 7 })
+        .await
+        .unwrap();
+    assert_eq!((updated.version, updated.state.balance), (2, 12));
+    // The default state decides: a rejection on it creates nothing.
+    let err = repo
+        .upsert::<Account>("v", Withdraw { amount: 1 })
+        .await
+        .unwrap_err();
+    assert!(err.rejection::<AccountError>().is_some(), "{err:?}");
+    assert!(repo.find::<Account>("v").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn upsert_retries_when_a_concurrent_writer_creates_the_entity_first() {
+    let inner = InMemoryEventStore::new();
+    let store = Arc::new(Instrumented::over(inner.clone()));
+    let repo = Repository::from_arc(store.clone());
+    // The first append is made to lose (as if another writer had created the entity).
+    store.conflicts.store(1, Ordering::SeqCst);
+    let done = repo
+        .upsert::<Account>("w", Deposit { amount: 3 })
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.attempts), (1, 2));
+}
+
+#[tokio::test]
+async fn committed_says_how_many_attempts_the_command_took() {
+    let inner = InMemoryEventStore::new();
+    Repository::new(inner.clone())
+        .create_with_id::<Account>("n", Open { owner: "x".into() })
+        .await
+        .unwrap();
+    let store = Arc::new(Instrumented::over(inner));
+    let repo = Repository::from_arc(store.clone());
+    let first = repo
+        .update::<Account>("n", Deposit { amount: 1 })
+        .await
+        .unwrap();
+    assert_eq!(first.attempts, 1);
+    store.conflicts.store(2, Ordering::SeqCst);
+    let third = repo
+        .update::<Account>("n", Deposit { amount: 1 })
+        .await
+        .unwrap();
+    assert_eq!(third.attempts, 3, "two conflicts, then the append");
 }

@@ -1202,3 +1202,235 @@ async fn a_store_outage_is_retried_without_counting_attempts_or_parking() {
 async fn a_nul_in_a_handler_error_parks_and_replays_correctly() {
     eventuate_core::testing::nul_in_handler_errors(InMemoryEventStore::new()).await;
 }
+
+/// A saga step whose command the target refuses is parked; catching up says so instead of
+/// passing silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_caught_up_reports_a_parked_saga_step() {
+    let runtime = Eventuate::new(InMemoryEventStore::new())
+        .options(fast())
+        .subscriber(Overdraw)
+        .start()
+        .unwrap();
+    let repo = runtime.repository();
+    repo.create_with_id::<Account>("rich", Open { owner: "r".into() })
+        .await
+        .unwrap();
+    let clean = runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The saga's step on `rich` is parked too (it overdraws every account); the outcome says
+    // how many, per subscriber.
+    assert_eq!(clean.parked, vec![("overdraw".to_owned(), 1)]);
+    repo.create_with_id::<Account>("poor", Open { owner: "p".into() })
+        .await
+        .unwrap();
+    let outcome = runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(outcome.parked, vec![("overdraw".to_owned(), 2)]);
+    let err = outcome.nothing_parked().unwrap_err();
+    assert!(
+        matches!(&err, Error::Parked { subscriber, count: 2 } if subscriber == "overdraw"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("Running::replay"), "{err}");
+    runtime.shutdown().await.unwrap();
+}
+
+/// Each retry of a failing handler sees its attempt number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_sees_its_attempt_number() {
+    #[derive(Clone, Default)]
+    struct Counting {
+        seen: Arc<Mutex<Vec<(u64, u32)>>>,
+    }
+    impl Subscriber for Counting {
+        fn subscription(&self) -> Subscription {
+            Subscription::new("counting", ["Account"])
+                .event_types(["Deposited"])
+                .retry(quick_retries(5))
+        }
+        async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+            let amount = ctx.event().decode::<Deposited>().unwrap().amount;
+            self.seen.lock().unwrap().push((amount, ctx.attempt()));
+            if amount == 13 && ctx.attempt() < 3 {
+                return Err(HandlerError::msg("not yet"));
+            }
+            Ok(())
+        }
+    }
+    let counting = Counting::default();
+    let runtime = Eventuate::new(InMemoryEventStore::new())
+        .options(fast())
+        .subscriber(counting.clone())
+        .start()
+        .unwrap();
+    let repo = runtime.repository();
+    deposit(&repo, "a", 13).await;
+    deposit(&repo, "a", 1).await;
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    assert_eq!(
+        *counting.seen.lock().unwrap(),
+        vec![(13, 1), (13, 2), (13, 3), (1, 1)]
+    );
+    runtime.shutdown().await.unwrap();
+}
+
+/// `subscribe = "Ordr"` (a typo) must not pass silently: the unknown type is a warning in
+/// `status()` and `entity_type_warnings()`, known types are the stored ones and the declared
+/// ones, and strict mode makes it an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_to_an_unknown_entity_type_is_reported() {
+    struct Typo;
+    impl Subscriber for Typo {
+        fn subscription(&self) -> Subscription {
+            Subscription::new("typo", ["Acount"])
+        }
+        async fn handle(&self, _: &EventContext) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+    let store = InMemoryEventStore::new();
+    deposit(&Repository::new(store.clone()), "a", 1).await;
+    let runtime = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(Typo)
+        .start()
+        .unwrap();
+    let warnings = runtime.entity_type_warnings().await.unwrap();
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(
+        (warnings[0].entity_type.as_str(), warnings[0].known.clone()),
+        ("Acount", vec!["Account".to_owned()])
+    );
+    assert!(warnings[0].to_string().contains("known: [Account]"));
+    let status = runtime.status().await.unwrap();
+    assert_eq!(status[0].unknown_entity_types, vec!["Acount".to_owned()]);
+    runtime.shutdown().await.unwrap();
+
+    // Strict: an error, from status() and wait_caught_up().
+    let strict = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(Typo)
+        .strict_entity_types()
+        .start()
+        .unwrap();
+    let err = strict
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("`Acount`"), "{err}");
+    strict.shutdown().await.unwrap();
+
+    // A type declared by a registered aggregate, or by name, is known before it has events.
+    let fresh = InMemoryEventStore::new();
+    let declared = Eventuate::new(fresh.clone())
+        .options(fast())
+        .subscriber(Recorder::new("recorder"))
+        .aggregate::<Account>()
+        .strict_entity_types()
+        .start()
+        .unwrap();
+    declared
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(declared.entity_type_warnings().await.unwrap().is_empty());
+    declared.shutdown().await.unwrap();
+    let named = Eventuate::new(fresh)
+        .options(fast())
+        .subscriber(Typo)
+        .known_entity_type("Acount")
+        .strict_entity_types()
+        .start()
+        .unwrap();
+    assert!(named.status().await.is_ok());
+    named.shutdown().await.unwrap();
+}
+
+/// A node that gave a partition to another shows it with its new owner and the stored
+/// checkpoint, not its own last position, and a lag counted from that checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_partition_given_away_shows_the_new_owner_and_stored_checkpoint() {
+    use eventuate_core::runtime::SubscriptionStore;
+    let store = InMemoryEventStore::new();
+    let log: Log = Arc::default();
+    let make = || Recorder {
+        log: log.clone(),
+        ..Recorder::new("given")
+    };
+    let a = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(make(), |s| s.partitions(2))
+        .start()
+        .unwrap();
+    let repo = a.repository();
+    for i in 0..8 {
+        deposit(&repo, &format!("e{i}"), 1).await;
+    }
+    a.wait_caught_up(Duration::from_secs(5)).await.unwrap();
+    assert!(a.status().await.unwrap().iter().all(|p| p.owned));
+    let b = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(make(), |s| s.partitions(2))
+        .start()
+        .unwrap();
+    let mut given = None;
+    for _ in 0..500 {
+        let status = a.status().await.unwrap();
+        if let Some(p) = status.iter().find(|p| p.owner == Some(b.node_id())) {
+            given = Some(p.partition);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let given = given.expect("a gave a partition to b");
+    let before = a.status().await.unwrap()[given as usize].position;
+    // New events in the given partition, handled by b.
+    for i in 0..8 {
+        deposit(&repo, &format!("e{i}"), 2).await;
+    }
+    b.wait_caught_up(Duration::from_secs(5)).await.unwrap();
+    a.wait_caught_up(Duration::from_secs(5)).await.unwrap();
+    let state = store.subscriber("given").await.unwrap();
+    let stored = state
+        .partitions
+        .iter()
+        .find(|p| p.partition == given)
+        .unwrap()
+        .checkpoint;
+    let status = a.status().await.unwrap();
+    let p = &status[given as usize];
+    assert!(!p.owned);
+    assert_eq!(p.owner, Some(b.node_id()));
+    assert_eq!(
+        p.position, stored,
+        "the stored checkpoint, not a's last own position"
+    );
+    assert!(p.position > before, "b's progress shows on a");
+    let filter = eventuate_core::StreamFilter {
+        entity_types: vec!["Account".into()],
+        partition: Some(eventuate_core::Partition {
+            index: given,
+            count: 2,
+        }),
+    };
+    assert_eq!(
+        p.lag,
+        store
+            .count_after(stored, &filter, eventuate_core::runtime::LAG_COUNT_LIMIT)
+            .await
+            .unwrap()
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

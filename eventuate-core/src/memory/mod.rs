@@ -334,6 +334,24 @@ impl EventStore for InMemoryEventStore {
         ready(Ok(snapshot))
     }
 
+    fn recorded_command<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<Option<Option<CommandFingerprint>>>> {
+        let recorded = self.lock().keys.get(&key_of(key)).cloned().map(Some);
+        ready(Ok(recorded))
+    }
+
+    fn entity_types(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        let types: std::collections::BTreeSet<String> = self
+            .lock()
+            .entities
+            .keys()
+            .map(|(t, _)| t.clone())
+            .collect();
+        ready(Ok(types.into_iter().collect()))
+    }
+
     fn count_after<'a>(
         &'a self,
         after: Position,

@@ -508,11 +508,18 @@ impl Consumer {
         })
     }
 
+    /// The context of an attempt at `event`, carrying its attempt number (1 unless an attempt
+    /// count was persisted for it).
     fn context(&self, event: &EventEnvelope) -> EventContext {
         EventContext::new(
             self.shared.repository.clone(),
             &self.registered.subscription.id,
             event.clone(),
+        )
+        .with_attempt(
+            self.attempt
+                .filter(|(at, _)| *at == event.position)
+                .map_or(1, |(_, n)| n),
         )
     }
 

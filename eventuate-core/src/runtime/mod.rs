@@ -159,6 +159,8 @@ pub struct Eventuate {
     repository: Repository,
     subscribers: Vec<Registered>,
     options: RuntimeOptions,
+    known_entity_types: BTreeSet<String>,
+    strict_entity_types: bool,
 }
 
 impl fmt::Debug for Eventuate {
@@ -195,7 +197,36 @@ impl Eventuate {
             subscriptions,
             subscribers: Vec::new(),
             options: RuntimeOptions::default(),
+            known_entity_types: BTreeSet::new(),
+            strict_entity_types: false,
         }
+    }
+
+    /// Declares an aggregate whose entity type subscribers may subscribe to before any of its
+    /// events is stored (see [`Eventuate::known_entity_type`]).
+    pub fn aggregate<A: crate::Aggregate>(self) -> Self {
+        self.known_entity_type(A::ENTITY_TYPE)
+    }
+
+    /// Declares an entity type as known, for subscriptions to a type whose events another
+    /// service writes. At start, the runtime checks every subscribed entity type: one that no
+    /// stored event has and that is not declared here (or by [`Eventuate::aggregate`]) is
+    /// probably a typo (`subscribe = "Ordr"`), whose handler would never run. It is logged as
+    /// a warning naming the known types, and reported by [`Running::entity_type_warnings`] and
+    /// in [`PartitionStatus::unknown_entity_types`]; with
+    /// [`Eventuate::strict_entity_types`] it is an error.
+    pub fn known_entity_type(mut self, entity_type: impl Into<String>) -> Self {
+        self.known_entity_types.insert(entity_type.into());
+        self
+    }
+
+    /// Makes a subscription to an unknown entity type (see [`Eventuate::known_entity_type`])
+    /// an error instead of a warning: [`Running::status`] and [`Running::wait_caught_up`]
+    /// return [`Error::Config`] naming it. For tests, and for deployments whose stores are
+    /// never empty.
+    pub fn strict_entity_types(mut self) -> Self {
+        self.strict_entity_types = true;
+        self
     }
 
     /// Replaces the runtime options.
@@ -282,7 +313,17 @@ impl Eventuate {
             views: Mutex::new(HashMap::new()),
             consumers: tokio::sync::Mutex::new(HashMap::new()),
             aborts: Mutex::new(Vec::new()),
+            known_entity_types: self.known_entity_types,
+            strict_entity_types: self.strict_entity_types,
+            entity_type_check: tokio::sync::Mutex::new(None),
         });
+        // Warn early about subscriptions to unknown entity types (a typo never delivers).
+        let check = shared.clone();
+        shared.track(&tokio::spawn(async move {
+            if let Err(e) = check.entity_type_warnings().await {
+                tracing::debug!(error = %e, "entity type check failed; retried by status()");
+            }
+        }));
         let manager = tokio::spawn(manager::manage(shared.clone()));
         Ok(Running {
             shared,
@@ -331,9 +372,66 @@ struct Shared {
     // Every consumer task ever spawned, reachable without awaiting: dropping a `Running`
     // must stop them even while the manager holds `consumers`.
     aborts: Mutex<Vec<tokio::task::AbortHandle>>,
+    known_entity_types: BTreeSet<String>,
+    strict_entity_types: bool,
+    // Subscribed entity types found unknown by the last check (`None`: not checked yet).
+    entity_type_check: tokio::sync::Mutex<Option<Vec<UnknownEntityType>>>,
 }
 
 impl Shared {
+    /// Subscribed entity types that no stored event has and no registration declares. Once
+    /// every type is known the answer is kept; until then each call looks again (one cheap
+    /// query), and each unknown type is logged once.
+    async fn entity_type_warnings(&self) -> Result<Vec<UnknownEntityType>> {
+        let mut cached = self.entity_type_check.lock().await;
+        if cached.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
+        let mut known: BTreeSet<String> = self.store.entity_types().await?.into_iter().collect();
+        known.extend(self.known_entity_types.iter().cloned());
+        let mut unknown = Vec::new();
+        for registered in &self.subscribers {
+            for entity_type in &registered.subscription.entity_types {
+                if known.contains(entity_type) {
+                    continue;
+                }
+                let warning = UnknownEntityType {
+                    subscriber_id: registered.subscription.id.clone(),
+                    entity_type: entity_type.clone(),
+                    known: known.iter().cloned().collect(),
+                };
+                let logged = cached.as_ref().is_some_and(|before| {
+                    before.iter().any(|w| {
+                        w.subscriber_id == warning.subscriber_id
+                            && w.entity_type == warning.entity_type
+                    })
+                });
+                if !logged {
+                    tracing::warn!(
+                        subscriber = %warning.subscriber_id,
+                        entity_type = %warning.entity_type,
+                        known = ?warning.known,
+                        "{warning}"
+                    );
+                }
+                unknown.push(warning);
+            }
+        }
+        *cached = Some(unknown.clone());
+        Ok(unknown)
+    }
+
+    /// In strict mode, the unknown entity types as an error.
+    async fn strict_check(&self) -> Result<()> {
+        if !self.strict_entity_types {
+            return Ok(());
+        }
+        match self.entity_type_warnings().await?.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Config(format!("{first} (strict entity types)"))),
+        }
+    }
+
     fn counters(&self, key: &PartitionKey) -> Arc<Counters> {
         self.status
             .lock()
@@ -433,6 +531,34 @@ impl fmt::Debug for Running {
     }
 }
 
+/// A subscription to an entity type that no stored event has and that no registration
+/// declares ([`Eventuate::known_entity_type`]): probably a typo, whose handler never runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownEntityType {
+    /// The subscriber.
+    pub subscriber_id: String,
+    /// The entity type it subscribes to.
+    pub entity_type: String,
+    /// The entity types known when it was checked (stored and declared).
+    pub known: Vec<String>,
+}
+
+impl fmt::Display for UnknownEntityType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "subscriber `{}` subscribes to entity type `{}`, which no stored event has and no \
+             aggregate registered with the runtime declares (known: [{}]); a misspelt type \
+             never delivers anything. Fix the name, or declare the type with \
+             Eventuate::aggregate::<A>() or Eventuate::known_entity_type(\"{}\")",
+            self.subscriber_id,
+            self.entity_type,
+            self.known.join(", "),
+            self.entity_type
+        )
+    }
+}
+
 /// What one subscriber partition is doing, as seen by this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionStatus {
@@ -461,6 +587,29 @@ pub struct PartitionStatus {
     pub retried: u64,
     /// Events parked.
     pub parked: u64,
+    /// The subscriber's entity types that no stored event has and no registration declares
+    /// (see [`Eventuate::known_entity_type`]); empty when all are known.
+    pub unknown_entity_types: Vec<String>,
+}
+
+/// What [`Running::wait_caught_up`] found once every partition had caught up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// Subscribers with parked events, and how many each has (only those with some): the
+    /// checkpoint moved past these events without their handler succeeding. See
+    /// [`Running::parked`] and [`Running::replay`].
+    pub parked: Vec<(String, u64)>,
+}
+
+impl CaughtUp {
+    /// `Ok` when no event is parked, else [`Error::Parked`] naming the first subscriber with
+    /// parked events.
+    pub fn nothing_parked(self) -> Result<()> {
+        match self.parked.into_iter().next() {
+            None => Ok(()),
+            Some((subscriber, count)) => Err(Error::Parked { subscriber, count }),
+        }
+    }
 }
 
 /// The largest lag [`Running::status`] counts; a partition further behind reports this.
@@ -496,9 +645,16 @@ impl Running {
     /// and this node's delivered, retried and parked counts. Partitions nobody holds are
     /// listed too (with [`PartitionStatus::unowned_for`]).
     pub async fn status(&self) -> Result<Vec<PartitionStatus>> {
+        self.shared.strict_check().await?;
+        let warnings = self.shared.entity_type_warnings().await?;
         let mut out = Vec::new();
         for registered in &self.shared.subscribers {
             let sub = &registered.subscription;
+            let unknown_entity_types: Vec<String> = warnings
+                .iter()
+                .filter(|w| w.subscriber_id == sub.id)
+                .map(|w| w.entity_type.clone())
+                .collect();
             let state = self.shared.subscriptions.subscriber(&sub.id).await?;
             let shape = self.shared.view(&sub.id);
             for partition in 0..sub.partitions {
@@ -542,6 +698,7 @@ impl Running {
                     delivered: counters.delivered.load(Ordering::Relaxed),
                     retried: counters.retried.load(Ordering::Relaxed),
                     parked: counters.parked.load(Ordering::Relaxed),
+                    unknown_entity_types: unknown_entity_types.clone(),
                 });
             }
         }
@@ -553,7 +710,13 @@ impl Running {
     /// ([`Error::Timeout`]). A
     /// subscriber stored with another shape than this node's is an error at once: waiting
     /// cannot help.
-    pub async fn wait_caught_up(&self, timeout: Duration) -> Result<()> {
+    ///
+    /// Caught up is not the same as delivered: an event whose handler kept failing is parked,
+    /// and the checkpoint moves past it. The outcome, [`CaughtUp`], says how many events each
+    /// subscriber has parked; [`CaughtUp::nothing_parked`] turns parked events into
+    /// [`Error::Parked`] (what a test that expects every handler to succeed wants:
+    /// `runtime.wait_caught_up(t).await?.nothing_parked()?`).
+    pub async fn wait_caught_up(&self, timeout: Duration) -> Result<CaughtUp> {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status().await?;
@@ -575,7 +738,15 @@ impl Running {
                 Some(_) => true,
             });
             if done {
-                return Ok(());
+                let mut parked = Vec::new();
+                for registered in &self.shared.subscribers {
+                    let id = &registered.subscription.id;
+                    let count = self.shared.subscriptions.parked(id).await?.len() as u64;
+                    if count > 0 {
+                        parked.push((id.clone(), count));
+                    }
+                }
+                return Ok(CaughtUp { parked });
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
@@ -585,6 +756,13 @@ impl Running {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Subscriptions to entity types that no stored event has and no registration declares
+    /// (each logged as a warning when first found, at start); see
+    /// [`Eventuate::known_entity_type`].
+    pub async fn entity_type_warnings(&self) -> Result<Vec<UnknownEntityType>> {
+        self.shared.entity_type_warnings().await
     }
 
     /// A subscriber's parked events.

@@ -181,7 +181,7 @@ impl PostgresEventStore {
                         ),
                     });
                 }
-                Err(e) => return Err(backend(context(), e)),
+                Err(e) => return Err(append_failed(context(), e)),
             };
             if !rows.is_empty() {
                 let mut stored = Vec::with_capacity(rows.len());
@@ -288,6 +288,7 @@ impl PostgresEventStore {
     pub(super) async fn append_pooled(&self, request: AppendRequest) -> CoreResult<AppendOutcome> {
         // Validate before taking a connection: bad input never waits for the pool.
         self.check(&request)?;
+        // Not sent yet: a failure to get a connection writes nothing (a plain `Backend`).
         let mut conn = self.inner.pool.acquire().await.map_err(|e| {
             backend(
                 format!(
@@ -315,5 +316,61 @@ fn lost_race(request: &AppendRequest, actual: u64) -> eventuate_core::Error {
             expected,
             actual,
         },
+    }
+}
+
+/// The error for an append statement that failed without an answer from the database: when
+/// the statement may have reached it (the connection broke after sending), the events may be
+/// stored, and the error says so ([`eventuate_core::Error::OutcomeUnknown`]); an error the
+/// database answered (the statement failed, nothing was written) or a failure before sending
+/// (no connection, pool timeout, configuration) is a plain `Backend` error.
+pub(super) fn append_failed(context: String, e: sqlx::Error) -> eventuate_core::Error {
+    if may_have_reached_the_database(&e) {
+        eventuate_core::Error::backend_outcome_unknown(context, e)
+    } else {
+        backend(context, e)
+    }
+}
+
+/// Whether a failed statement may have been executed: the connection failed while the
+/// statement was sent or its answer awaited.
+fn may_have_reached_the_database(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnDecode { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_failures_say_whether_the_events_may_be_stored() {
+        let reset = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        ));
+        let err = append_failed("append to Order `o-1`".into(), reset);
+        assert!(err.outcome_unknown(), "{err:?}");
+        assert!(!err.is_permanent());
+        assert!(err.to_string().contains("may or may not"), "{err}");
+        for nothing_written in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Configuration("bad url".into()),
+        ] {
+            let err = append_failed("append".into(), nothing_written);
+            assert!(!err.outcome_unknown(), "{err:?}");
+            assert!(
+                matches!(err, eventuate_core::Error::Backend { .. }),
+                "{err:?}"
+            );
+        }
     }
 }

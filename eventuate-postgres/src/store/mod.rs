@@ -7,6 +7,7 @@
 //! below the horizon) and `sql` (every statement, built once per schema).
 
 mod append;
+mod lookup;
 mod read;
 mod sql;
 
@@ -428,6 +429,17 @@ impl EventStore for PostgresEventStore {
 
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, CoreResult<()>> {
         Box::pin(self.store_snapshot(snapshot))
+    }
+
+    fn recorded_command<'a>(
+        &'a self,
+        key: &'a eventuate_core::IdempotencyKey,
+    ) -> BoxFuture<'a, CoreResult<Option<Option<eventuate_core::CommandFingerprint>>>> {
+        Box::pin(self.recorded_key(key))
+    }
+
+    fn entity_types(&self) -> BoxFuture<'_, CoreResult<Vec<String>>> {
+        Box::pin(self.stored_entity_types())
     }
 
     fn load_snapshot<'a>(
