@@ -166,6 +166,60 @@ pub mod __private {
         }
     }
 
+    /// The future of an `#[event_handler]` method, checked to be `Send` where the macro calls
+    /// the method, so that a future that is not `Send` is reported at that method, with the
+    /// usual causes, and once (the projection is an error type then, not a second error).
+    #[diagnostic::on_unimplemented(
+        message = "the future of this event handler is not `Send`",
+        label = "this handler's future is not `Send`",
+        note = "the runtime runs subscribers on a multi-threaded executor, so the future of \
+                every `#[event_handler]` method must be `Send`",
+        note = "usually a value that is not `Send` is alive across an `.await`: an `Rc`, a \
+                `RefCell` borrow, or a `std::sync::MutexGuard`; drop it before the `.await` (end \
+                its block), or use `Arc` or `tokio::sync::Mutex` instead"
+    )]
+    pub trait HandlerFuture {
+        /// The future, unchanged.
+        type Future: core::future::Future<Output = Self::Output> + Send;
+        /// What the handler returns.
+        type Output;
+        /// The future, unchanged.
+        fn checked(self) -> Self::Future;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<F: core::future::Future + Send> HandlerFuture for F {
+        type Future = F;
+        type Output = F::Output;
+        fn checked(self) -> F {
+            self
+        }
+    }
+
+    /// The error type of an `#[event_handler]` method, converted into a [`HandlerError`];
+    /// named here so that a type that does not convert is reported at the method's error
+    /// type, saying which types are accepted.
+    #[diagnostic::on_unimplemented(
+        message = "the error type `{Self}` of an event handler does not convert into \
+                   `HandlerError`",
+        label = "`{Self}` is not `HandlerError` nor a `std::error::Error`",
+        note = "an event handler returns `Result<(), E>` where `E` is `HandlerError` or \
+                implements `std::error::Error + Send + Sync + 'static`",
+        note = "for a message, return `Err(HandlerError::msg(..))` with \
+                `Result<(), HandlerError>`"
+    )]
+    pub trait IntoHandlerError {
+        /// The error as a [`HandlerError`].
+        fn into_handler_error(self) -> HandlerError;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<E: Into<HandlerError>> IntoHandlerError for E {
+        fn into_handler_error(self) -> HandlerError {
+            self.into()
+        }
+    }
+
     /// Whether `name` is one of the type names of the event set `S`, for an `#[event_handler]`
     /// subscribed to an aggregate type. The bound `T: EventOf<S>` is the compile-time check that
     /// the handler takes one of the aggregate's events.

@@ -8,8 +8,8 @@ use quote::quote;
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
-    Data, DeriveInput, Fields, FnArg, Ident, ImplItem, ImplItemFn, Item, ItemImpl, LitStr, PatType,
-    Type,
+    Attribute, Data, DeriveInput, Fields, FnArg, Ident, ImplItem, ImplItemFn, Item, ItemImpl,
+    LitStr, PatType, Type,
 };
 
 use crate::attr::{self, AggregateAttr, SubscriberAttr};
@@ -163,6 +163,8 @@ pub(crate) struct Method<'a> {
     pub apply: bool,
     /// From `#[event(name = "..")]`.
     pub event_name: Option<LitStr>,
+    /// The method's `#[catch_all]` attribute (`#[event_handler]`: receives every event).
+    pub catch_all: Option<&'a Attribute>,
     pub receiver: Option<&'a syn::Receiver>,
     /// The parameters after the receiver.
     pub params: Vec<&'a PatType>,
@@ -204,16 +206,42 @@ impl<'a> HandlerImpl<'a> {
     }
 }
 
+/// The helper attributes of `#[command_handler]` methods.
+pub(crate) const COMMAND_HELPERS: &[&str] = &["apply"];
+/// The helper attributes of `#[event_handler]` methods.
+pub(crate) const EVENT_HELPERS: &[&str] = &["event", "catch_all"];
+
 impl<'a> Method<'a> {
     fn from_syn(cx: &Ctxt, func: &'a ImplItemFn, macro_name: &str) -> Self {
         let mut apply = false;
         let mut event_name = None;
+        let mut catch_all: Option<&'a Attribute> = None;
         if macro_name == "command_handler" {
             for attr in &func.attrs {
-                apply |= attr::is_apply(cx, attr);
+                if attr::helper(cx, attr, COMMAND_HELPERS).is_some() {
+                    attr::is_apply(cx, attr);
+                    apply = true;
+                }
             }
         } else {
-            event_name = attr::event_name_of(cx, &func.attrs);
+            let mut events = Vec::new();
+            for attr in &func.attrs {
+                match attr::helper(cx, attr, EVENT_HELPERS) {
+                    Some("catch_all") => {
+                        if attr.path().is_ident("catch_all") {
+                            attr::check_catch_all(cx, attr);
+                        }
+                        if catch_all.is_some() {
+                            cx.error_spanned_by(attr, "`#[catch_all]` is given twice; keep one");
+                        } else {
+                            catch_all = Some(attr);
+                        }
+                    }
+                    Some(_) => events.push(attr),
+                    None => {}
+                }
+            }
+            event_name = attr::event_name_among(cx, events);
         }
         let mut receiver = None;
         let mut params = Vec::new();
@@ -227,6 +255,7 @@ impl<'a> Method<'a> {
             func,
             apply,
             event_name,
+            catch_all,
             receiver,
             params,
         }
@@ -283,6 +312,15 @@ pub(crate) struct SubscriberPlan<'a> {
     pub checked_against: Option<&'a syn::Path>,
     pub attr: &'a SubscriberAttr,
     pub handlers: Vec<EventFn<'a>>,
+    /// The `#[catch_all]` method: every event without a typed handler goes to it, so the
+    /// subscription asks for every event type.
+    pub catch_all: Option<CatchAllFn<'a>>,
+}
+
+/// `#[catch_all] async fn method(&self, ctx: &EventContext) -> Result<(), Error>`.
+pub(crate) struct CatchAllFn<'a> {
+    pub method: &'a Ident,
+    pub error: &'a Type,
 }
 
 /// A subscribed entity type.

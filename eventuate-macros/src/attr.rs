@@ -244,13 +244,24 @@ pub(crate) fn is_apply(cx: &Ctxt, attr: &Attribute) -> bool {
     true
 }
 
-/// The `name` of an `#[event(name = "..")]` helper attribute; `None` for other attributes.
 /// The `#[event(name = "..")]` among `attrs`; a second `#[event(..)]` is an error at its own
 /// span (it would otherwise silently win).
 pub(crate) fn event_name_of(cx: &Ctxt, attrs: &[Attribute]) -> Option<LitStr> {
+    event_name_among(
+        cx,
+        attrs.iter().filter(|attr| attr.path().is_ident("event")),
+    )
+}
+
+/// The `#[event(name = "..")]` among `attrs`, all of which are `#[event(..)]` (or a
+/// misspelling of it, already reported).
+pub(crate) fn event_name_among<'a>(
+    cx: &Ctxt,
+    attrs: impl IntoIterator<Item = &'a Attribute>,
+) -> Option<LitStr> {
     let mut found: Option<Option<LitStr>> = None;
     for attr in attrs {
-        if let Some(name) = event_name(cx, attr) {
+        if let Some(name) = parse_event_name(cx, attr) {
             if found.is_some() {
                 cx.error_spanned_by(attr, "`#[event(..)]` is given twice; keep one");
             } else {
@@ -261,10 +272,7 @@ pub(crate) fn event_name_of(cx: &Ctxt, attrs: &[Attribute]) -> Option<LitStr> {
     found.flatten()
 }
 
-pub(crate) fn event_name(cx: &Ctxt, attr: &Attribute) -> Option<Option<LitStr>> {
-    if !attr.path().is_ident("event") {
-        return None;
-    }
+fn parse_event_name(cx: &Ctxt, attr: &Attribute) -> Option<Option<LitStr>> {
     let mut name = None;
     let result = attr.parse_nested_meta(|meta| {
         if meta.path.is_ident("name") {
@@ -285,4 +293,84 @@ pub(crate) fn event_name(cx: &Ctxt, attr: &Attribute) -> Option<Option<LitStr>> 
         cx.error_spanned_by(attr, "expected `#[event(name = \"EventTypeName\")]`");
     }
     Some(name)
+}
+
+/// Attributes of the language and of common tools that are never taken for a misspelled helper.
+const KNOWN_ATTRIBUTES: &[&str] = &[
+    "allow",
+    "cfg",
+    "cfg_attr",
+    "cold",
+    "deny",
+    "deprecated",
+    "doc",
+    "expect",
+    "forbid",
+    "ignore",
+    "inline",
+    "instrument",
+    "must_use",
+    "track_caller",
+    "warn",
+];
+
+/// The helper attribute (one of `helpers`) that `attr` is, or looks like a misspelling of
+/// (`#[aply]`, `#[Apply]`, `#[catchall]`): `Some((helper, exact))`. A misspelling is reported
+/// at the attribute's path with the right spelling, and the attribute is then taken as the
+/// helper it resembles, so the method is not checked as something it was not meant to be.
+pub(crate) fn helper<'h>(cx: &Ctxt, attr: &Attribute, helpers: &[&'h str]) -> Option<&'h str> {
+    let ident = attr.path().get_ident()?.to_string();
+    if let Some(helper) = helpers.iter().find(|h| **h == ident) {
+        return Some(helper);
+    }
+    let helper = misspelled_helper(&ident, helpers)?;
+    cx.error_spanned_by(
+        attr.path(),
+        format!("unknown attribute `#[{ident}]`: did you mean `#[{helper}]`?"),
+    );
+    Some(helper)
+}
+
+/// The helper that `ident` is a likely misspelling of: at most two edits away (letters added,
+/// removed or changed, ignoring case and `_`), and not a known attribute of its own.
+pub(crate) fn misspelled_helper<'h>(ident: &str, helpers: &[&'h str]) -> Option<&'h str> {
+    if KNOWN_ATTRIBUTES.contains(&ident) || ident.len() < 3 {
+        return None;
+    }
+    let normalize = |s: &str| -> Vec<char> {
+        s.chars()
+            .filter(|c| *c != '_')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let written = normalize(ident);
+    helpers
+        .iter()
+        .copied()
+        .find(|helper| edit_distance(&written, &normalize(helper)) <= 2)
+}
+
+/// Levenshtein distance.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != cb);
+            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// Whether a method carries `#[catch_all]` (with no arguments; arguments are reported).
+pub(crate) fn check_catch_all(cx: &Ctxt, attr: &Attribute) {
+    if let Err(e) = attr.meta.require_path_only() {
+        cx.syn_error(syn::Error::new(
+            e.span(),
+            "`#[catch_all]` takes no arguments: the method receives every event of the \
+             subscribed entity types",
+        ));
+    }
 }

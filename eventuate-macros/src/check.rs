@@ -11,8 +11,8 @@ use syn::ext::IdentExt;
 use syn::{GenericArgument, PathArguments, ReturnType, Type};
 
 use crate::ast::{
-    AggregatePlan, AggregateStruct, ApplyFn, CommandFn, CommandPlan, Entity, EventFn, EventsEnum,
-    HandlerImpl, Method, Output, SubscriberPlan, type_name,
+    AggregatePlan, AggregateStruct, ApplyFn, CatchAllFn, CommandFn, CommandPlan, Entity, EventFn,
+    EventsEnum, HandlerImpl, Method, Output, SubscriberPlan, type_name,
 };
 use crate::attr::{EntityRef, Subscribe, SubscriberAttr};
 
@@ -246,7 +246,7 @@ pub(crate) fn command_impl<'a>(cx: &Ctxt, imp: &HandlerImpl<'a>) -> CommandPlan<
                     plan.applies.push(apply);
                 }
             }
-        } else if let Some(command) = command_fn(cx, method) {
+        } else if let Some(command) = command_fn(cx, method, &imp.item.self_ty) {
             if let Some(first) = plan
                 .commands
                 .iter()
@@ -342,8 +342,28 @@ fn apply_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<ApplyFn<'a>> {
     })
 }
 
-fn command_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<CommandFn<'a>> {
+fn command_fn<'a>(cx: &Ctxt, method: &Method<'a>, self_ty: &Type) -> Option<CommandFn<'a>> {
     let sig = &method.func.sig;
+    let returns_result = match &sig.output {
+        ReturnType::Type(_, ty) => result_args(ty).is_some(),
+        ReturnType::Default => false,
+    };
+    // A method with `self`, no command and no `Result`: a helper, not a handler; one error
+    // that says where it goes, instead of one per rule of command handlers it breaks.
+    if method.receiver.is_some() && method.params.is_empty() && !returns_result {
+        cx.error_spanned_by(
+            &sig.ident,
+            format!(
+                "`{}` takes no command, so it is not a command handler: every method of a \
+                 `#[command_handler]` impl is a command handler `fn(&self, command: C) -> \
+                 Result<Event, Error>` or an `#[apply]` method; move helper methods to another \
+                 `impl {}` block",
+                method.ident(),
+                type_key(self_ty),
+            ),
+        );
+        return None;
+    }
     not_generic(cx, method, "a command handler");
     if let Some(token) = &sig.asyncness {
         cx.error_spanned_by(
@@ -366,8 +386,9 @@ fn command_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<CommandFn<'a>> {
                 format!(
                     "`{}` has no `self`: every method of a `#[command_handler]` impl is a \
                      command handler `fn(&self, command: C) -> Result<Event, Error>` or an \
-                     `#[apply]` method; move other functions to another impl block",
-                    method.ident()
+                     `#[apply]` method; move other functions to another `impl {}` block",
+                    method.ident(),
+                    type_key(self_ty),
                 ),
             );
             return None;
@@ -412,8 +433,13 @@ fn command_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<CommandFn<'a>> {
             if result.is_none() {
                 cx.error_spanned_by(
                     ty,
-                    "a command handler returns `Result<Event, Error>` (or \
-                     `Result<Vec<Event>, Error>`, or `Result<(EventA, EventB), Error>`)",
+                    format!(
+                        "a command handler returns `Result<Event, Error>` (or \
+                         `Result<Vec<Event>, Error>`, or `Result<(EventA, EventB), Error>`); \
+                         if `{}` is a helper method, move it to another `impl {}` block",
+                        method.ident(),
+                        type_key(self_ty),
+                    ),
                 );
             }
             result
@@ -567,7 +593,24 @@ pub(crate) fn subscriber<'a>(
     }
 
     let mut handlers: Vec<EventFn<'a>> = Vec::new();
+    let mut catch_all: Option<CatchAllFn<'a>> = None;
+    let mut catch_all_seen: Option<&syn::Ident> = None;
     for method in &imp.methods {
+        if let Some(attr) = method.catch_all {
+            if let Some(first) = catch_all_seen {
+                cx.error_spanned_by(
+                    attr,
+                    format!(
+                        "a second `#[catch_all]` method: `{first}` already receives every event \
+                         without a typed handler; a subscriber has at most one"
+                    ),
+                );
+                continue;
+            }
+            catch_all_seen = Some(method.ident());
+            catch_all = catch_all_fn(cx, method);
+            continue;
+        }
         let Some(handler) = event_fn(cx, method) else {
             continue;
         };
@@ -598,6 +641,7 @@ pub(crate) fn subscriber<'a>(
         checked_against,
         attr,
         handlers,
+        catch_all,
     }
 }
 
@@ -611,15 +655,18 @@ fn entity_of<'a>(cx: &Ctxt, entity: &'a EntityRef) -> Entity<'a> {
     }
 }
 
-fn event_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<EventFn<'a>> {
-    const SHAPE: &str = "`async fn on_event(&self, ctx: &EventContext, event: &Event) -> \
-                         Result<(), HandlerError>`";
+const SHAPE: &str = "`async fn on_event(&self, ctx: &EventContext, event: &Event) -> \
+                     Result<(), HandlerError>`";
+
+/// The checks every `#[event_handler]` method shares: not generic, `async`, `&self`. `false`
+/// when it has no `self` (then nothing else about it is reported).
+fn handler_head(cx: &Ctxt, method: &Method<'_>, shape: &str) -> bool {
     let sig = &method.func.sig;
     not_generic(cx, method, "an event handler");
     if sig.asyncness.is_none() {
         cx.error_spanned_by(
             sig.fn_token,
-            format!("event handlers must be `async`: {SHAPE}"),
+            format!("event handlers must be `async`: {shape}"),
         );
     }
     match method.receiver {
@@ -629,18 +676,66 @@ fn event_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<EventFn<'a>> {
             "an event handler takes `&self`: one subscriber value serves every partition \
              concurrently; keep mutable state behind a lock or in the database",
         ),
-        Some(r) => cx.error_spanned_by(r, format!("an event handler takes `&self`: {SHAPE}")),
+        Some(r) => cx.error_spanned_by(r, format!("an event handler takes `&self`: {shape}")),
         None => {
             cx.error_at(
                 method.parens(),
                 format!(
                     "`{}` has no `self`: every method of an `#[event_handler]` impl is a \
-                     handler {SHAPE}; move other functions to another impl block",
+                     handler {shape}; move other functions to another impl block",
                     method.ident()
                 ),
             );
-            return None;
+            return false;
         }
+    }
+    true
+}
+
+/// The `E` of an event handler's `Result<(), E>` (whether it converts into `HandlerError` is
+/// checked by the generated code, at `E`).
+fn handler_error<'a>(cx: &Ctxt, method: &Method<'a>, shape: &str) -> Option<&'a Type> {
+    let sig = &method.func.sig;
+    match &sig.output {
+        ReturnType::Type(_, ty) => match result_args(ty) {
+            Some((ok, error)) if matches!(peel(ok), Type::Tuple(t) if t.elems.is_empty()) => {
+                Some(error)
+            }
+            Some((ok, _)) => {
+                cx.error_spanned_by(
+                    ok,
+                    "an event handler returns `Result<(), Error>`: it reacts to the event, it \
+                     does not produce a value",
+                );
+                None
+            }
+            None => {
+                cx.error_spanned_by(
+                    ty,
+                    format!(
+                        "an event handler returns `Result<(), E>` where \
+                         `E: Into<HandlerError>`: {shape}"
+                    ),
+                );
+                None
+            }
+        },
+        ReturnType::Default => {
+            cx.error_spanned_by(
+                &sig.ident,
+                format!(
+                    "an event handler returns `Result<(), E>` where `E: Into<HandlerError>`, \
+                     so failures are retried: {shape}"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn event_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<EventFn<'a>> {
+    if !handler_head(cx, method, SHAPE) {
+        return None;
     }
     let event = match method.params.as_slice() {
         [ctx, event] => {
@@ -677,41 +772,7 @@ fn event_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<EventFn<'a>> {
             None
         }
     };
-    let error = match &sig.output {
-        ReturnType::Type(_, ty) => match result_args(ty) {
-            Some((ok, error)) if matches!(peel(ok), Type::Tuple(t) if t.elems.is_empty()) => {
-                Some(error)
-            }
-            Some((ok, _)) => {
-                cx.error_spanned_by(
-                    ok,
-                    "an event handler returns `Result<(), Error>`: it reacts to the event, it \
-                     does not produce a value",
-                );
-                None
-            }
-            None => {
-                cx.error_spanned_by(
-                    ty,
-                    format!(
-                        "an event handler returns `Result<(), E>` where \
-                         `E: Into<HandlerError>`: {SHAPE}"
-                    ),
-                );
-                None
-            }
-        },
-        ReturnType::Default => {
-            cx.error_spanned_by(
-                &sig.ident,
-                format!(
-                    "an event handler returns `Result<(), E>` where `E: Into<HandlerError>`, \
-                     so failures are retried: {SHAPE}"
-                ),
-            );
-            None
-        }
-    };
+    let error = handler_error(cx, method, SHAPE);
     let event = event?;
     let name = match &method.event_name {
         Some(lit) => {
@@ -738,5 +799,55 @@ fn event_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<EventFn<'a>> {
         event,
         error: error?,
         name,
+    })
+}
+
+/// `#[catch_all] async fn method(&self, ctx: &EventContext) -> Result<(), Error>`.
+fn catch_all_fn<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<CatchAllFn<'a>> {
+    const CATCH_ALL: &str = "`#[catch_all] async fn on_any(&self, ctx: &EventContext) -> \
+                             Result<(), HandlerError>`";
+    if !handler_head(cx, method, CATCH_ALL) {
+        return None;
+    }
+    if let Some(lit) = &method.event_name {
+        cx.error_spanned_by(
+            lit,
+            "`#[event(name = \"..\")]` names the event of a typed handler; a `#[catch_all]` \
+             method receives every event, whatever its name",
+        );
+    }
+    let params = match method.params.as_slice() {
+        [ctx] => {
+            if !matches!(peel(&ctx.ty), Type::Reference(r) if r.mutability.is_none()) {
+                cx.error_spanned_by(
+                    &ctx.ty,
+                    format!("a `#[catch_all]` method takes the delivery: {CATCH_ALL}"),
+                );
+            }
+            Some(())
+        }
+        [] => {
+            cx.error_at(
+                method.parens(),
+                format!("a `#[catch_all]` method takes the delivery after `&self`: {CATCH_ALL}"),
+            );
+            None
+        }
+        [_, extra @ ..] => {
+            cx.error_spanned_by(
+                quote!(#(#extra),*),
+                format!(
+                    "a `#[catch_all]` method takes only the delivery after `&self` (the event \
+                     is `ctx.event()`, undecoded): {CATCH_ALL}"
+                ),
+            );
+            None
+        }
+    };
+    let error = handler_error(cx, method, CATCH_ALL);
+    params?;
+    Some(CatchAllFn {
+        method: method.ident(),
+        error: error?,
     })
 }

@@ -7,7 +7,9 @@ use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
 use syn::{DeriveInput, ImplItem, Item, ItemImpl};
 
-use crate::ast::{AggregateStruct, EventsEnum, HandlerImpl, item_head};
+use crate::ast::{
+    AggregateStruct, COMMAND_HELPERS, EVENT_HELPERS, EventsEnum, HandlerImpl, item_head,
+};
 use crate::check::{self, Ctxt};
 use crate::{attr, expand};
 
@@ -91,7 +93,7 @@ pub(crate) fn command_handler(args: TokenStream, input: TokenStream) -> TokenStr
     let plan = check::command_impl(&cx, &model);
     let code = expand::command_impl(&imp.self_ty, &plan, false);
     let stubs = expand::command_impl(&imp.self_ty, &plan, true);
-    let item = strip_helpers(imp, "apply");
+    let item = strip_helpers(imp, COMMAND_HELPERS);
     finish(cx, item, code, stubs)
 }
 
@@ -119,7 +121,7 @@ pub(crate) fn event_handler(args: TokenStream, input: TokenStream) -> TokenStrea
     let plan = check::subscriber(&cx, &attr, &model);
     let code = expand::subscriber(&plan);
     let stubs = expand::subscriber_fallback(&plan);
-    let item = strip_helpers(imp, "event");
+    let item = strip_helpers(imp, EVENT_HELPERS);
     finish(cx, item, code, stubs)
 }
 
@@ -139,13 +141,20 @@ fn with_error(mut item: TokenStream, error: syn::Error) -> TokenStream {
     item
 }
 
-/// The impl block without the macro's helper attribute (`#[apply]`, `#[event(..)]`) on its
-/// methods, which would otherwise be unknown attributes.
-fn strip_helpers(imp: &ItemImpl, helper: &str) -> TokenStream {
+/// The impl block without the macro's helper attributes (`#[apply]`, `#[event(..)]`,
+/// `#[catch_all]`) on its methods, which would otherwise be unknown attributes, nor their
+/// misspellings (already reported with the right spelling).
+fn strip_helpers(imp: &ItemImpl, helpers: &[&str]) -> TokenStream {
     let mut imp = imp.clone();
     for item in &mut imp.items {
         if let ImplItem::Fn(func) = item {
-            func.attrs.retain(|attr| !attr.path().is_ident(helper));
+            func.attrs.retain(|attr| {
+                let Some(ident) = attr.path().get_ident().map(ToString::to_string) else {
+                    return true;
+                };
+                !helpers.contains(&ident.as_str())
+                    && attr::misspelled_helper(&ident, helpers).is_none()
+            });
         }
     }
     imp.into_token_stream()

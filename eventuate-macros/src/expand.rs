@@ -396,7 +396,14 @@ pub(crate) fn subscriber(plan: &SubscriberPlan<'_>) -> TokenStream {
             quote!(<#path as #trait_>::ENTITY_TYPE)
         }
     });
-    let names = plan.handlers.iter().map(|h| &h.name);
+    // With a `#[catch_all]` method the subscriber wants every event type: no `event_types`
+    // (empty means all), so the runtime delivers the types without a typed handler too.
+    let event_types = if plan.catch_all.is_some() {
+        TokenStream::new()
+    } else {
+        let names = plan.handlers.iter().map(|h| &h.name);
+        quote!(.event_types([#(#names),*]))
+    };
     let attr = plan.attr;
     let start = attr.start.as_ref().map(|start| {
         let variant = if start.value() == "now" {
@@ -418,9 +425,7 @@ pub(crate) fn subscriber(plan: &SubscriberPlan<'_>) -> TokenStream {
     let dispatch = plan.handlers.iter().map(|handler| {
         let (method, ty, name) = (handler.method, handler.event, &handler.name);
         let decode = quote_spanned!(at(ty)=> #p::decode_for_handler::<#ty>(ctx));
-        let error = handler.error;
-        let into_error =
-            quote_spanned!(at(error)=> ::core::convert::Into::<#p::HandlerError>::into);
+        let call = handler_call(method, true, handler.error);
         quote! {
             if event_type == #name {
                 let event: #ty = match #decode {
@@ -429,20 +434,22 @@ pub(crate) fn subscriber(plan: &SubscriberPlan<'_>) -> TokenStream {
                         return ::core::result::Result::Err(error);
                     }
                 };
-                return ::core::result::Result::map_err(
-                    Self::#method(self, ctx, &event).await,
-                    #into_error,
-                );
+                return #call;
             }
         }
     });
+    // Typed handlers win; every other event goes to the catch-all, if any.
+    let rest = match &plan.catch_all {
+        Some(catch_all) => handler_call(catch_all.method, false, catch_all.error),
+        None => quote!(::core::result::Result::Ok(())),
+    };
     let assertions = event_assertions(plan);
     quote! {
         #[automatically_derived]
         impl #p::Subscriber for #self_ty {
             fn subscription(&self) -> #p::Subscription {
                 #p::Subscription::new(#id, [#(#entities),*])
-                    .event_types([#(#names),*])
+                    #event_types
                     #start
                     #partitions
                     #max_attempts
@@ -458,12 +465,37 @@ pub(crate) fn subscriber(plan: &SubscriberPlan<'_>) -> TokenStream {
                 async move {
                     let event_type = ctx.event().event_type.as_str();
                     #(#dispatch)*
-                    ::core::result::Result::Ok(())
+                    #rest
                 }
             }
         }
 
         #assertions
+    }
+}
+
+/// The awaited call of a handler method, its error converted into a `HandlerError`.
+///
+/// The method's future goes through `HandlerFuture`, a `Send` check spanned (call and `.await`
+/// alike, so rustc reports it once) at the method's name: a future that is not `Send` is
+/// reported there, with the usual causes, instead of at the whole attribute. The conversion
+/// goes through `IntoHandlerError`, spanned at the error type: one that does not convert is
+/// reported there, saying which types do.
+fn handler_call(method: &Ident, with_event: bool, error: &Type) -> TokenStream {
+    // Every token at one span, even the path (`private()`'s tokens are at the call site).
+    let span = at(method);
+    let event = with_event.then(|| quote_spanned!(span=> , &event));
+    let call = quote_spanned!(span=>
+        ::eventuate_core::__private::HandlerFuture::checked(Self::#method(self, ctx #event)).await
+    );
+    let convert = quote_spanned!(at(error)=>
+        ::eventuate_core::__private::IntoHandlerError::into_handler_error(error)
+    );
+    quote! {
+        match #call {
+            ::core::result::Result::Ok(()) => ::core::result::Result::Ok(()),
+            ::core::result::Result::Err(error) => ::core::result::Result::Err(#convert),
+        }
     }
 }
 

@@ -123,7 +123,8 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 /// Turns the methods of an aggregate's inherent impl block into its command handlers and its
 /// `#[apply]` methods.
 ///
-/// - `#[apply] fn name(&mut self, event: &Event)` applies one event type to the state.
+/// - `#[apply] fn name(&mut self, event: &Event)` applies one event type to the state
+///   (a misspelling such as `#[aply]` is reported with the right spelling).
 /// - Every other method is a command handler: `fn name(&self, command: Command) ->
 ///   Result<R, Error>`, or with `command: &Command`. A handler decides; it does not mutate the
 ///   state (its events do, through `#[apply]`) and is not `async`. `R` is one event (any type
@@ -132,7 +133,8 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 ///   conflict. `Error` must implement `std::error::Error + Send + Sync + 'static`.
 ///
 /// There is one handler per command type and one `#[apply]` per event type. Other items
-/// (constants, types) are left alone; put helper functions in another impl block.
+/// (constants, types) are left alone; put helper functions in another impl block (a method
+/// with no command or no `self` is reported, once, saying so).
 ///
 /// ```text
 /// #[command_handler]
@@ -224,7 +226,10 @@ pub fn command_handler(args: TokenStream, input: TokenStream) -> TokenStream {
 ///                     Ok(event) => event,
 ///                     Err(error) => return Err(error),
 ///                 };
-///                 return Result::map_err(Self::reserve(self, ctx, &event).await, Into::<HandlerError>::into);
+///                 return match HandlerFuture::checked(Self::reserve(self, ctx, &event)).await {
+///                     Ok(()) => Ok(()),
+///                     Err(error) => Err(IntoHandlerError::into_handler_error(error)),
+///                 };
 ///             }
 ///             Ok(())
 ///         }
@@ -234,6 +239,19 @@ pub fn command_handler(args: TokenStream, input: TokenStream) -> TokenStream {
 ///
 /// With `subscribe = Order`, the entity type is `<Order as Aggregate>::ENTITY_TYPE` and each
 /// handler gets a compile-time check that its event is `EventOf<<Order as Aggregate>::Event>`.
+///
+/// **Catch-all.** One method may carry `#[catch_all]`: `async fn name(&self, ctx:
+/// &EventContext) -> Result<(), E>`. It receives every event that no typed handler takes
+/// (audit logs, relays), undecoded (`ctx.event()`); the subscription then has no
+/// `event_types` filter, so the runtime delivers every event type of the subscribed entities.
+/// At most one per impl.
+///
+/// **`Send`.** The runtime is multi-threaded, so each handler's future must be `Send`. Each
+/// call is checked (`__private::HandlerFuture`) at the handler's name: a future that is not
+/// `Send` is reported there, once; the usual cause is a value that is not `Send` (an `Rc`, a
+/// `RefCell` borrow, a `std::sync::MutexGuard`) alive across an `.await`. The error type `E`
+/// is converted with `__private::IntoHandlerError`, so one that is neither `HandlerError` nor
+/// a `std::error::Error + Send + Sync + 'static` (say `String`) is reported at `E`.
 #[proc_macro_attribute]
 pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
     entry::event_handler(args.into(), input.into()).into()

@@ -274,6 +274,49 @@ mod shipping {
     }
 }
 
+/// An audit log: a typed handler for `OrderCreated`, and a `#[catch_all]` method for every
+/// other event of the subscribed entity types.
+mod audit {
+    use std::sync::Mutex;
+
+    use eventuate_core::prelude::*;
+
+    use crate::orders::{Order, OrderCreated};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the audit log is full")]
+    pub struct Full;
+
+    #[derive(Debug, Default)]
+    pub struct AuditLog {
+        pub lines: Mutex<Vec<String>>,
+        pub full: bool,
+    }
+
+    #[event_handler(subscribe = Order, id = "audit")]
+    impl AuditLog {
+        async fn on_created(
+            &self,
+            ctx: &EventContext,
+            event: &OrderCreated,
+        ) -> Result<(), HandlerError> {
+            let line = format!("created {} {}", ctx.entity_id(), event.total);
+            self.lines.lock().unwrap().push(line);
+            Ok(())
+        }
+
+        #[catch_all]
+        async fn record(&self, ctx: &EventContext) -> Result<(), Full> {
+            if self.full {
+                return Err(Full);
+            }
+            let line = format!("{} {}", ctx.event().event_type, ctx.entity_id());
+            self.lines.lock().unwrap().push(line);
+            Ok(())
+        }
+    }
+}
+
 use orders::*;
 
 fn create(customer: &str, total: u64) -> CreateOrder {
@@ -604,4 +647,53 @@ async fn a_subscriber_checked_against_the_aggregate_sends_commands() {
     let ctx = context("ShippingWorkflow", envelope("o-7", "OrderNoteV2", &note));
     workflow.handle(&ctx).await.unwrap();
     assert_eq!(*workflow.notes.lock().unwrap(), ["n"]);
+}
+
+#[tokio::test]
+async fn a_catch_all_receives_every_event_without_a_typed_handler() {
+    let audit = audit::AuditLog::default();
+    let subscription = audit.subscription();
+    assert_eq!(
+        subscription,
+        Subscription::new("audit", ["Order"]),
+        "with a catch-all the subscription asks for every event type"
+    );
+    assert!(subscription.event_types.is_empty());
+    for event_type in ["OrderCreated", "OrderShipped", "SomethingNew"] {
+        assert!(subscription.handles(event_type), "{event_type}");
+    }
+
+    let created = OrderEvent::from(OrderCreated {
+        customer_id: "c-8".into(),
+        total: 80,
+    })
+    .encode()
+    .unwrap();
+    let ctx = context("audit", envelope("o-8", "OrderCreated", &created));
+    audit.handle(&ctx).await.unwrap();
+    let ctx = context(
+        "audit",
+        envelope("o-8", "OrderShipped", r#"{"carrier":"dhl"}"#),
+    );
+    audit.handle(&ctx).await.unwrap();
+    // Not even decodable as one of the aggregate's events: the catch-all gets it undecoded.
+    let ctx = context("audit", envelope("o-8", "SomethingNew", "not json"));
+    audit.handle(&ctx).await.unwrap();
+    assert_eq!(
+        *audit.lines.lock().unwrap(),
+        ["created o-8 80", "OrderShipped o-8", "SomethingNew o-8"],
+        "the typed handler wins for its event type; the catch-all gets the others"
+    );
+
+    let full = audit::AuditLog {
+        full: true,
+        ..Default::default()
+    };
+    let ctx = context("audit", envelope("o-8", "OrderShipped", "{}"));
+    let error = full.handle(&ctx).await.unwrap_err();
+    assert!(!error.is_permanent(), "a catch-all's own error is retried");
+    assert_eq!(error.to_string(), "the audit log is full");
+    let ctx = context("audit", envelope("o-8", "OrderCreated", &created));
+    full.handle(&ctx).await.unwrap();
+    assert_eq!(full.lines.lock().unwrap().len(), 1, "the typed handler ran");
 }
