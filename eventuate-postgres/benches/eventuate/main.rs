@@ -7,7 +7,7 @@
 //! cargo bench -p eventuate-postgres --bench eventuate -- --quick     # about a minute
 //! cargo bench -p eventuate-postgres --bench eventuate                # full
 //!   options: --json PATH (default target/eventuate-bench.json)
-//!            --only commands,bulk,load,delivery,catchup
+//!            --only commands,bulk,load,delivery,catchup,idle
 //!            --diagnose (CPU, commits, WAL, statements and waits per operation; see diag.rs)
 //! ```
 //!
@@ -21,6 +21,7 @@
 //! | [`load`] | 3 (10,000-event aggregate, with and without snapshot) |
 //! | [`delivery`] | 4 (command -> handler latency) |
 //! | [`catchup`] | 5 (subscriber catch-up) |
+//! | [`idle`] | 8a (rows an idle subscriber's reads fetch per append of another entity type) |
 
 mod account;
 mod bulk;
@@ -29,6 +30,7 @@ mod commands;
 mod delivery;
 mod diag;
 mod env;
+mod idle;
 mod load;
 mod report;
 mod stats;
@@ -53,7 +55,7 @@ impl Mode {
     }
 }
 
-const GROUPS: &[&str] = &["commands", "bulk", "load", "delivery", "catchup"];
+const GROUPS: &[&str] = &["commands", "bulk", "load", "delivery", "catchup", "idle"];
 
 #[derive(Debug)]
 struct Args {
@@ -164,6 +166,12 @@ async fn run(args: Args) -> BoxResult<()> {
             section("catchup");
             let (catchup_rows, note) = catchup::run(&env, mode, diag.as_ref()).await?;
             rows.extend(catchup_rows);
+            notes.extend(note);
+        }
+        if only("idle") {
+            section("idle");
+            let (idle_rows, note) = idle::run(&env, mode).await?;
+            rows.extend(idle_rows);
             notes.extend(note);
         }
         Ok(())
