@@ -7,7 +7,7 @@
 //! cargo bench -p eventuate-postgres --bench eventuate -- --quick     # about a minute
 //! cargo bench -p eventuate-postgres --bench eventuate                # full
 //!   options: --json PATH (default target/eventuate-bench.json)
-//!            --only commands,bulk,load,delivery,catchup,idle
+//!            --only commands,bulk,load,delivery,catchup,idle,txview
 //!            --diagnose (CPU, commits, WAL, statements and waits per operation; see diag.rs)
 //! ```
 //!
@@ -22,6 +22,7 @@
 //! | [`delivery`] | 4 (command -> handler latency) |
 //! | [`catchup`] | 5 (subscriber catch-up) |
 //! | [`idle`] | 8a (rows an idle subscriber's reads fetch per append of another entity type) |
+//! | [`transactional`] | 8b (transactional, exactly-once view subscriber catch-up) |
 
 mod account;
 mod bulk;
@@ -34,6 +35,7 @@ mod idle;
 mod load;
 mod report;
 mod stats;
+mod transactional;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -55,7 +57,9 @@ impl Mode {
     }
 }
 
-const GROUPS: &[&str] = &["commands", "bulk", "load", "delivery", "catchup", "idle"];
+const GROUPS: &[&str] = &[
+    "commands", "bulk", "load", "delivery", "catchup", "idle", "txview",
+];
 
 #[derive(Debug)]
 struct Args {
@@ -172,6 +176,12 @@ async fn run(args: Args) -> BoxResult<()> {
             section("idle");
             let (idle_rows, note) = idle::run(&env, mode).await?;
             rows.extend(idle_rows);
+            notes.extend(note);
+        }
+        if only("txview") {
+            section("txview");
+            let (tx_rows, note) = transactional::run(&env, mode).await?;
+            rows.extend(tx_rows);
             notes.extend(note);
         }
         Ok(())
