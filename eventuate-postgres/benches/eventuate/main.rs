@@ -7,7 +7,7 @@
 //! cargo bench -p eventuate-postgres --bench eventuate -- --quick     # about a minute
 //! cargo bench -p eventuate-postgres --bench eventuate                # full
 //!   options: --json PATH (default target/eventuate-bench.json)
-//!            --only commands,bulk,load,delivery,catchup,idle,txview
+//!            --only commands,bulk,load,delivery,catchup,idle,txview,status
 //!            --diagnose (CPU, commits, WAL, statements and waits per operation; see diag.rs)
 //! ```
 //!
@@ -23,6 +23,7 @@
 //! | [`catchup`] | 5 (subscriber catch-up) |
 //! | [`idle`] | 8a (rows an idle subscriber's reads fetch per append of another entity type) |
 //! | [`transactional`] | 8b (transactional, exactly-once view subscriber catch-up) |
+//! | [`status`] | 8c (`Running::status()` of a subscriber far behind) |
 
 mod account;
 mod bulk;
@@ -35,6 +36,7 @@ mod idle;
 mod load;
 mod report;
 mod stats;
+mod status;
 mod transactional;
 
 use std::path::PathBuf;
@@ -58,7 +60,7 @@ impl Mode {
 }
 
 const GROUPS: &[&str] = &[
-    "commands", "bulk", "load", "delivery", "catchup", "idle", "txview",
+    "commands", "bulk", "load", "delivery", "catchup", "idle", "txview", "status",
 ];
 
 #[derive(Debug)]
@@ -182,6 +184,12 @@ async fn run(args: Args) -> BoxResult<()> {
             section("txview");
             let (tx_rows, note) = transactional::run(&env, mode).await?;
             rows.extend(tx_rows);
+            notes.extend(note);
+        }
+        if only("status") {
+            section("status");
+            let (status_rows, note) = status::run(&env, mode).await?;
+            rows.extend(status_rows);
             notes.extend(note);
         }
         Ok(())
