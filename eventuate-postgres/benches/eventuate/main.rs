@@ -7,7 +7,7 @@
 //! cargo bench -p eventuate-postgres --bench eventuate -- --quick     # about a minute
 //! cargo bench -p eventuate-postgres --bench eventuate                # full
 //!   options: --json PATH (default target/eventuate-bench.json)
-//!            --only commands,bulk,load,delivery,catchup
+//!            --only commands,bulk,load,delivery,catchup,idle,txview,status
 //!            --diagnose (CPU, commits, WAL, statements and waits per operation; see diag.rs)
 //! ```
 //!
@@ -21,6 +21,9 @@
 //! | [`load`] | 3 (10,000-event aggregate, with and without snapshot) |
 //! | [`delivery`] | 4 (command -> handler latency) |
 //! | [`catchup`] | 5 (subscriber catch-up) |
+//! | [`idle`] | 8a (rows an idle subscriber's reads fetch per append of another entity type) |
+//! | [`transactional`] | 8b (transactional, exactly-once view subscriber catch-up) |
+//! | [`status`] | 8c (`Running::status()` of a subscriber far behind) |
 
 mod account;
 mod bulk;
@@ -29,9 +32,12 @@ mod commands;
 mod delivery;
 mod diag;
 mod env;
+mod idle;
 mod load;
 mod report;
 mod stats;
+mod status;
+mod transactional;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -53,7 +59,9 @@ impl Mode {
     }
 }
 
-const GROUPS: &[&str] = &["commands", "bulk", "load", "delivery", "catchup"];
+const GROUPS: &[&str] = &[
+    "commands", "bulk", "load", "delivery", "catchup", "idle", "txview", "status",
+];
 
 #[derive(Debug)]
 struct Args {
@@ -164,6 +172,24 @@ async fn run(args: Args) -> BoxResult<()> {
             section("catchup");
             let (catchup_rows, note) = catchup::run(&env, mode, diag.as_ref()).await?;
             rows.extend(catchup_rows);
+            notes.extend(note);
+        }
+        if only("idle") {
+            section("idle");
+            let (idle_rows, note) = idle::run(&env, mode).await?;
+            rows.extend(idle_rows);
+            notes.extend(note);
+        }
+        if only("txview") {
+            section("txview");
+            let (tx_rows, note) = transactional::run(&env, mode).await?;
+            rows.extend(tx_rows);
+            notes.extend(note);
+        }
+        if only("status") {
+            section("status");
+            let (status_rows, note) = status::run(&env, mode).await?;
+            rows.extend(status_rows);
             notes.extend(note);
         }
         Ok(())
