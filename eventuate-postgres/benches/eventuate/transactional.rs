@@ -150,7 +150,7 @@ pub async fn run(env: &Env, mode: Mode) -> BoxResult<(Vec<Row>, Option<String>)>
         plain.rate(),
     )
     .notes(
-        "pg_transaction: row + checkpoint, one commit per event",
+        "pg_transaction: rows + checkpoint, one commit per run of up to 64 events",
         "plain subscriber, autocommit insert",
     )
     .target(Target::RatioAtLeast(0.5))
