@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "command fingerprints",
         include_str!("../migrations/0004_command_fingerprints.sql"),
     ),
+    (
+        5,
+        "stream horizon function",
+        include_str!("../migrations/0005_stream_horizon.sql"),
+    ),
 ];
 
 /// The migrations as a sqlx source, built from the embedded text instead of a directory.

@@ -6,36 +6,6 @@ use super::quote;
 pub(super) const EVENT_COLUMNS: &str = "transaction_id, sequence, event_id, entity_type, entity_id, \
      entity_version, event_type, payload::text, metadata::text";
 
-/// The horizon below which the stream is final (see [`crate::ordering`]).
-///
-/// On a primary: the oldest transaction still running at the statement's snapshot that could
-/// write to this database's tables, or the snapshot's xmax when there is none. A running
-/// transaction is ignored only when `pg_stat_activity` proves it cannot write events: it
-/// belongs to a backend connected to another database (a transaction never changes database),
-/// or to an autovacuum worker. Anything unidentified (a prepared transaction, a transaction
-/// that ended since the snapshot) holds the horizon back.
-///
-/// On a hot standby (and whenever the snapshot lists no running transaction): the snapshot's
-/// plain xmin. A snapshot taken in recovery lists no running transaction (the standby keeps
-/// the primary's running ids where `pg_current_snapshot()` does not show them), so the
-/// refinement above would answer xmax and read past transactions still open on the primary;
-/// the standby's xmin is exact. Testing the empty list as well as `pg_is_in_recovery()` keeps
-/// that right when the standby is promoted between the statement's snapshot and the test; on
-/// a primary an empty list means xmin = xmax, so it costs nothing there.
-///
-/// A planner init-plan: computed once per statement.
-const HORIZON: &str = "(SELECT CASE \
-     WHEN pg_is_in_recovery() OR NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot())) \
-     THEN pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-     ELSE COALESCE(\
-      (SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
-       WHERE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) AS a \
-        WHERE a.backend_xid = x::xid \
-        AND (a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database()) \
-             OR a.backend_type = 'autovacuum worker'))), \
-      pg_snapshot_xmax(pg_current_snapshot())::text::bigint) \
-     END)";
-
 /// Every statement, built once per store with the schema spliced in (names cannot be bound
 /// as parameters). sqlx prepares each on first use per connection and caches it.
 #[derive(Debug)]
@@ -77,6 +47,11 @@ pub(super) struct AppendSql {
 impl Sql {
     pub(super) fn new(schema: &str) -> Self {
         let s = quote(schema);
+        // The horizon below which the stream is final (see [`crate::ordering`] and migration 5):
+        // the oldest transaction still running at the statement's snapshot that could write to
+        // this database's tables, or the snapshot's xmax when there is none; plain xmin on a hot
+        // standby. A function, so that the statements that use it stay cheap to plan.
+        let horizon = format!("{s}.stream_horizon()");
         // $1..$4: event id, type, payload and metadata (scalars for one event, arrays for
         // several); $5 entity type, $6 entity id, $7 the version the append builds on (0 for a
         // create), $8 partition hash; $9..$11 the idempotency key, $12 the command type (with
@@ -136,7 +111,7 @@ impl Sql {
         let read = |filters: &str| {
             format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
-                 WHERE (transaction_id, sequence) > ($1, $2) AND transaction_id < {HORIZON}{filters} \
+                 WHERE (transaction_id, sequence) > ($1, $2) AND transaction_id < {horizon}{filters} \
                  ORDER BY transaction_id, sequence LIMIT $3"
             )
         };
@@ -145,7 +120,7 @@ impl Sql {
         // it looked.
         let batch = |filters: &str| {
             format!(
-                "WITH h AS (SELECT {HORIZON} AS horizon) \
+                "WITH h AS MATERIALIZED (SELECT {horizon} AS horizon) \
                  SELECT h.horizon, e.* FROM h LEFT JOIN LATERAL (\
                    SELECT {EVENT_COLUMNS} FROM {s}.events \
                    WHERE (transaction_id, sequence) > ($1, $2) \
@@ -153,12 +128,11 @@ impl Sql {
                    ORDER BY transaction_id, sequence LIMIT $3) e ON true"
             )
         };
-        // Counts: the same rows as a read without limit, so the filters start at $3.
         // Counts stop at the limit ($3): a lag costs at most that many rows, however far behind.
         let count = |filters: &str| {
             format!(
                 "SELECT count(*) FROM (SELECT 1 FROM {s}.events \
-                 WHERE (transaction_id, sequence) > ($1, $2) AND transaction_id < {HORIZON}{filters} \
+                 WHERE (transaction_id, sequence) > ($1, $2) AND transaction_id < {horizon}{filters} \
                  LIMIT $3) AS counted"
             )
         };
@@ -213,7 +187,7 @@ impl Sql {
             count_partition: count(" AND partition_hash % $4 = $5"),
             count_types_partition: count(" AND entity_type = ANY($4) AND partition_hash % $5 = $6"),
             head: format!(
-                "SELECT transaction_id, sequence FROM {s}.events WHERE transaction_id < {HORIZON} \
+                "SELECT transaction_id, sequence FROM {s}.events WHERE transaction_id < {horizon} \
                  ORDER BY transaction_id DESC, sequence DESC LIMIT 1"
             ),
             save_snapshot: format!(
