@@ -11,6 +11,7 @@ pub mod repository;
 pub mod runtime;
 pub mod store;
 pub mod subscriber;
+pub mod subscriber_fixture;
 pub mod subscription_store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -21,6 +22,7 @@ pub use aggregate::{
 pub use envelope::{EventEnvelope, EventMetadata, NewEvent, Position};
 pub use error::{BoxError, Error, Result};
 pub use fixture::AggregateFixture;
+pub use subscriber_fixture::{Delivery, SubscriberFixture};
 pub use memory::InMemoryEventStore;
 pub use repository::{
     CommandOptions, Committed, EXTERNAL_COMMANDS, Loaded, Repository, RepositoryOptions,

@@ -613,7 +613,7 @@ impl CaughtUp {
 }
 
 /// The largest lag [`Running::status`] counts; a partition further behind reports this.
-pub const LAG_COUNT_LIMIT: u64 = 10_000;
+pub const LAG_COUNT_LIMIT: u64 = 1_000;
 
 fn mismatch_message(id: &str, stored: &Shape, ours: &Shape) -> String {
     format!(
