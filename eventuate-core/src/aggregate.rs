@@ -6,9 +6,9 @@ use crate::error::BoxError;
 
 /// An event-sourced aggregate. Implemented by `#[aggregate]`.
 ///
-/// State is rebuilt by applying the entity's events, in order, to `Self::default()` (or to a
-/// restored snapshot). Applying must not fail: events are facts that already happened.
-pub trait Aggregate: Default + Send + Sync + 'static {
+/// State is rebuilt by applying the entity's events, in order, to [`Aggregate::initial`] (or
+/// to a restored snapshot). Applying must not fail: events are facts that already happened.
+pub trait Aggregate: Sized + Send + Sync + 'static {
     /// The entity type name under which events are stored, e.g. `"Order"`.
     const ENTITY_TYPE: &'static str;
 
@@ -20,6 +20,11 @@ pub trait Aggregate: Default + Send + Sync + 'static {
 
     /// The closed set of events this aggregate emits, usually an enum with `#[derive(Events)]`.
     type Event: EventSet;
+
+    /// The state before the entity's first event. `#[aggregate]` implements it with the
+    /// struct's `Default` (one clear error where the struct is declared when it has none,
+    /// rather than one at every impl that needs an aggregate).
+    fn initial() -> Self;
 
     /// Applies one event to the state.
     fn apply(&mut self, event: &Self::Event);
@@ -149,4 +154,23 @@ pub fn short_type_name<T: ?Sized>() -> &'static str {
     let full = std::any::type_name::<T>();
     let base = full.split('<').next().unwrap_or(full);
     base.rsplit("::").next().unwrap_or(base)
+}
+
+/// The starting state of a `#[aggregate]` struct: its `Default`. Used by the generated
+/// [`Aggregate::initial`], so that a struct without `Default` gets one error, here.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "aggregate `{Self}` has no starting state: it needs `Default`",
+    label = "add `#[derive(Default)]` (or implement `Default`) for `{Self}`",
+    note = "an entity's state is rebuilt by applying its events to `Default::default()`"
+)]
+pub trait InitialState: Sized {
+    /// `Default::default()`.
+    fn initial_state() -> Self;
+}
+
+impl<T: Default> InitialState for T {
+    fn initial_state() -> Self {
+        T::default()
+    }
 }

@@ -52,7 +52,7 @@ impl<A: Aggregate> AggregateFixture<A> {
     /// Starts from a new aggregate.
     pub fn given_no_events() -> Self {
         AggregateFixture {
-            state: A::default(),
+            state: A::initial(),
             version: 0,
         }
     }

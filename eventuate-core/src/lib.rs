@@ -22,7 +22,6 @@ pub use aggregate::{
 pub use envelope::{EventEnvelope, EventMetadata, NewEvent, Position};
 pub use error::{BoxError, Error, Result};
 pub use fixture::AggregateFixture;
-pub use subscriber_fixture::{Delivery, SubscriberFixture};
 pub use memory::InMemoryEventStore;
 pub use repository::{
     CommandOptions, Committed, EXTERNAL_COMMANDS, Loaded, Repository, RepositoryOptions,
@@ -35,6 +34,7 @@ pub use store::{
 pub use subscriber::{
     EventContext, HandlerError, RetryPolicy, StartFrom, Subscriber, Subscription,
 };
+pub use subscriber_fixture::{Delivery, SubscriberFixture};
 
 pub use eventuate_macros::{Events, aggregate, command_handler, event_handler};
 
@@ -51,7 +51,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::aggregate::{
-        Aggregate, Apply, ApplyAll, DecodeError, EventOf, EventSet, HandleCommand,
+        Aggregate, Apply, ApplyAll, DecodeError, EventOf, EventSet, HandleCommand, InitialState,
     };
     pub use crate::envelope::EventEnvelope;
     pub use crate::subscriber::{EventContext, HandlerError, StartFrom, Subscriber, Subscription};

@@ -298,7 +298,7 @@ impl Repository {
         external_idempotency(&mut options, command.command_type());
         let entity_id = entity_id.unwrap_or_else(|| Uuid::new_v4().to_string());
         crate::name::validate_entity_id(&entity_id)?;
-        let state = A::default();
+        let state = A::initial();
         let events = command.process(&state).map_err(|source| Error::Rejected {
             entity_type: A::ENTITY_TYPE.to_owned(),
             entity_id: entity_id.clone(),
@@ -419,7 +419,7 @@ impl Repository {
                         Loaded {
                             entity_id: entity_id.to_owned(),
                             version: 0,
-                            state: A::default(),
+                            state: A::initial(),
                         },
                         false,
                     ),
@@ -701,7 +701,7 @@ impl Repository {
     /// aggregate takes snapshots) plus the events after it.
     pub async fn find<A: Aggregate>(&self, entity_id: &str) -> Result<Option<Loaded<A>>> {
         crate::name::validate_entity_id(entity_id)?;
-        let (mut state, mut version) = (A::default(), 0);
+        let (mut state, mut version) = (A::initial(), 0);
         let stored = if A::SNAPSHOT_EVERY.is_some() {
             let (snapshot, after_snapshot) = self
                 .store

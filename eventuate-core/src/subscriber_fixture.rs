@@ -179,7 +179,11 @@ impl<S: Subscriber> SubscriberFixture<S> {
         let filter = StreamFilter::entity_types(subscription.entity_types.clone());
         let mut results = Vec::new();
         loop {
-            let batch = match self.store.read_stream(self.delivered_to, &filter, 256).await {
+            let batch = match self
+                .store
+                .read_stream(self.delivered_to, &filter, 256)
+                .await
+            {
                 Ok(batch) => batch,
                 Err(e) => panic!("the in-memory store failed to read: {e}"),
             };

@@ -1425,6 +1425,9 @@ impl crate::aggregate::EventSet for WalletEvent {
 impl crate::Aggregate for Wallet {
     const ENTITY_TYPE: &'static str = "Wallet";
     type Event = WalletEvent;
+    fn initial() -> Self {
+        Self::default()
+    }
     fn apply(&mut self, event: &WalletEvent) {
         match event {
             WalletEvent::Credited(n) => self.balance += n,

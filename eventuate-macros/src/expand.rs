@@ -225,6 +225,8 @@ pub(crate) fn aggregate(plan: &AggregatePlan<'_>) -> TokenStream {
         }
     });
     let aggregate_trait = quote_spanned!(at(ident)=> #p::Aggregate);
+    // Spanned at the struct's name: a missing `Default` is one error, there.
+    let initial = quote_spanned!(at(ident)=> <Self as #p::InitialState>::initial_state());
     let ignore = plan.ignore.iter().map(|ty| {
         let apply_trait = quote_spanned!(at(ty)=> #p::Apply<#ty>);
         quote! {
@@ -242,6 +244,10 @@ pub(crate) fn aggregate(plan: &AggregatePlan<'_>) -> TokenStream {
             #snapshot_every
             #snapshot_version
             type Event = #events;
+
+            fn initial() -> Self {
+                #initial
+            }
 
             fn apply(&mut self, event: &<Self as #p::Aggregate>::Event) {
                 #apply
@@ -271,6 +277,9 @@ pub(crate) fn aggregate_fallback(plan: &AggregatePlan<'_>) -> TokenStream {
         impl #p::Aggregate for #ident {
             const ENTITY_TYPE: &'static ::core::primitive::str = "";
             type Event = #events;
+            fn initial() -> Self {
+                ::core::panic!("the #[aggregate] attribute has errors")
+            }
             fn apply(&mut self, _: &<Self as #p::Aggregate>::Event) {}
         }
     }

@@ -96,6 +96,9 @@ pub fn derive_events(input: TokenStream) -> TokenStream {
 ///     const ENTITY_TYPE: &'static str = "Order";
 ///     const SNAPSHOT_EVERY: Option<u64> = Some(100);
 ///     type Event = OrderEvent;
+///     fn initial() -> Self {
+///         <Self as InitialState>::initial_state() // the struct's `Default`
+///     }
 ///     fn apply(&mut self, event: &OrderEvent) {
 ///         <OrderEvent as ApplyAll<Self>>::apply_to(event, self)
 ///     }

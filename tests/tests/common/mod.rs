@@ -63,6 +63,9 @@ impl Aggregate for Account {
     const ENTITY_TYPE: &'static str = "Account";
     const SNAPSHOT_EVERY: Option<u64> = Some(5);
     type Event = AccountEvent;
+    fn initial() -> Self {
+        Self::default()
+    }
     fn apply(&mut self, event: &AccountEvent) {
         match event {
             AccountEvent::Opened(e) => self.owner = e.owner.clone(),
