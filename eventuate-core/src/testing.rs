@@ -203,6 +203,27 @@ pub async fn append_and_load(store: &dyn EventStore) {
     let after = store.load("Order", &id, 2).await.expect("load after");
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].entity_version, 3);
+    // The events of one command share their metadata (a store may send it once).
+    let mut shared = vec![event("OrderShipped", 4), event("OrderInvoiced", 5)];
+    shared[1].metadata = shared[0].metadata.clone();
+    store
+        .append(request(
+            "Order",
+            &id,
+            ExpectedVersion::Exactly(3),
+            shared.clone(),
+        ))
+        .await
+        .expect("append events with shared metadata");
+    let loaded = store.load("Order", &id, 3).await.expect("load shared");
+    assert_eq!(loaded.len(), 2);
+    for (stored, written) in loaded.iter().zip(&shared) {
+        assert_eq!(stored.event_type, written.event_type);
+        assert_eq!(stored.payload, written.payload);
+        assert_eq!(stored.metadata.command_id, written.metadata.command_id);
+        assert_eq!(stored.metadata.causation_id, written.metadata.causation_id);
+        assert_eq!(stored.metadata.headers, written.metadata.headers);
+    }
     assert!(
         store
             .load("Order", &unique("none"), 0)

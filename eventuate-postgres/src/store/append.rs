@@ -73,9 +73,16 @@ impl PostgresEventStore {
             .map(|e| e.event_type.as_str())
             .collect();
         let payloads: Vec<&str> = request.events.iter().map(|e| e.payload.as_str()).collect();
+        // The events of one command carry the same metadata: then it is serialized and sent
+        // once, not once per event.
+        let shared = request
+            .events
+            .split_first()
+            .is_some_and(|(first, rest)| rest.iter().all(|e| e.metadata == first.metadata));
         let metadata = request
             .events
             .iter()
+            .take(if shared { 1 } else { usize::MAX })
             .map(|e| serde_json::to_string(&e.metadata))
             .collect::<Result<Vec<String>, _>>()
             .map_err(|source| eventuate_core::Error::Encode {
@@ -97,6 +104,8 @@ impl PostgresEventStore {
         };
         let statement = if single.is_some() {
             &statements.one
+        } else if shared {
+            &statements.many_shared
         } else {
             &statements.many
         };
@@ -109,6 +118,11 @@ impl PostgresEventStore {
                     .bind(event.event_id)
                     .bind(event.event_type.as_str())
                     .bind(event.payload.as_str())
+                    .bind(metadata[0].as_str()),
+                None if shared => query
+                    .bind(&event_ids)
+                    .bind(&event_types)
+                    .bind(&payloads)
                     .bind(metadata[0].as_str()),
                 None => query
                     .bind(&event_ids)

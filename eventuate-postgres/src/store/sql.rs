@@ -42,6 +42,9 @@ pub(super) struct Sql {
 pub(super) struct AppendSql {
     pub(super) one: String,
     pub(super) many: String,
+    /// `many` with one metadata document ($4, a scalar) for every event: what the events of
+    /// one command share, serialized and sent once.
+    pub(super) many_shared: String,
 }
 
 impl Sql {
@@ -88,6 +91,15 @@ impl Sql {
                  {} ORDER BY e.ord {returning}",
                 condition.map(|c| format!("WHERE {c}")).unwrap_or_default()
             ),
+            many_shared: format!(
+                "{columns} \
+                 SELECT e.event_id, $5, $6, $7 + e.ord, e.event_type, e.payload::json, \
+                 $4::text::json, $8 \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY \
+                 AS e(event_id, event_type, payload, ord) \
+                 {} ORDER BY e.ord {returning}",
+                condition.map(|c| format!("WHERE {c}")).unwrap_or_default()
+            ),
         };
         // The key row is inserted only when the version guard passes, and the events only when
         // the key row was inserted: one statement, so a failed guard or a unique violation
@@ -105,6 +117,7 @@ impl Sql {
             AppendSql {
                 one: format!("{key} {}", events.one),
                 many: format!("{key} {}", events.many),
+                many_shared: format!("{key} {}", events.many_shared),
             }
         };
         // Stream reads: $1, $2 the position to read after, $3 the limit, then the filters.
