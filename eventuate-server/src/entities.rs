@@ -492,6 +492,10 @@ pub(crate) fn event_json(event: &EventEnvelope) -> Value {
 }
 
 /// `GET /entities/{entityType}/{entityId}?fromVersion=&limit=&snapshotVersion=`.
+///
+/// `EventStore::load` has no limit: a page is cut from everything after `fromVersion - 1`, so
+/// paging bounds the answer, not the read. The snapshot is the latest written with
+/// `snapshotVersion` (default 1, an aggregate's default `SNAPSHOT_VERSION`).
 pub(crate) async fn get_entity(
     State(state): State<AppState>,
     PathParams((entity_type, entity_id)): PathParams<(String, String)>,
