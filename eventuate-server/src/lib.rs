@@ -1,0 +1,189 @@
+//! # eventuate-server
+//!
+//! The event store server: a REST API over any [`EventStore`] (create an entity, append with
+//! optimistic locking and idempotency keys, read an entity and the global stream) and over the
+//! runtime's operations ([`Running`]: subscriber status, parked events, replay), as a library
+//! an application embeds and as a binary (`cargo run -p eventuate-server`).
+//!
+//! ```no_run
+//! # async fn demo(store: std::sync::Arc<dyn eventuate_core::EventStore>) -> std::io::Result<()> {
+//! use eventuate_server::{Server, ServerOptions};
+//!
+//! let server = Server::new(store).options(ServerOptions::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! server.serve(listener, std::future::pending()).await
+//! # }
+//! ```
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `POST /entities/{entityType}` `{"entityId"?, "events": [{"eventType", "eventData", "eventId"?}]}` | 201 `{"entityId", "entityVersion", "eventIds"}` |
+//! | `POST /entities/{entityType}/{entityId}` `{"expectedVersion", "events", "triggeringEventToken"?}` | 200 the same shape |
+//! | `GET /entities/{entityType}/{entityId}?fromVersion=&limit=&snapshotVersion=` | 200 `{"entityVersion", "events", "nextFromVersion", "snapshot"}` |
+//! | `GET /stream?after=<tx>/<seq>&types=A,B&limit=` | 200 `{"events", "next"}` |
+//! | `GET /subscribers` | 200 every partition: owner, position, lag, parked |
+//! | `GET /subscribers/{id}/parked` | 200 the parked events |
+//! | `POST /subscribers/{id}/parked/replay?entityType=&entityId=` | 202 `{"replayRequested": n}` |
+//! | `GET /health` | 200 `{"head"}`, 503 when the store is unavailable |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document |
+//!
+//! Errors are described in [`error`]; idempotency in [`entities`]. `eventData` is any JSON
+//! value, stored as its JSON text and answered as JSON.
+
+#![warn(missing_docs)]
+
+pub mod entities;
+pub mod error;
+mod input;
+pub mod listener;
+pub mod openapi;
+mod operations;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use eventuate_core::EventStore;
+use eventuate_core::runtime::Running;
+use serde_json::json;
+
+pub use error::ApiError;
+pub use listener::ServerOptions;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) running: Option<Arc<Running>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("operations", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The server: a store, optionally the runtime for the operations routes, and the listener's
+/// limits.
+#[derive(Clone)]
+pub struct Server {
+    state: AppState,
+    options: ServerOptions,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("state", &self.state)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Server {
+    /// A server over `store`, without operations routes, with default limits.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Server {
+            state: AppState {
+                store,
+                running: None,
+            },
+            options: ServerOptions::default(),
+        }
+    }
+
+    /// Serves `GET /subscribers` and the parked-event routes from this runtime. Keep a clone
+    /// of the `Arc` to shut it down after the server stops (`Arc::try_unwrap`).
+    pub fn operations(mut self, running: Arc<Running>) -> Self {
+        self.state.running = Some(running);
+        self
+    }
+
+    /// Replaces the limits.
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The limits.
+    pub fn server_options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// The routes, with the body limit and the request timeout applied (connection limits
+    /// belong to the listener: [`Server::serve`]). Drive it in-process with
+    /// `tower::ServiceExt::oneshot`, or merge it into an application's router.
+    pub fn router(&self) -> Router {
+        let timeout = self.options.request_timeout;
+        Router::new()
+            .route("/entities/{entity_type}", post(entities::create))
+            .route(
+                "/entities/{entity_type}/{entity_id}",
+                post(entities::append).get(entities::get_entity),
+            )
+            .route("/stream", get(entities::stream))
+            .route("/subscribers", get(operations::subscribers))
+            .route("/subscribers/{id}/parked", get(operations::parked))
+            .route("/subscribers/{id}/parked/replay", post(operations::replay))
+            .route("/health", get(health))
+            .route(
+                "/openapi.json",
+                get(|| async { axum::Json(openapi::document()) }),
+            )
+            .fallback(|| async {
+                ApiError::not_found("no such route (GET /openapi.json lists them)")
+            })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "this path does not take this method (GET /openapi.json lists the routes)",
+                )
+            })
+            .layer(axum::middleware::from_fn(
+                move |request: Request, next: Next| with_timeout(timeout, request, next),
+            ))
+            .layer(DefaultBodyLimit::max(self.options.body_limit))
+            .with_state(self.state.clone())
+    }
+
+    /// Serves the routes on `listener` until `shutdown` completes, with the connection cap and
+    /// idle timeout of [`ServerOptions`]; then stops accepting, lets in-flight requests finish
+    /// (for at most the request timeout) and returns.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        listener::serve(listener, self.router(), &self.options, shutdown).await
+    }
+}
+
+async fn with_timeout(timeout: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable(
+            "timeout",
+            format!(
+                "the request took longer than the server's {} ms limit; a write may or may not \
+                 have been applied: send it again with the same Idempotency-Key",
+                timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let head = state.store.head().await?;
+    Ok(axum::Json(
+        json!({ "status": "ok", "head": head.to_string() }),
+    ))
+}

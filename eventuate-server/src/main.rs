@@ -1,0 +1,180 @@
+//! `eventuate-server`: serves the REST API on `DATABASE_URL`, or on a throwaway PostgreSQL.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventuate_core::{BoxError, Eventuate};
+use eventuate_postgres::PostgresEventStore;
+use eventuate_postgres::embedded::{Options, ThrowawayPostgres};
+use eventuate_server::{Server, ServerOptions};
+
+const USAGE: &str = "\
+usage: eventuate-server [--listen ADDR] [--schema NAME] [--max-connections N]
+                        [--body-limit BYTES] [--request-timeout-ms MS] [--idle-timeout-ms MS]
+
+Serves the event store's REST API (GET /openapi.json describes it) until Ctrl-C, on the
+PostgreSQL at DATABASE_URL, or else on a throwaway PostgreSQL removed at exit.
+
+  --listen ADDR        HTTP address (default 127.0.0.1:8080; env EVENTUATE_LISTEN)
+  --schema NAME        schema of the store (default public; env EVENTUATE_SCHEMA)
+
+environment: DATABASE_URL, EVENTUATE_LISTEN, EVENTUATE_SCHEMA";
+
+#[derive(Debug)]
+struct Args {
+    listen: SocketAddr,
+    schema: String,
+    options: ServerOptions,
+}
+
+fn parse(args: &[String]) -> Result<Option<Args>, String> {
+    let env_listen = std::env::var("EVENTUATE_LISTEN").ok();
+    let mut listen = env_listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+    let mut schema = std::env::var("EVENTUATE_SCHEMA").unwrap_or_else(|_| "public".into());
+    let mut options = ServerOptions::default();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = |name: &str| {
+            rest.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let number = |name: &str, text: String| {
+            text.parse::<u64>()
+                .map_err(|e| format!("{name} `{text}`: {e}"))
+        };
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--listen" => listen = value("--listen")?,
+            "--schema" => schema = value("--schema")?,
+            "--max-connections" => {
+                let n = number("--max-connections", value("--max-connections")?)?;
+                options.max_connections = usize::try_from(n).unwrap_or(usize::MAX).max(1);
+            }
+            "--body-limit" => {
+                let n = number("--body-limit", value("--body-limit")?)?;
+                options.body_limit = usize::try_from(n).unwrap_or(usize::MAX);
+            }
+            "--request-timeout-ms" => {
+                let n = number("--request-timeout-ms", value("--request-timeout-ms")?)?;
+                options.request_timeout = Duration::from_millis(n.max(1));
+            }
+            "--idle-timeout-ms" => {
+                let n = number("--idle-timeout-ms", value("--idle-timeout-ms")?)?;
+                options.idle_timeout = Duration::from_millis(n.max(1));
+            }
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    let listen = listen
+        .parse()
+        .map_err(|e| format!("listen address `{listen}`: {e} (expected e.g. 127.0.0.1:8080)"))?;
+    Ok(Some(Args {
+        listen,
+        schema,
+        options,
+    }))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse(&args) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut server = None;
+    let result = runtime.block_on(run(args, &mut server));
+    drop(runtime);
+    // The throwaway server (if any) goes last, after every connection to it is closed.
+    drop(server);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, server: &mut Option<ThrowawayPostgres>) -> Result<(), BoxError> {
+    let url = match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            println!(
+                "store: PostgreSQL at DATABASE_URL, schema `{}`",
+                args.schema
+            );
+            url
+        }
+        Err(_) => {
+            let pg = tokio::task::spawn_blocking(|| ThrowawayPostgres::start(Options::default()))
+                .await?
+                .map_err(|e| {
+                    format!("no DATABASE_URL, and no throwaway PostgreSQL could be started: {e}")
+                })?;
+            let url = pg.url();
+            println!("store: a throwaway PostgreSQL at {url} (removed at exit)");
+            *server = Some(pg);
+            url
+        }
+    };
+    let store = PostgresEventStore::builder()
+        .schema(args.schema)
+        .migrate_on_connect(true)
+        .connect(&url)
+        .await?;
+    // No subscribers of its own: the runtime serves the operations routes (a process that
+    // registers subscribers embeds the server with its own runtime instead).
+    let running = Arc::new(Eventuate::new(store.clone()).start()?);
+    let http = Server::new(Arc::new(store.clone()))
+        .operations(running.clone())
+        .options(args.options);
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!(
+        "serving the event store on http://{} (GET /openapi.json; Ctrl-C to stop)",
+        listener.local_addr()?
+    );
+    let served = http.serve(listener, shutdown_signal()).await;
+    drop(http);
+    if let Ok(running) = Arc::try_unwrap(running) {
+        running.shutdown().await?;
+    }
+    store.close().await;
+    served?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match terminate.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+}

@@ -1,0 +1,231 @@
+//! The OpenAPI 3.1 document served at `GET /openapi.json`, written by hand next to the routes
+//! ([`ROUTES`] lists them; a test checks that each is in the document and answers).
+
+use serde_json::{Value, json};
+
+/// Every route the server answers, as `(method, OpenAPI path)`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/entities/{entityType}"),
+    ("post", "/entities/{entityType}/{entityId}"),
+    ("get", "/entities/{entityType}/{entityId}"),
+    ("get", "/stream"),
+    ("get", "/subscribers"),
+    ("get", "/subscribers/{subscriberId}/parked"),
+    ("post", "/subscribers/{subscriberId}/parked/replay"),
+    ("get", "/health"),
+    ("get", "/openapi.json"),
+];
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn ok(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+    })
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "description": description,
+            "schema": { "type": "string" } })
+}
+
+fn query_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description,
+            "schema": schema })
+}
+
+fn idempotency_header() -> Value {
+    json!({ "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "Makes the write idempotent: sent again, it appends nothing and answers \
+                            what the first attempt answered (with `Idempotent-Replayed: true`).",
+            "schema": { "type": "string", "minLength": 1, "maxLength": 200 } })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let entity_type = path_param("entityType", "Entity type, e.g. `Order` (an identifier).");
+    let entity_id = path_param(
+        "entityId",
+        "Entity id: 1 to 200 bytes, no control characters.",
+    );
+    let subscriber_id = path_param("subscriberId", "Subscriber id.");
+    let write_errors = json!({
+        "400": error_response("invalid_input: the field at fault is in `field`"),
+        "409": error_response("optimistic_lock_error (with actualVersion), entity_exists, duplicate_event"),
+        "413": error_response("payload_too_large: the body, or an event over the store's limit"),
+        "422": error_response("idempotency_key_reused"),
+        "503": error_response("store_unavailable, outcome_unknown or timeout; see Retry-After"),
+    });
+    let mut create_responses = write_errors.clone();
+    create_responses["201"] = ok(
+        "Created (or replayed for a repeated idempotency key)",
+        "WriteResult",
+    );
+    let mut append_responses = write_errors;
+    append_responses["200"] = ok(
+        "Appended (or replayed for a repeated idempotency key)",
+        "WriteResult",
+    );
+    append_responses["404"] = error_response("not_found: the entity has no events");
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "eventuate-rs event store server",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Create entities, append events with optimistic locking and \
+                            idempotency keys, read entities and the global stream, and operate \
+                            the subscribers. Every error is `{\"error\": code, \"explanation\"}`."
+        },
+        "paths": {
+            "/entities/{entityType}": {
+                "post": {
+                    "summary": "Create an entity with its first events",
+                    "parameters": [entity_type, idempotency_header()],
+                    "requestBody": { "required": true, "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/CreateRequest" } } } },
+                    "responses": create_responses
+                }
+            },
+            "/entities/{entityType}/{entityId}": {
+                "post": {
+                    "summary": "Append events to an entity at an expected version",
+                    "parameters": [entity_type, entity_id, idempotency_header()],
+                    "requestBody": { "required": true, "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/AppendRequest" } } } },
+                    "responses": append_responses
+                },
+                "get": {
+                    "summary": "An entity's events (paged) and its latest snapshot",
+                    "parameters": [
+                        entity_type, entity_id,
+                        query_param("fromVersion", "First version to return (default 1).", json!({"type": "integer", "minimum": 1})),
+                        query_param("limit", "Most events to return (default 1000, at most 10000).", json!({"type": "integer", "minimum": 1, "maximum": 10000})),
+                        query_param("snapshotVersion", "Snapshot format version to look for (default 1).", json!({"type": "integer", "minimum": 0}))
+                    ],
+                    "responses": {
+                        "200": ok("The entity", "Entity"),
+                        "400": error_response("invalid_input"),
+                        "404": error_response("not_found"),
+                        "503": error_response("store_unavailable")
+                    }
+                }
+            },
+            "/stream": {
+                "get": {
+                    "summary": "The global stream after a position, for polling clients",
+                    "parameters": [
+                        query_param("after", "Position `transaction/sequence` to read after (default `0/0`: the start); pass the previous page's `next`.", json!({"type": "string", "pattern": "^[0-9]+/[0-9]+$"})),
+                        query_param("types", "Entity types, comma-separated (default: all).", json!({"type": "string"})),
+                        query_param("limit", "Most events to return (default 100, at most 1000).", json!({"type": "integer", "minimum": 1, "maximum": 1000}))
+                    ],
+                    "responses": {
+                        "200": ok("A page of the stream", "StreamPage"),
+                        "400": error_response("invalid_input"),
+                        "503": error_response("store_unavailable")
+                    }
+                }
+            },
+            "/subscribers": {
+                "get": {
+                    "summary": "Every partition of every subscriber: owner, position, lag, parked events",
+                    "responses": {
+                        "200": { "description": "Status", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "404": error_response("not_found: the server runs no subscribers")
+                    }
+                }
+            },
+            "/subscribers/{subscriberId}/parked": {
+                "get": {
+                    "summary": "A subscriber's parked events",
+                    "parameters": [subscriber_id],
+                    "responses": {
+                        "200": { "description": "Parked events", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "404": error_response("not_found")
+                    }
+                }
+            },
+            "/subscribers/{subscriberId}/parked/replay": {
+                "post": {
+                    "summary": "Request a replay of a subscriber's parked events (all, or one entity's)",
+                    "parameters": [
+                        subscriber_id,
+                        query_param("entityType", "With entityId: replay this entity's parked events only.", json!({"type": "string"})),
+                        query_param("entityId", "With entityType.", json!({"type": "string"}))
+                    ],
+                    "responses": {
+                        "202": { "description": "Replay requested: `{\"replayRequested\": n}`", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "400": error_response("invalid_input"),
+                        "404": error_response("not_found")
+                    }
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Whether the store answers; its head position",
+                    "responses": {
+                        "200": { "description": "`{\"status\": \"ok\", \"head\"}`", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "503": error_response("store_unavailable")
+                    }
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": { "schema": { "type": "object" } } } } }
+                }
+            }
+        },
+        "components": { "schemas": {
+            "Error": { "type": "object", "required": ["error", "explanation"], "properties": {
+                "error": { "type": "string", "enum": [
+                    "invalid_input", "not_found", "method_not_allowed", "optimistic_lock_error",
+                    "entity_exists", "duplicate_event", "payload_too_large",
+                    "idempotency_key_reused", "internal_error", "store_unavailable",
+                    "outcome_unknown", "timeout"] },
+                "explanation": { "type": "string" },
+                "field": { "type": "string", "description": "The request field at fault (400)." },
+                "actualVersion": { "type": "integer", "description": "The entity's version (409)." } } },
+            "NewEvent": { "type": "object", "required": ["eventType", "eventData"], "properties": {
+                "eventType": { "type": "string" },
+                "eventData": { "description": "Any JSON value." },
+                "eventId": { "type": "string", "format": "uuid", "description": "Client-chosen id (default: a fresh one)." } } },
+            "CreateRequest": { "type": "object", "required": ["events"], "properties": {
+                "entityId": { "type": "string", "description": "Default: derived from the idempotency key, else a fresh UUID." },
+                "events": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/NewEvent" } },
+                "triggeringEventToken": { "type": "string", "description": "Idempotency key of a write caused by an event (per entity)." } } },
+            "AppendRequest": { "type": "object", "required": ["expectedVersion", "events"], "properties": {
+                "expectedVersion": { "type": "integer", "minimum": 1, "description": "Also accepted as `entityVersion`." },
+                "events": { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/NewEvent" } },
+                "triggeringEventToken": { "type": "string" } } },
+            "WriteResult": { "type": "object", "required": ["entityId", "entityVersion", "eventIds"], "properties": {
+                "entityId": { "type": "string" },
+                "entityVersion": { "type": "integer" },
+                "eventIds": { "type": "array", "items": { "type": "string", "format": "uuid" } } } },
+            "Event": { "type": "object", "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "entityType": { "type": "string" },
+                "entityId": { "type": "string" },
+                "entityVersion": { "type": "integer" },
+                "eventType": { "type": "string" },
+                "eventData": {},
+                "position": { "type": "string" },
+                "metadata": { "type": "object" } } },
+            "Entity": { "type": "object", "properties": {
+                "entityType": { "type": "string" },
+                "entityId": { "type": "string" },
+                "entityVersion": { "type": "integer" },
+                "events": { "type": "array", "items": { "$ref": "#/components/schemas/Event" } },
+                "nextFromVersion": { "type": ["integer", "null"] },
+                "snapshot": { "type": ["object", "null"] } } },
+            "StreamPage": { "type": "object", "properties": {
+                "events": { "type": "array", "items": { "$ref": "#/components/schemas/Event" } },
+                "next": { "type": "string", "description": "The `after` of the next page." } } }
+        } }
+    })
+}
