@@ -32,7 +32,7 @@ pub use store::{
     Partition, Snapshot, StoredEvent, StreamBatch, StreamFilter, StreamItem,
 };
 pub use subscriber::{
-    EventContext, HandlerError, RetryPolicy, StartFrom, Subscriber, Subscription,
+    BatchOutcome, EventContext, HandlerError, RetryPolicy, StartFrom, Subscriber, Subscription,
 };
 pub use subscriber_fixture::{Delivery, SubscriberFixture};
 

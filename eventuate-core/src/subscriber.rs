@@ -80,6 +80,9 @@ pub struct Subscription {
     pub transactional: bool,
     /// Retry and parking policy.
     pub retry: RetryPolicy,
+    /// The most consecutive first deliveries handed to [`Subscriber::handle_batch`] at once
+    /// (1: one event at a time). A relay raises it to publish runs of events together.
+    pub batch: usize,
 }
 
 impl Subscription {
@@ -97,6 +100,7 @@ impl Subscription {
             partitions: 1,
             transactional: false,
             retry: RetryPolicy::default(),
+            batch: 1,
         }
     }
 
@@ -131,6 +135,14 @@ impl Subscription {
     /// Sets the retry policy.
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Hands up to `n` consecutive first deliveries of a partition to
+    /// [`Subscriber::handle_batch`] at once (at least 1; not with `transactional`, whose runs
+    /// share a transaction instead).
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n;
         self
     }
 
@@ -172,6 +184,19 @@ impl Subscription {
                 self.id
             )));
         }
+        if self.batch == 0 {
+            return Err(Error::Config(format!(
+                "subscriber `{}`: batch must be at least 1",
+                self.id
+            )));
+        }
+        if self.batch > 1 && self.transactional {
+            return Err(Error::Config(format!(
+                "subscriber `{}`: a transactional subscriber's runs already share one \
+                 transaction; leave its batch at 1",
+                self.id
+            )));
+        }
         Ok(())
     }
 
@@ -192,6 +217,41 @@ pub trait Subscriber: Send + Sync + 'static {
         &'a self,
         ctx: &'a EventContext,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+
+    /// Handles a run of consecutive events of one partition, in stream order, at once; called
+    /// instead of [`Subscriber::handle`] for first deliveries when the subscription's `batch`
+    /// is above 1 (a relay publishes them together and waits for every acknowledgement). The
+    /// outcome says how many, from the first, were handled; the event after those failed with
+    /// its error (retried alone, then parked, as usual), and the rest are delivered again.
+    /// The default handles them one by one.
+    fn handle_batch<'a>(
+        &'a self,
+        contexts: &'a [EventContext],
+    ) -> impl Future<Output = BatchOutcome> + Send + 'a {
+        async move {
+            for (handled, ctx) in contexts.iter().enumerate() {
+                if let Err(error) = self.handle(ctx).await {
+                    return BatchOutcome {
+                        handled,
+                        error: Some(error),
+                    };
+                }
+            }
+            BatchOutcome {
+                handled: contexts.len(),
+                error: None,
+            }
+        }
+    }
+}
+
+/// What [`Subscriber::handle_batch`] did with a run of events.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// How many events, from the first, were handled.
+    pub handled: usize,
+    /// Why the next one was not (`None` when all were).
+    pub error: Option<HandlerError>,
 }
 
 /// The error a handler returns: any error, boxed, optionally marked permanent (park at once,

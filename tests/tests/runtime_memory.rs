@@ -1434,3 +1434,118 @@ async fn status_of_a_partition_given_away_shows_the_new_owner_and_stored_checkpo
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Publishes runs of events at once (as a relay does), failing once on one event and for
+/// good on another.
+#[derive(Clone, Default)]
+struct Batcher {
+    runs: Arc<Mutex<Vec<usize>>>,
+    log: Log,
+    failed_once: Arc<AtomicBool>,
+}
+
+impl Subscriber for Batcher {
+    fn subscription(&self) -> Subscription {
+        Subscription::new("batcher", ["Account"])
+            .event_types(["Deposited"])
+            .batch(16)
+    }
+
+    async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+        self.handle_one(ctx)
+    }
+
+    async fn handle_batch(&self, contexts: &[EventContext]) -> eventuate_core::BatchOutcome {
+        self.runs.lock().unwrap().push(contexts.len());
+        for (handled, ctx) in contexts.iter().enumerate() {
+            if let Err(error) = self.handle_one(ctx) {
+                return eventuate_core::BatchOutcome {
+                    handled,
+                    error: Some(error),
+                };
+            }
+        }
+        eventuate_core::BatchOutcome {
+            handled: contexts.len(),
+            error: None,
+        }
+    }
+}
+
+impl Batcher {
+    fn handle_one(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+        let d: Deposited = ctx.event().decode()?;
+        if d.amount == 7 && !self.failed_once.swap(true, Ordering::SeqCst) {
+            return Err(HandlerError::msg("the broker is busy"));
+        }
+        if d.amount == 13 {
+            return Err(HandlerError::permanent("message too large"));
+        }
+        self.log.lock().unwrap().push(ctx.event().clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batching_subscriber_gets_runs_and_its_failures_are_retried_or_parked_alone() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::new(store.clone());
+    for amount in 1..=40 {
+        deposit(&repo, &format!("acc-{}", amount % 3), amount).await;
+    }
+    let batcher = Batcher::default();
+    let runtime = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(batcher.clone(), |s| s.retry(quick_retries(3)))
+        .start()
+        .unwrap();
+    // 13 fails for good and the 9 later deposits of its account wait behind it: 30 delivered.
+    eventually("every other deposit delivered", || {
+        batcher.log.lock().unwrap().len() >= 30
+    })
+    .await;
+    runtime
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let runs = batcher.runs.lock().unwrap().clone();
+    assert!(
+        runs.iter().any(|n| *n > 1),
+        "events are handed over in runs: {runs:?}"
+    );
+    let parked = runtime.parked("batcher").await.unwrap();
+    let parked_amounts: Vec<u64> = parked
+        .iter()
+        .map(|p| p.event.decode::<Deposited>().unwrap().amount)
+        .collect();
+    // 13 failed for good; the later deposits of its account wait behind it.
+    assert_eq!(parked_amounts, vec![13, 16, 19, 22, 25, 28, 31, 34, 37, 40]);
+    assert_eq!(parked[0].attempts, 1, "a permanent error is not retried");
+    let delivered: Vec<u64> = batcher
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.decode::<Deposited>().unwrap().amount)
+        .collect();
+    let mut expected: Vec<u64> = (1..=40).filter(|a| !parked_amounts.contains(a)).collect();
+    let mut sorted = delivered.clone();
+    sorted.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(
+        sorted, expected,
+        "everything else delivered once: 7 after its retry"
+    );
+    for account in 0..3 {
+        let of: Vec<u64> = delivered
+            .iter()
+            .copied()
+            .filter(|a| a % 3 == account)
+            .collect();
+        assert!(
+            of.windows(2).all(|w| w[0] < w[1]),
+            "in order per entity: {of:?}"
+        );
+    }
+    runtime.shutdown().await.unwrap();
+}

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::{Counters, Registered, Shared, filter_for};
 use crate::store::{EventStore, StreamBatch, StreamFilter, StreamItem};
-use crate::subscriber::EventContext;
+use crate::subscriber::{EventContext, HandlerError};
 use crate::subscription_store::{Claim, Lease, ParkedEvent};
 use crate::{Error, EventEnvelope, Position, Result};
 
@@ -98,6 +98,16 @@ impl Drop for Prefetch {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// What a caught panic says.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    format!("handler panicked: {message}")
 }
 
 /// The most events of a transactional subscriber delivered in one transaction.
@@ -269,22 +279,25 @@ impl Consumer {
                         return Ok(at_head);
                     }
                     match item {
-                        StreamItem::Event(event) if self.joins_transaction(&event) => {
+                        StreamItem::Event(event) if self.joins_run(&event) => {
+                            let limit = self.run_limit();
                             let mut run = vec![event];
-                            while run.len() < TRANSACTION_RUN {
+                            while run.len() < limit {
                                 match items.next_if(|next| {
-                                    matches!(next, StreamItem::Event(e) if self.joins_transaction(e))
+                                    matches!(next, StreamItem::Event(e) if self.joins_run(e))
                                 }) {
                                     Some(StreamItem::Event(e)) => run.push(e),
                                     _ => break,
                                 }
                             }
-                            if run.len() > 1 {
-                                self.deliver_in_one_transaction(run, stop).await?;
-                            } else {
+                            if run.len() == 1 {
                                 for event in run {
                                     self.deliver(event, stop).await?;
                                 }
+                            } else if self.registered.subscription.transactional {
+                                self.deliver_in_one_transaction(run, stop).await?;
+                            } else {
+                                self.deliver_batch(run, stop).await?;
                             }
                         }
                         StreamItem::Event(event) => self.deliver(event, stop).await?,
@@ -544,14 +557,7 @@ impl Consumer {
                 let permanent = e.is_permanent();
                 Err(self.failure(event, e.into_inner(), permanent))
             }
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_owned());
-                Err(self.failure(event, format!("handler panicked: {message}").into(), false))
-            }
+            Err(panic) => Err(self.failure(event, panic_message(&*panic).into(), false)),
         }
     }
 
@@ -569,11 +575,21 @@ impl Consumer {
         }
     }
 
-    /// Whether an event can join a run of a transactional subscriber's events delivered in one
-    /// transaction: a first attempt, outside careful mode, of a handled event whose entity is
-    /// not blocked.
-    fn joins_transaction(&self, event: &EventEnvelope) -> bool {
-        self.registered.subscription.transactional
+    /// How many events a run may hold: a transactional subscriber's runs share a transaction
+    /// (up to [`TRANSACTION_RUN`]), a batching subscriber's go to `handle_batch` together.
+    fn run_limit(&self) -> usize {
+        let subscription = &self.registered.subscription;
+        if subscription.transactional {
+            TRANSACTION_RUN
+        } else {
+            subscription.batch
+        }
+    }
+
+    /// Whether an event can join a run (see [`Self::run_limit`]): a first attempt, outside
+    /// careful mode, of a handled event whose entity is not blocked.
+    fn joins_run(&self, event: &EventEnvelope) -> bool {
+        self.run_limit() > 1
             && self.careful_left == 0
             && self.registered.subscription.handles(&event.event_type)
             && !self.is_blocked(event)
@@ -663,6 +679,81 @@ impl Consumer {
                 Ok(RunOutcome::FailedAt(0))
             }
         }
+    }
+
+    /// Hands a run of first deliveries to the subscriber's `handle_batch`. The events it
+    /// handled are done; the one it failed on is retried alone (after the first attempt's
+    /// backoff), or parked at once if the error is permanent; the rest go back through the
+    /// same path. A panic counts as a failure of the run's first event.
+    async fn deliver_batch(
+        &mut self,
+        run: Vec<EventEnvelope>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), Interrupt> {
+        let mut pending = std::collections::VecDeque::from(run);
+        while !pending.is_empty() {
+            if *stop.borrow() {
+                return Err(Interrupt::Stopped);
+            }
+            if !self.validity.holds() {
+                return Err(Interrupt::Unconfirmed);
+            }
+            let contexts: Vec<EventContext> = pending.iter().map(|e| self.context(e)).collect();
+            let span = tracing::info_span!(
+                "deliver_batch",
+                subscriber = %self.registered.subscription.id,
+                events = contexts.len(),
+            );
+            let outcome = AssertUnwindSafe(self.registered.subscriber.handle_batch(&contexts))
+                .catch_unwind()
+                .instrument(span)
+                .await;
+            drop(contexts);
+            let (handled, error) = match outcome {
+                Ok(outcome) => (outcome.handled.min(pending.len()), outcome.error),
+                Err(panic) => (0, Some(HandlerError::msg(panic_message(&*panic)))),
+            };
+            for event in pending.drain(..handled) {
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                self.advance(event.position);
+            }
+            let Some(error) = error else {
+                if handled == 0 {
+                    // A batch that handled nothing and reported no error: deliver one alone.
+                    if let Some(event) = pending.pop_front() {
+                        self.deliver(event, stop).await?;
+                    }
+                }
+                continue;
+            };
+            let Some(event) = pending.pop_front() else {
+                break;
+            };
+            let failure = self.failure(&event, error.source_ref().to_string().into(), false);
+            if error.is_permanent() {
+                self.park(event, 1, failure.error.to_string()).await?;
+                continue;
+            }
+            self.counters.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(position = %event.position, error = %failure.error, "handler failed in a batch");
+            let retry = self.registered.subscription.retry;
+            if retry.max_attempts <= 1 {
+                self.park(event, 1, failure.error.to_string()).await?;
+                continue;
+            }
+            let mut stop_rx = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(retry.backoff(1)) => {}
+                _ = stop_rx.changed() => {}
+            }
+            if *stop.borrow() {
+                return Err(Interrupt::Stopped);
+            }
+            // The batch was its first attempt.
+            self.attempt = Some((event.position, 1));
+            self.deliver(event, stop).await?;
+        }
+        Ok(())
     }
 
     /// Replays parked events of this partition whose replay was requested, entity by entity

@@ -84,7 +84,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::store::{EventStore, Partition, StreamFilter};
-use crate::subscriber::{EventContext, HandlerError, Subscriber, Subscription};
+use crate::subscriber::{BatchOutcome, EventContext, HandlerError, Subscriber, Subscription};
 pub use crate::subscription_store::{
     Claim, Lease, LeaseInfo, Member, ParkedEvent, PartitionKey, Shape, StoredShape,
     SubscriberState, SubscriptionStore,
@@ -125,11 +125,15 @@ impl Default for RuntimeOptions {
 /// Object-safe view of a [`Subscriber`].
 trait ErasedSubscriber: Send + Sync {
     fn handle<'a>(&'a self, ctx: &'a EventContext) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn handle_batch<'a>(&'a self, contexts: &'a [EventContext]) -> BoxFuture<'a, BatchOutcome>;
 }
 
 impl<S: Subscriber> ErasedSubscriber for S {
     fn handle<'a>(&'a self, ctx: &'a EventContext) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(Subscriber::handle(self, ctx))
+    }
+    fn handle_batch<'a>(&'a self, contexts: &'a [EventContext]) -> BoxFuture<'a, BatchOutcome> {
+        Box::pin(Subscriber::handle_batch(self, contexts))
     }
 }
 
