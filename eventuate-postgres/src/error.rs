@@ -112,6 +112,17 @@ pub enum Error {
         max_stored: u64,
     },
 
+    /// No stored state for this subscriber (an admin operation named it).
+    #[error("no subscriber `{subscriber}` is stored in this schema")]
+    UnknownSubscriber {
+        /// The subscriber id.
+        subscriber: String,
+    },
+
+    /// An operation shared with the runtime failed (reading subscription state, the stream).
+    #[error(transparent)]
+    Core(#[from] eventuate_core::Error),
+
     /// A statement failed.
     #[error("{context}: {source}")]
     Database {
