@@ -324,21 +324,38 @@ async fn tail_prints_one_line_per_event_and_follows_the_stream() {
     .unwrap();
     assert!(shipped.contains("Shipped"), "{shipped}");
 
-    // From now: waits for the next append.
+    // From now: waits for the next append. The writer keeps appending until the tail has
+    // printed one, so a slow start of the tail (its head read after the first append) only
+    // means it prints a later one.
     let writer = store.clone();
-    let append_later = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        append(&writer, "Customer", "c2", "Registered").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = stop.clone();
+    let appender = tokio::spawn(async move {
+        let mut n = 2;
+        while !stop_writer.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            append(&writer, "Customer", &format!("c{n}"), "Registered").await;
+            n += 1;
+        }
     });
     let next = tokio::time::timeout(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         cli(&db.url, &["tail", "--limit", "1"]),
     )
     .await
-    .expect("the appended event arrives")
+    .expect("an appended event arrives")
     .unwrap();
-    append_later.await.unwrap();
-    assert!(next.contains("Customer/c2 v1 Registered"), "{next}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    appender.await.unwrap();
+    assert_eq!(next.lines().count(), 1, "{next}");
+    assert!(
+        next.contains(" v1 Registered") && next.contains("Customer/c"),
+        "{next}"
+    );
+    assert!(
+        !next.contains("Customer/c1 "),
+        "only events after the head: {next}"
+    );
     store.close().await;
 }
 
