@@ -222,3 +222,29 @@ async fn a_schema_migrated_by_a_newer_release_is_refused() {
     assert!(matches!(again, Err(Error::SchemaFromNewerRelease { .. })));
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrators_of_a_fresh_schema_apply_each_migration_once() {
+    let db = test_database().await;
+    let stores = [
+        store(&db.url, "tenant_race").await,
+        store(&db.url, "tenant_race").await,
+        store(&db.url, "tenant_race").await,
+    ];
+    let (a, b, c) = tokio::join!(
+        stores[0].migrate(),
+        stores[1].migrate(),
+        stores[2].migrate()
+    );
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    assert_eq!(
+        versions(stores[0].pool(), "tenant_race.eventuate_migrations").await,
+        [1, 2, 3, 4, 5]
+    );
+    append_one(&stores[1], "o1").await;
+    for s in &stores {
+        s.close().await;
+    }
+}

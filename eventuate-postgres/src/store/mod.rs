@@ -211,6 +211,9 @@ impl PostgresEventStore {
             .acquire()
             .await
             .map_err(|source| Error::Connect { source })?;
+        // The migrator holds a session advisory lock while it works: if this future is
+        // dropped midway, closing the connection is what releases it.
+        conn.close_on_drop();
         crate::migrate::run(&mut conn, &self.inner.schema).await?;
         drop(conn);
         self.check_transaction_ids().await.map(|_| ())
