@@ -356,7 +356,8 @@ impl PostgresEventStore {
     /// What holds delivery back now: the stream horizon (events of transactions from it on
     /// wait), the head readers see, and the oldest running transaction of this database that
     /// has a transaction id, from `pg_stat_activity` (a role without `pg_read_all_stats`
-    /// sees the query text of its own sessions only).
+    /// sees the query text of its own sessions only). Autovacuum workers are left out, as
+    /// `stream_horizon()` leaves them out: they never write events.
     pub async fn horizon(&self) -> Result<Horizon> {
         let s = quote(self.schema());
         let horizon: i64 = sqlx::query_scalar(&format!("SELECT {s}.stream_horizon()"))
@@ -370,7 +371,7 @@ impl PostgresEventStore {
                application_name \
              FROM pg_stat_activity \
              WHERE datname = current_database() AND backend_xid IS NOT NULL \
-               AND pid <> pg_backend_pid() \
+               AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker' \
              ORDER BY age(backend_xid) DESC LIMIT 1",
         )
         .fetch_optional(self.pool())
