@@ -41,7 +41,8 @@ pub enum Error {
         minimum: u32,
     },
 
-    /// Applying the embedded migrations failed.
+    /// Applying the embedded migrations failed (no longer returned: the store runs its
+    /// migrations itself, and reports a failed statement as [`Error::Database`]).
     #[error("cannot migrate the event store schema `{schema}`: {source}")]
     Migrate {
         /// The schema being migrated.
@@ -49,6 +50,39 @@ pub enum Error {
         /// The migrator's error.
         #[source]
         source: sqlx::migrate::MigrateError,
+    },
+
+    /// The schema was migrated by a newer release of eventuate-postgres: its migration
+    /// history (`eventuate_migrations`) has versions this release does not know. Running this
+    /// release against it could misread the newer tables; upgrade the application instead.
+    #[error(
+        "the event store schema `{schema}` was migrated by a newer release of \
+         eventuate-postgres: it is at migration version {applied}, and this release knows \
+         versions up to {known}; run a release that knows version {applied} (or newer)"
+    )]
+    SchemaFromNewerRelease {
+        /// The schema.
+        schema: String,
+        /// The newest migration version applied to it.
+        applied: i64,
+        /// The newest migration version this release knows.
+        known: i64,
+    },
+
+    /// A migration applied to the schema had another text than this release's migration of
+    /// the same version (its checksum differs): the schema's tables may not be what this
+    /// release expects.
+    #[error(
+        "the event store schema `{schema}` has migration {version} ({description}) applied \
+         with another text than this release's (checksum mismatch)"
+    )]
+    MigrationChanged {
+        /// The schema.
+        schema: String,
+        /// The migration's version.
+        version: i64,
+        /// The migration's description.
+        description: &'static str,
     },
 
     /// The store holds events written by transactions whose ids this cluster has not
@@ -77,6 +111,17 @@ pub enum Error {
         /// The largest transaction id among the stored events.
         max_stored: u64,
     },
+
+    /// No stored state for this subscriber (an admin operation named it).
+    #[error("no subscriber `{subscriber}` is stored in this schema")]
+    UnknownSubscriber {
+        /// The subscriber id.
+        subscriber: String,
+    },
+
+    /// An operation shared with the runtime failed (reading subscription state, the stream).
+    #[error(transparent)]
+    Core(#[from] eventuate_core::Error),
 
     /// A statement failed.
     #[error("{context}: {source}")]

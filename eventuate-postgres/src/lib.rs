@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 mod context;
 pub mod embedded;
 mod error;

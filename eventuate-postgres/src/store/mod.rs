@@ -19,11 +19,11 @@ use eventuate_core::{
     StreamFilter,
 };
 use futures_util::future::BoxFuture;
+use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Acquire, Row};
 use tokio::sync::watch;
 
-use crate::migrate::{migrator, validate_schema};
+use crate::migrate::validate_schema;
 use crate::{Error, Result};
 use sql::Sql;
 
@@ -196,57 +196,58 @@ impl PostgresEventStore {
     }
 
     /// Creates the schema if needed and applies the embedded migrations that are not applied
-    /// yet. Safe to call concurrently from several processes, and on every start.
+    /// yet. Safe to call concurrently from several processes, and on every start: when nothing
+    /// needs migrating it only reads the migration history (no lock, no DDL), so a role
+    /// without CREATE privileges can call it once the schema is migrated.
+    ///
+    /// The history is kept in the schema's own `eventuate_migrations` table, never in sqlx's
+    /// `_sqlx_migrations`, so the application's sqlx migrations can share the schema. A schema
+    /// migrated by a release that used `_sqlx_migrations` is adopted (nothing runs again); one
+    /// migrated by a newer release is refused with [`Error::SchemaFromNewerRelease`].
     pub async fn migrate(&self) -> Result<()> {
-        let schema = &self.inner.schema;
-        let quoted = quote(schema);
-        let database = |context: &str| {
-            let context = format!("{context} (schema `{schema}`)");
-            move |source| Error::Database { context, source }
-        };
         let mut conn = self
             .inner
             .pool
             .acquire()
             .await
             .map_err(|source| Error::Connect { source })?;
-        // The migration leaves `search_path` pointing at the tenant's schema; never hand that
-        // connection back to the pool.
+        // The migrator holds a session advisory lock while it works: if this future is
+        // dropped midway, closing the connection is what releases it.
         conn.close_on_drop();
-        {
-            // Two processes creating the same schema at once would collide on the catalog's
-            // unique index; serialize them (the migrator itself locks per database).
-            let mut tx = conn.begin().await.map_err(database("begin"))?;
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7461))")
-                .bind(schema)
-                .execute(&mut *tx)
-                .await
-                .map_err(database("lock the schema creation"))?;
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}"))
-                .execute(&mut *tx)
-                .await
-                .map_err(database("create the schema"))?;
-            tx.commit().await.map_err(database("create the schema"))?;
-        }
-        // The migration SQL is static and unqualified; with the search path on the schema,
-        // its tables and sqlx's `_sqlx_migrations` land there, one set per tenant.
-        sqlx::query(&format!("SET search_path TO {quoted}"))
-            .execute(&mut *conn)
-            .await
-            .map_err(database("set search_path"))?;
-        let migrator = migrator().await.map_err(|source| Error::Migrate {
-            schema: schema.clone(),
-            source,
-        })?;
-        migrator
-            .run(&mut *conn)
-            .await
-            .map_err(|source| Error::Migrate {
-                schema: schema.clone(),
-                source,
-            })?;
+        crate::migrate::run(&mut conn, &self.inner.schema).await?;
         drop(conn);
         self.check_transaction_ids().await.map(|_| ())
+    }
+
+    /// The migration versions applied to the schema (empty when it was never migrated, or
+    /// only by a release that kept its history in `_sqlx_migrations`), and the newest version
+    /// this release knows.
+    pub async fn migration_status(&self) -> Result<(Vec<i64>, i64)> {
+        let schema = &self.inner.schema;
+        let quoted = quote(schema);
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(format!("{quoted}.{}", crate::migrate::MIGRATIONS_TABLE))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|source| Error::Database {
+                context: format!("look for the migration history (schema `{schema}`)"),
+                source,
+            })?;
+        let applied = if exists {
+            sqlx::query_scalar(&format!(
+                "SELECT version FROM {quoted}.{} ORDER BY version",
+                crate::migrate::MIGRATIONS_TABLE
+            ))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|source| Error::Database {
+                context: format!("read the migration history (schema `{schema}`)"),
+                source,
+            })?
+        } else {
+            Vec::new()
+        };
+        Ok((applied, crate::migrate::latest_migration()))
     }
 
     /// Refuses a store moved logically into this cluster: stored events written by

@@ -1,0 +1,518 @@
+//! # eventuate-cli
+//!
+//! The `eventuate` operator CLI over a PostgreSQL event store: subscriber status, parked
+//! events, resets, migrations, following the stream, what holds delivery back, and pruning
+//! old idempotency keys. A thin layer: the operations are
+//! [`eventuate_postgres::admin`]'s and the [`SubscriptionStore`]'s; this crate parses
+//! arguments and prints. [`run`] is the whole program, callable in-process (the tests do).
+
+#![warn(missing_docs)]
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use eventuate_core::runtime::SubscriptionStore;
+use eventuate_core::store::StreamFilter;
+use eventuate_core::{EventStore, Position};
+use eventuate_postgres::PostgresEventStore;
+use eventuate_postgres::admin::{
+    Horizon, LAG_COUNT_LIMIT, ResetTarget, SubscriberOverview, parse_position,
+};
+use serde_json::{Value, json};
+
+/// What a command can fail with: a message for the operator.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The `eventuate` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "eventuate",
+    version,
+    about = "Operate an eventuate-rs PostgreSQL event store"
+)]
+pub struct Cli {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub url: String,
+    /// Schema holding the store's tables.
+    #[arg(long, env = "EVENTUATE_SCHEMA", default_value = "public")]
+    pub schema: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every stored subscriber: shape and generation, partitions, owners (node), checkpoints,
+    /// lag (counted up to 1,000) and parked counts.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, replay or skip a subscriber's parked events.
+    Parked {
+        /// What to do.
+        #[command(subcommand)]
+        action: ParkedAction,
+    },
+    /// Move every partition checkpoint of a subscriber, fencing off its live consumers: their
+    /// writes fail and their leases end, so they take the partitions again from the new
+    /// checkpoint. Parked events stay parked.
+    Reset {
+        /// Subscriber id.
+        subscriber: String,
+        /// `beginning` (deliver everything again), `now` (skip everything stored) or a
+        /// position `<transaction>/<sequence>` (deliver what follows it).
+        #[arg(long)]
+        to: ResetTarget,
+    },
+    /// Apply the store's migrations that the schema lacks (history in
+    /// `<schema>.eventuate_migrations`), and print the applied versions.
+    Migrate,
+    /// Follow the stream: one line per event (`position entity_type/entity_id vN event_type
+    /// payload`), until Ctrl-C or `--limit`.
+    Tail {
+        /// Only these entity types (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        /// Only these event types (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Where to start: `beginning`, `now` or after a position `<transaction>/<sequence>`.
+        #[arg(long, default_value = "now")]
+        from: ResetTarget,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// What holds delivery back now: the stream horizon and the oldest running transaction of
+    /// this database that holds a transaction id (pid, age, state, query).
+    Horizon {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete idempotency keys (processed_commands rows) older than a duration.
+    ///
+    /// A key is what stops a command from being applied twice when the event that sent it is
+    /// delivered again: after a crash before a checkpoint, a reset or reshape that moved
+    /// checkpoints back, or a replay of a parked event. Pruning is safe only past the longest
+    /// such redelivery window: once a key is gone, a redelivery of its event applies the
+    /// command again. Keep `--older-than` well beyond how old an event can be when it is
+    /// delivered again (old parked events you may still replay, resets to old positions).
+    Prune {
+        /// `<number><unit>` with unit `s`, `m`, `h`, `d` or `w`, e.g. `90d`.
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Duration,
+    },
+}
+
+/// `eventuate parked ...`.
+#[derive(Debug, Subcommand)]
+pub enum ParkedAction {
+    /// The subscriber's parked events, in stream order.
+    List {
+        /// Subscriber id.
+        subscriber: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the consumers to replay parked events (all of the subscriber's, or one entity's);
+    /// the consumer owning each partition replays them in order within a poll interval.
+    Replay {
+        /// Subscriber id.
+        subscriber: String,
+        /// Only this entity: `<entity_type>/<entity_id>`.
+        #[arg(long)]
+        entity: Option<String>,
+    },
+    /// Delete one parked record so that its event is never offered again and its entity
+    /// flows again (events parked behind it stay parked). Fenced: the consumer holding the
+    /// partition has its next write refused and re-reads the parked events; a replay of that
+    /// very event already running may still complete.
+    Skip {
+        /// Subscriber id.
+        subscriber: String,
+        /// The parked event's position, `<transaction>/<sequence>` (see `parked list`).
+        #[arg(value_parser = parse_position_arg)]
+        position: Position,
+    },
+}
+
+fn parse_position_arg(s: &str) -> Result<Position, String> {
+    parse_position(s).ok_or_else(|| format!("`{s}` is not a position `<transaction>/<sequence>`"))
+}
+
+/// Parses `<number><unit>`, unit one of `s`, `m`, `h`, `d`, `w`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{s}` has no unit (s, m, h, d or w)"))?;
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` does not start with a number"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        other => return Err(format!("unknown unit `{other}` (s, m, h, d or w)")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// Connects to the store (two connections, no migration) and runs the command, printing to
+/// `out`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
+    let store = PostgresEventStore::builder()
+        .schema(&cli.schema)
+        .max_connections(2)
+        .connect(&cli.url)
+        .await?;
+    let result = execute(&store, cli.command, out).await;
+    store.close().await;
+    result
+}
+
+async fn execute(
+    store: &PostgresEventStore,
+    command: Command,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    match command {
+        Command::Status { json } => status(store, json, out).await,
+        Command::Parked { action } => parked(store, action, out).await,
+        Command::Reset { subscriber, to } => {
+            let done = store.reset_subscriber(&subscriber, to).await?;
+            writeln!(
+                out,
+                "reset `{subscriber}`: {} partition(s) now at {}; {} live lease(s) ended (their \
+                 consumers take the partitions again from there)",
+                done.partitions, done.checkpoint, done.leases_ended
+            )?;
+            Ok(())
+        }
+        Command::Migrate => {
+            store.migrate().await?;
+            let (applied, latest) = store.migration_status().await?;
+            writeln!(
+                out,
+                "schema `{}` migrated: versions {} applied (this release knows up to {latest})",
+                store.schema(),
+                applied
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+            Ok(())
+        }
+        Command::Tail {
+            types,
+            events,
+            from,
+            limit,
+        } => tail(store, types, events, from, limit, out).await,
+        Command::Horizon { json } => horizon(store, json, out).await,
+        Command::Prune { older_than } => {
+            let pruned = store.prune_processed_commands(older_than).await?;
+            writeln!(
+                out,
+                "pruned {pruned} idempotency key(s) older than {}s",
+                older_than.as_secs()
+            )?;
+            Ok(())
+        }
+    }
+}
+
+fn owner_text(owner: Option<(uuid::Uuid, uuid::Uuid)>, unowned: Option<Duration>) -> String {
+    match (owner, unowned) {
+        (Some((_, node)), _) => node.to_string(),
+        (None, Some(d)) => format!("- (free for {:.0}s)", d.as_secs_f64()),
+        (None, None) => "-".into(),
+    }
+}
+
+fn lag_text(lag: u64) -> String {
+    if lag >= LAG_COUNT_LIMIT {
+        format!("{LAG_COUNT_LIMIT}+")
+    } else {
+        lag.to_string()
+    }
+}
+
+fn overview_json(o: &SubscriberOverview) -> Value {
+    json!({
+        "subscriber": o.subscriber_id,
+        "shape": o.shape.as_ref().map(|s| json!({
+            "partitions": s.shape.partitions,
+            "entity_types": s.shape.entity_types,
+            "event_types": s.shape.event_types,
+            "generation": s.generation,
+        })),
+        "migration_pending": o.migration_pending,
+        "parked": o.parked,
+        "partitions": o.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "owner_node": p.owner.map(|(_, node)| node.to_string()),
+            "owner_incarnation": p.owner.map(|(incarnation, _)| incarnation.to_string()),
+            "unowned_for_secs": p.unowned_for.map(|d| d.as_secs_f64()),
+            "checkpoint": p.checkpoint.to_string(),
+            "lag": p.lag,
+            "lag_capped": p.lag >= LAG_COUNT_LIMIT,
+            "parked": p.parked,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn status(store: &PostgresEventStore, json: bool, out: &mut dyn Write) -> Result<(), Error> {
+    let overviews = store.subscriber_overviews().await?;
+    if json {
+        let value = Value::Array(overviews.iter().map(overview_json).collect());
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    if overviews.is_empty() {
+        writeln!(out, "no subscriber stored in schema `{}`", store.schema())?;
+        return Ok(());
+    }
+    for o in &overviews {
+        let shape = match &o.shape {
+            Some(s) => format!("generation {}: {}", s.generation, s.shape),
+            None => "no stored shape".into(),
+        };
+        writeln!(out, "{}  ({shape}; {} parked)", o.subscriber_id, o.parked)?;
+        if o.migration_pending {
+            writeln!(
+                out,
+                "  reshape pending: waits for the old shape's leases to end"
+            )?;
+        }
+        writeln!(
+            out,
+            "  {:<9} {:<38} {:<22} {:>6} {:>6}",
+            "PARTITION", "OWNER (NODE)", "CHECKPOINT", "LAG", "PARKED"
+        )?;
+        for p in &o.partitions {
+            writeln!(
+                out,
+                "  {:<9} {:<38} {:<22} {:>6} {:>6}",
+                p.partition,
+                owner_text(p.owner, p.unowned_for),
+                p.checkpoint.to_string(),
+                lag_text(p.lag),
+                p.parked
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn parked(
+    store: &PostgresEventStore,
+    action: ParkedAction,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    match action {
+        ParkedAction::List { subscriber, json } => {
+            let parked = store.parked(&subscriber).await?;
+            if json {
+                let value: Vec<Value> = parked
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "position": p.event.position.to_string(),
+                            "partition": p.partition,
+                            "entity_type": p.event.entity_type,
+                            "entity_id": p.event.entity_id,
+                            "entity_version": p.event.entity_version,
+                            "event_type": p.event.event_type,
+                            "event_id": p.event.event_id.to_string(),
+                            "attempts": p.attempts,
+                            "error": p.error,
+                            "replay_requested": p.replay_requested,
+                        })
+                    })
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+                return Ok(());
+            }
+            if parked.is_empty() {
+                writeln!(out, "no parked event for `{subscriber}`")?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<22} {:<30} {:<20} {:>8} {:<6} ERROR",
+                "POSITION", "ENTITY", "EVENT", "ATTEMPTS", "REPLAY"
+            )?;
+            for p in &parked {
+                writeln!(
+                    out,
+                    "{:<22} {:<30} {:<20} {:>8} {:<6} {}",
+                    p.event.position.to_string(),
+                    format!(
+                        "{}/{} v{}",
+                        p.event.entity_type, p.event.entity_id, p.event.entity_version
+                    ),
+                    p.event.event_type,
+                    p.attempts,
+                    if p.replay_requested { "yes" } else { "no" },
+                    p.error.lines().next().unwrap_or("")
+                )?;
+            }
+            Ok(())
+        }
+        ParkedAction::Replay { subscriber, entity } => {
+            let entity = match &entity {
+                None => None,
+                Some(e) => Some(e.split_once('/').ok_or_else(|| {
+                    format!("`{e}` is not an entity `<entity_type>/<entity_id>`")
+                })?),
+            };
+            let n = store.request_replay(&subscriber, entity).await?;
+            writeln!(
+                out,
+                "replay requested for {n} parked event(s) of `{subscriber}`; the consumer \
+                 owning each partition replays them within a poll interval"
+            )?;
+            Ok(())
+        }
+        ParkedAction::Skip {
+            subscriber,
+            position,
+        } => {
+            if store.skip_parked(&subscriber, position).await? {
+                writeln!(
+                    out,
+                    "skipped the parked event at {position} of `{subscriber}`; its partition's \
+                     consumer was fenced off and re-reads the parked events"
+                )?;
+                Ok(())
+            } else {
+                Err(format!("no parked event of `{subscriber}` at {position}").into())
+            }
+        }
+    }
+}
+
+async fn tail(
+    store: &PostgresEventStore,
+    types: Vec<String>,
+    events: Vec<String>,
+    from: ResetTarget,
+    limit: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let mut cursor = match from {
+        ResetTarget::Beginning => Position::START,
+        ResetTarget::Now => store.head().await?,
+        ResetTarget::Position(p) => p,
+    };
+    let filter = StreamFilter::entity_types(types);
+    let mut wakeups = SubscriptionStore::wakeups(store);
+    let mut printed = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        if limit.is_some_and(|l| printed >= l) {
+            return Ok(());
+        }
+        wakeups.borrow_and_update();
+        let batch = store.read_stream(cursor, &filter, 256).await?;
+        for e in &batch {
+            cursor = e.position;
+            if !events.is_empty() && !events.contains(&e.event_type) {
+                continue;
+            }
+            writeln!(
+                out,
+                "{} {}/{} v{} {} {}",
+                e.position, e.entity_type, e.entity_id, e.entity_version, e.event_type, e.payload
+            )?;
+            printed += 1;
+            if limit.is_some_and(|l| printed >= l) {
+                return Ok(());
+            }
+        }
+        out.flush()?;
+        if batch.is_empty() {
+            tokio::select! {
+                _ = &mut ctrl_c => return Ok(()),
+                _ = wakeups.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+fn horizon_json(h: &Horizon) -> Value {
+    json!({
+        "horizon": h.horizon,
+        "head": h.head.to_string(),
+        "oldest_transaction": h.oldest.as_ref().map(|t| json!({
+            "pid": t.pid,
+            "xid": t.xid,
+            "age_secs": t.age.as_secs_f64(),
+            "state": t.state,
+            "query": t.query,
+            "user": t.user,
+            "application": t.application,
+        })),
+    })
+}
+
+async fn horizon(store: &PostgresEventStore, json: bool, out: &mut dyn Write) -> Result<(), Error> {
+    let h = store.horizon().await?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&horizon_json(&h))?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "stream horizon: transaction {} (events of transactions from it on are not delivered yet)",
+        h.horizon
+    )?;
+    writeln!(out, "head: {}", h.head)?;
+    match &h.oldest {
+        None => writeln!(
+            out,
+            "no transaction with a transaction id is running in this database"
+        )?,
+        Some(t) => {
+            writeln!(
+                out,
+                "oldest writing transaction: pid {} (xid {}), open for {:.1}s, {}, user {}, \
+                 application {}",
+                t.pid,
+                t.xid,
+                t.age.as_secs_f64(),
+                t.state.as_deref().unwrap_or("unknown state"),
+                t.user.as_deref().unwrap_or("?"),
+                t.application.as_deref().unwrap_or("-")
+            )?;
+            writeln!(
+                out,
+                "  query: {}",
+                t.query.as_deref().unwrap_or("(not visible to this role)")
+            )?;
+            writeln!(
+                out,
+                "  (pg_cancel_backend({0}) or pg_terminate_backend({0}) ends it)",
+                t.pid
+            )?;
+        }
+    }
+    Ok(())
+}
