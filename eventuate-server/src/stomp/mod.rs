@@ -48,8 +48,14 @@
 //!   Clients of one id in one process share its partitions (partition `p` goes to client `p %
 //!   clients`, in subscription order); across processes, partitions are leased.
 //! - **NACK** fails the delivery: the runtime retries with backoff ([`StompOptions::retry`])
-//!   and then parks the event (the REST API lists and replays parked events); later events of
-//!   the same entity wait behind it.
+//!   and then parks the event (kept with the subscriber's state in the subscription store;
+//!   the REST operations routes do not list STOMP subscribers yet); later events of the same
+//!   entity wait behind it.
+//! - **A client that leaves** with an unacknowledged message: the message goes to another
+//!   client of the id in this process; if none is left, the delivery fails (a first attempt
+//!   is not persisted, so it does not count towards parking; a retry that was already under
+//!   way does) and the id's runtime shuts down gracefully with its checkpoint before the
+//!   message, which is delivered again when a client subscribes.
 //!
 //! ## Protocol
 //!

@@ -92,17 +92,25 @@ pub(crate) async fn run(
     let write_timeout = options.write_timeout;
     let written_at = last_write.clone();
     let mut writer_task = tokio::spawn(async move {
+        // Once the session drops its end, the heart-beat setting no longer changes.
+        let mut beat_fixed = false;
         loop {
             let beat = *beat_rx.borrow_and_update();
             let next = match beat {
                 Some(every) => tokio::select! {
                     next = out_rx.recv() => next,
-                    _ = beat_rx.changed() => continue,
+                    changed = beat_rx.changed(), if !beat_fixed => {
+                        beat_fixed = changed.is_err();
+                        continue;
+                    }
                     () = tokio::time::sleep(every) => Some(Out { bytes: b"\n".to_vec(), written: None }),
                 },
                 None => tokio::select! {
                     next = out_rx.recv() => next,
-                    _ = beat_rx.changed() => continue,
+                    changed = beat_rx.changed(), if !beat_fixed => {
+                        beat_fixed = changed.is_err();
+                        continue;
+                    }
                 },
             };
             let Some(Out { bytes, written }) = next else {
