@@ -27,6 +27,9 @@
 //! | `GET /health` | 200 `{"head"}`, 503 when the store is unavailable |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
 //!
+//! The STOMP half ([`StompServer`], [`Server::stomp`]; see [`stomp`]) delivers events to
+//! durable, named subscriptions over STOMP 1.2 on its own listener.
+//!
 //! Errors are described in [`error`]; idempotency in [`entities`]. `eventData` is any JSON
 //! value, stored as its JSON text and answered as JSON.
 
@@ -38,6 +41,7 @@ mod input;
 pub mod listener;
 pub mod openapi;
 mod operations;
+pub mod stomp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +58,7 @@ use serde_json::json;
 
 pub use error::ApiError;
 pub use listener::ServerOptions;
+pub use stomp::{StompOptions, StompServer};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -104,6 +109,16 @@ impl Server {
     pub fn operations(mut self, running: Arc<Running>) -> Self {
         self.state.running = Some(running);
         self
+    }
+
+    /// The STOMP half of the server over the same event store: durable subscriptions whose
+    /// checkpoints, leases and parked events `subscriptions` keeps (for PostgreSQL, the same
+    /// store). Serve it on its own listener ([`StompServer::serve`], port 61614 by convention).
+    pub fn stomp(
+        &self,
+        subscriptions: Arc<dyn eventuate_core::runtime::SubscriptionStore>,
+    ) -> StompServer {
+        StompServer::new(self.state.store.clone(), subscriptions)
     }
 
     /// Replaces the limits.

@@ -11,20 +11,23 @@ use eventuate_postgres::embedded::{Options, ThrowawayPostgres};
 use eventuate_server::{Server, ServerOptions};
 
 const USAGE: &str = "\
-usage: eventuate-server [--listen ADDR] [--schema NAME] [--max-connections N]
+usage: eventuate-server [--listen ADDR] [--stomp-listen ADDR] [--schema NAME] [--max-connections N]
                         [--body-limit BYTES] [--request-timeout-ms MS] [--idle-timeout-ms MS]
 
-Serves the event store's REST API (GET /openapi.json describes it) until Ctrl-C, on the
-PostgreSQL at DATABASE_URL, or else on a throwaway PostgreSQL removed at exit.
+Serves the event store's REST API (GET /openapi.json describes it) and its STOMP
+subscriptions until Ctrl-C, on the PostgreSQL at DATABASE_URL, or else on a throwaway
+PostgreSQL removed at exit.
 
   --listen ADDR        HTTP address (default 127.0.0.1:8080; env EVENTUATE_LISTEN)
+  --stomp-listen ADDR  STOMP address (default 127.0.0.1:61614; env EVENTUATE_STOMP_LISTEN)
   --schema NAME        schema of the store (default public; env EVENTUATE_SCHEMA)
 
-environment: DATABASE_URL, EVENTUATE_LISTEN, EVENTUATE_SCHEMA";
+environment: DATABASE_URL, EVENTUATE_LISTEN, EVENTUATE_STOMP_LISTEN, EVENTUATE_SCHEMA";
 
 #[derive(Debug)]
 struct Args {
     listen: SocketAddr,
+    stomp_listen: SocketAddr,
     schema: String,
     options: ServerOptions,
 }
@@ -32,6 +35,8 @@ struct Args {
 fn parse(args: &[String]) -> Result<Option<Args>, String> {
     let env_listen = std::env::var("EVENTUATE_LISTEN").ok();
     let mut listen = env_listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+    let mut stomp_listen =
+        std::env::var("EVENTUATE_STOMP_LISTEN").unwrap_or_else(|_| "127.0.0.1:61614".into());
     let mut schema = std::env::var("EVENTUATE_SCHEMA").unwrap_or_else(|_| "public".into());
     let mut options = ServerOptions::default();
     let mut rest = args.iter();
@@ -48,6 +53,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         match arg.as_str() {
             "-h" | "--help" => return Ok(None),
             "--listen" => listen = value("--listen")?,
+            "--stomp-listen" => stomp_listen = value("--stomp-listen")?,
             "--schema" => schema = value("--schema")?,
             "--max-connections" => {
                 let n = number("--max-connections", value("--max-connections")?)?;
@@ -71,8 +77,12 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
     let listen = listen
         .parse()
         .map_err(|e| format!("listen address `{listen}`: {e} (expected e.g. 127.0.0.1:8080)"))?;
+    let stomp_listen = stomp_listen.parse().map_err(|e| {
+        format!("STOMP listen address `{stomp_listen}`: {e} (expected e.g. 127.0.0.1:61614)")
+    })?;
     Ok(Some(Args {
         listen,
+        stomp_listen,
         schema,
         options,
     }))
@@ -147,18 +157,37 @@ async fn run(args: Args, server: &mut Option<ThrowawayPostgres>) -> Result<(), B
     let http = Server::new(Arc::new(store.clone()))
         .operations(running.clone())
         .options(args.options);
+    let stomp = http.stomp(Arc::new(store.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let stomp_listener = tokio::net::TcpListener::bind(args.stomp_listen).await?;
     println!(
-        "serving the event store on http://{} (GET /openapi.json; Ctrl-C to stop)",
-        listener.local_addr()?
+        "serving the event store on http://{} (GET /openapi.json) and STOMP on {} (Ctrl-C to stop)",
+        listener.local_addr()?,
+        stomp_listener.local_addr()?
     );
-    let served = http.serve(listener, shutdown_signal()).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.send_replace(true);
+    });
+    let until_stopped = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let (served, stomp_served) = tokio::join!(
+        http.serve(listener, until_stopped()),
+        stomp.serve(stomp_listener, until_stopped())
+    );
     drop(http);
+    drop(stomp);
     if let Ok(running) = Arc::try_unwrap(running) {
         running.shutdown().await?;
     }
     store.close().await;
     served?;
+    stomp_served?;
     Ok(())
 }
 

@@ -1,0 +1,554 @@
+//! Durable subscriptions over STOMP: SUBSCRIBE destinations, and one runtime per subscriber id.
+//!
+//! For each subscriber id with at least one subscribed client in this process, the registry
+//! runs one [`Eventuate`] runtime over the server's stores, with one registered subscriber (a
+//! [`Forwarder`]). Checkpoints, leases across processes, retries, parking and status are
+//! therefore the runtime's. The forwarder hands each event to one of this process's clients
+//! subscribed under the id (the partition's client: `partition % clients`, in the order they
+//! subscribed), and completes the handler when the client has it (`auto`: once the MESSAGE is
+//! written) or acknowledges it (`client`, `client-individual`). A NACK fails the handler (the
+//! runtime retries with backoff, then parks the event). A client that leaves with an
+//! unacknowledged message hands it to another client of the id; when none is left the
+//! handler fails and the runtime is shut down, so the checkpoint stays before the message and
+//! it is delivered again to the next client.
+//!
+//! A consumer delivers one event at a time per partition and waits for its completion, so at
+//! most one message per partition is unacknowledged (the window), and per-entity order holds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventuate_core::runtime::{Running, RuntimeOptions};
+use eventuate_core::subscriber::{RetryPolicy, StartFrom};
+use eventuate_core::subscription_store::SubscriptionStore;
+use eventuate_core::{
+    EventContext, EventEnvelope, EventStore, Eventuate, HandlerError, Subscriber, Subscription,
+};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// What a SUBSCRIBE destination asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    /// `None`: a transient subscription (an id is generated for the connection).
+    pub(crate) subscriber_id: Option<String>,
+    /// Entity type → the event types wanted of it (empty: all).
+    pub(crate) types: BTreeMap<String, BTreeSet<String>>,
+    /// Where to start without a checkpoint.
+    pub(crate) start: StartFrom,
+}
+
+impl Wanted {
+    /// Whether the client wants this event.
+    pub(crate) fn wants(&self, entity_type: &str, event_type: &str) -> bool {
+        self.types
+            .get(entity_type)
+            .is_some_and(|events| events.is_empty() || events.contains(event_type))
+    }
+
+    /// The runtime's subscription for it: the event types are the union (all, if any entity
+    /// type wants all); the forwarder filters the rest.
+    pub(crate) fn subscription(
+        &self,
+        id: &str,
+        partitions: u32,
+        retry: RetryPolicy,
+    ) -> Subscription {
+        let all = self.types.values().any(BTreeSet::is_empty);
+        let events: BTreeSet<&String> = if all {
+            BTreeSet::new()
+        } else {
+            self.types.values().flatten().collect()
+        };
+        Subscription::new(id, self.types.keys().cloned())
+            .event_types(events)
+            .start_from(self.start)
+            .partitions(partitions)
+            .retry(retry)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JsonDestination {
+    subscriber_id: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    space: Option<String>,
+    entity_types_and_events: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    options: JsonOptions,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JsonOptions {
+    read_from: Option<String>,
+    durability: Option<String>,
+}
+
+const DESTINATION_FORMS: &str = "`/subscriptions/{subscriberId}?types=Order,Customer\
+&events=OrderCreated&from=beginning|end` or Eventuate's JSON `{\"subscriberId\", \
+\"entityTypesAndEvents\": {\"Order\": [\"OrderCreated\"]}, \"options\": {\"readFrom\": \
+\"BEGINNING|END\", \"durability\": \"DURABLE|TRANSIENT\"}}`";
+
+fn start_from(text: &str) -> Result<StartFrom, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "beginning" => Ok(StartFrom::Beginning),
+        "end" => Ok(StartFrom::Now),
+        other => Err(format!(
+            "where to start, `{other}`, is neither `beginning` nor `end`"
+        )),
+    }
+}
+
+/// Parses a SUBSCRIBE destination (see [`DESTINATION_FORMS`]).
+pub(crate) fn parse_destination(destination: &str) -> Result<Wanted, String> {
+    let trimmed = destination.trim_start();
+    if trimmed.starts_with('{') {
+        let json: JsonDestination = serde_json::from_str(trimmed).map_err(|e| {
+            format!("the JSON destination does not parse ({e}); expected {DESTINATION_FORMS}")
+        })?;
+        let transient = match json
+            .options
+            .durability
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+        {
+            None => false,
+            Some(d) if d == "DURABLE" => false,
+            Some(d) if d == "TRANSIENT" => true,
+            Some(d) => return Err(format!("durability `{d}` is neither DURABLE nor TRANSIENT")),
+        };
+        let start = match json.options.read_from.as_deref() {
+            Some(from) => start_from(from)?,
+            None if transient => StartFrom::Now,
+            None => StartFrom::Beginning,
+        };
+        let subscriber_id = match (transient, json.subscriber_id) {
+            (true, _) => None,
+            (false, Some(id)) => Some(id),
+            (false, None) => {
+                return Err("a durable subscription needs a `subscriberId`".into());
+            }
+        };
+        let types = json
+            .entity_types_and_events
+            .into_iter()
+            .map(|(t, events)| (t, events.into_iter().collect()))
+            .collect();
+        return finish(Wanted {
+            subscriber_id,
+            types,
+            start,
+        });
+    }
+    let Some(rest) = destination.strip_prefix("/subscriptions/") else {
+        return Err(format!(
+            "destination `{destination}` is not a subscription; expected {DESTINATION_FORMS}"
+        ));
+    };
+    let (id, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut entity_types = Vec::new();
+    let mut events = BTreeSet::new();
+    let mut start = None;
+    let mut transient = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let list = || {
+            value
+                .split(',')
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        match name {
+            "types" => entity_types.extend(list()),
+            "events" => events.extend(list()),
+            "from" => start = Some(start_from(value)?),
+            "durability" => match value.to_ascii_lowercase().as_str() {
+                "durable" => transient = false,
+                "transient" => transient = true,
+                other => {
+                    return Err(format!(
+                        "durability `{other}` is neither durable nor transient"
+                    ));
+                }
+            },
+            other => {
+                return Err(format!(
+                    "unknown destination parameter `{other}` (known: types, events, from, durability)"
+                ));
+            }
+        }
+    }
+    if id.is_empty() && !transient {
+        return Err(format!(
+            "the destination names no subscriber id; expected {DESTINATION_FORMS}"
+        ));
+    }
+    let start = start.unwrap_or(if transient {
+        StartFrom::Now
+    } else {
+        StartFrom::Beginning
+    });
+    finish(Wanted {
+        subscriber_id: (!transient).then(|| id.to_owned()),
+        types: entity_types
+            .into_iter()
+            .map(|t| (t, events.clone()))
+            .collect(),
+        start,
+    })
+}
+
+fn finish(wanted: Wanted) -> Result<Wanted, String> {
+    if wanted.types.is_empty() {
+        return Err(format!(
+            "the destination names no entity type; expected {DESTINATION_FORMS}"
+        ));
+    }
+    Ok(wanted)
+}
+
+/// How a client acknowledges.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AckMode {
+    Auto,
+    Client,
+    ClientIndividual,
+}
+
+/// An event for a session to send, and where to say it was handled.
+pub(crate) struct Delivery {
+    pub(crate) subscription: String,
+    pub(crate) event: EventEnvelope,
+    pub(crate) done: oneshot::Sender<Outcome>,
+}
+
+/// What became of a delivered message.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Written (`auto`) or acknowledged.
+    Acked,
+    /// Refused by the client.
+    Nacked,
+}
+
+/// One client subscription, as a group sees it.
+#[derive(Clone)]
+pub(crate) struct Member {
+    pub(crate) session: u64,
+    pub(crate) subscription: String,
+    pub(crate) tx: mpsc::UnboundedSender<Delivery>,
+}
+
+/// The clients of one subscriber id in this process, and its runtime.
+pub(crate) struct Group {
+    id: String,
+    wanted: Wanted,
+    partitions: u32,
+    members: Mutex<Vec<Member>>,
+    changed: watch::Sender<u64>,
+    stopping: AtomicBool,
+    running: Mutex<Option<Running>>,
+}
+
+impl Group {
+    fn pick(&self, partition: u32) -> Option<Member> {
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if members.is_empty() {
+            return None;
+        }
+        members.get(partition as usize % members.len()).cloned()
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// The runtime's subscriber: forwards each event to a client of the group.
+struct Forwarder {
+    group: Arc<Group>,
+    subscription: Subscription,
+}
+
+impl Subscriber for Forwarder {
+    fn subscription(&self) -> Subscription {
+        self.subscription.clone()
+    }
+
+    async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+        let event = ctx.event();
+        if !self
+            .group
+            .wanted
+            .wants(&event.entity_type, &event.event_type)
+        {
+            return Ok(());
+        }
+        let partition = eventuate_core::name::partition_of(&event.entity_id, self.group.partitions);
+        let mut changes = self.group.changed.subscribe();
+        loop {
+            let Some(member) = self.group.pick(partition) else {
+                if self.group.stopping.load(Ordering::Acquire) {
+                    return Err(HandlerError::msg(format!(
+                        "no STOMP client is subscribed as `{}` any more; delivered again when one subscribes",
+                        self.group.id
+                    )));
+                }
+                if changes.changed().await.is_err() {
+                    return Err(HandlerError::msg("the subscription is stopping"));
+                }
+                continue;
+            };
+            let (done, outcome) = oneshot::channel();
+            let delivery = Delivery {
+                subscription: member.subscription.clone(),
+                event: event.clone(),
+                done,
+            };
+            if member.tx.send(delivery).is_ok() {
+                match outcome.await {
+                    Ok(Outcome::Acked) => return Ok(()),
+                    Ok(Outcome::Nacked) => {
+                        return Err(HandlerError::msg(format!(
+                            "the STOMP client refused the event (NACK) on subscription `{}`",
+                            member.subscription
+                        )));
+                    }
+                    // The client left or unsubscribed first: another one gets it.
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The groups of this process.
+pub(crate) struct Registry {
+    store: Arc<dyn EventStore>,
+    subscriptions: Arc<dyn SubscriptionStore>,
+    runtime: RuntimeOptions,
+    retry: RetryPolicy,
+    groups: tokio::sync::Mutex<HashMap<String, Arc<Group>>>,
+    stopping: Mutex<HashMap<String, JoinHandle<()>>>,
+}
+
+impl Registry {
+    pub(crate) fn new(
+        store: Arc<dyn EventStore>,
+        subscriptions: Arc<dyn SubscriptionStore>,
+        runtime: RuntimeOptions,
+        retry: RetryPolicy,
+    ) -> Self {
+        Registry {
+            store,
+            subscriptions,
+            runtime,
+            retry,
+            groups: tokio::sync::Mutex::new(HashMap::new()),
+            stopping: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Adds a client to the group of `id`, starting the group's runtime if it is the first.
+    pub(crate) async fn join(
+        &self,
+        id: &str,
+        wanted: &Wanted,
+        partitions: u32,
+        member: Member,
+    ) -> Result<(), String> {
+        let mut groups = self.groups.lock().await;
+        if let Some(group) = groups.get(id) {
+            if group.wanted.types != wanted.types || group.partitions != partitions {
+                return Err(format!(
+                    "subscriber `{id}` is already subscribed in this server with other types or \
+                     partitions ({:?}, {} partition(s)); every client of one subscriber id must \
+                     ask for the same",
+                    group.wanted.types, group.partitions
+                ));
+            }
+            group
+                .members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(member);
+            group.notify();
+            return Ok(());
+        }
+        // A runtime of this id still shutting down: let it save its checkpoints first.
+        let previous = self
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(previous) = previous {
+            let _ = previous.await;
+        }
+        let subscription = wanted.subscription(id, partitions, self.retry);
+        subscription.validate().map_err(|e| e.to_string())?;
+        let stored = self
+            .subscriptions
+            .subscriber(id)
+            .await
+            .map_err(|e| format!("the subscription store is unavailable: {e}"))?;
+        if let Some(stored) = stored.shape.filter(|s| s.shape.partitions != partitions) {
+            return Err(format!(
+                "subscriber `{id}` is stored with {} partition(s), not {partitions}; subscribe \
+                 with `partitions:{}` (changing it is an operator's reshape)",
+                stored.shape.partitions, stored.shape.partitions
+            ));
+        }
+        let (changed, _) = watch::channel(0);
+        let group = Arc::new(Group {
+            id: id.to_owned(),
+            wanted: wanted.clone(),
+            partitions,
+            members: Mutex::new(vec![member]),
+            changed,
+            stopping: AtomicBool::new(false),
+            running: Mutex::new(None),
+        });
+        let running = Eventuate::from_parts(self.store.clone(), self.subscriptions.clone())
+            .options(self.runtime.clone())
+            .subscriber(Forwarder {
+                group: group.clone(),
+                subscription,
+            })
+            .start()
+            .map_err(|e| e.to_string())?;
+        *group.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        groups.insert(id.to_owned(), group);
+        drop(groups);
+        self.wait_stored(id, partitions).await;
+        Ok(())
+    }
+
+    /// Waits (boundedly) until the runtime has stored the subscriber's partitions, so that a
+    /// `from=end` subscription's start is fixed when its RECEIPT is sent.
+    async fn wait_stored(&self, id: &str, partitions: u32) {
+        let deadline = tokio::time::Instant::now() + self.runtime.lease_ttl * 2;
+        while tokio::time::Instant::now() < deadline {
+            let stored = self.subscriptions.subscriber(id).await.is_ok_and(|state| {
+                state.partitions.len() as u32 >= partitions
+                    && state.partitions.iter().all(|p| p.owner.is_some())
+            });
+            if stored {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Removes a client subscription; the last one of an id shuts its runtime down.
+    pub(crate) async fn leave(&self, id: &str, session: u64, subscription: &str) {
+        let mut groups = self.groups.lock().await;
+        let Some(group) = groups.get(id).cloned() else {
+            return;
+        };
+        let empty = {
+            let mut members = group.members.lock().unwrap_or_else(|p| p.into_inner());
+            members.retain(|m| !(m.session == session && m.subscription == subscription));
+            members.is_empty()
+        };
+        if !empty {
+            group.notify();
+            return;
+        }
+        groups.remove(id);
+        group.stopping.store(true, Ordering::Release);
+        group.notify();
+        let running = group
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let id_owned = id.to_owned();
+        let task = tokio::spawn(async move {
+            if let Some(running) = running {
+                if let Err(e) = running.shutdown().await {
+                    tracing::warn!(subscriber = %id_owned, error = %e, "STOMP subscriber runtime did not shut down cleanly");
+                }
+            }
+        });
+        self.stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), task);
+    }
+
+    /// Waits for every runtime shutting down (after the sessions have left).
+    pub(crate) async fn drain(&self) {
+        let tasks: Vec<_> = self
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, t)| t)
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_destinations() {
+        let w = parse_destination(
+            "/subscriptions/billing?types=Order,Customer&events=OrderCreated&from=end",
+        )
+        .unwrap();
+        assert_eq!(w.subscriber_id.as_deref(), Some("billing"));
+        assert_eq!(w.start, StartFrom::Now);
+        assert!(w.wants("Order", "OrderCreated"));
+        assert!(w.wants("Customer", "OrderCreated"));
+        assert!(!w.wants("Order", "OrderShipped"));
+        assert!(!w.wants("Invoice", "OrderCreated"));
+        let all = parse_destination("/subscriptions/b?types=Order").unwrap();
+        assert_eq!(all.start, StartFrom::Beginning);
+        assert!(all.wants("Order", "Anything"));
+        let transient =
+            parse_destination("/subscriptions/?types=Order&durability=transient").unwrap();
+        assert_eq!(transient.subscriber_id, None);
+        assert_eq!(transient.start, StartFrom::Now);
+        assert!(parse_destination("/subscriptions/b").is_err(), "no types");
+        assert!(parse_destination("/queue/x").is_err());
+        assert!(parse_destination("/subscriptions/b?types=A&from=yesterday").is_err());
+        assert!(parse_destination("/subscriptions/b?types=A&colour=red").is_err());
+    }
+
+    #[test]
+    fn json_destinations() {
+        let w = parse_destination(
+            r#"{"subscriberId":"s","entityTypesAndEvents":{"Order":["OrderCreated"],"Customer":[]},"options":{"readFrom":"END"}}"#,
+        )
+        .unwrap();
+        assert_eq!(w.subscriber_id.as_deref(), Some("s"));
+        assert_eq!(w.start, StartFrom::Now);
+        assert!(w.wants("Order", "OrderCreated"));
+        assert!(!w.wants("Order", "OrderShipped"));
+        assert!(w.wants("Customer", "CustomerCreated"));
+        let sub = w.subscription("s", 1, RetryPolicy::default());
+        assert!(
+            sub.event_types.is_empty(),
+            "Customer wants all, so the runtime reads all"
+        );
+        let t = parse_destination(
+            r#"{"entityTypesAndEvents":{"Order":["A"]},"options":{"durability":"TRANSIENT"}}"#,
+        )
+        .unwrap();
+        assert_eq!((t.subscriber_id, t.start), (None, StartFrom::Now));
+        assert!(parse_destination(r#"{"entityTypesAndEvents":{"Order":[]}}"#).is_err());
+        assert!(parse_destination(r#"{"subscriberId":"s","entityTypesAndEvents":{}}"#).is_err());
+    }
+}
