@@ -59,25 +59,30 @@ pub(crate) fn events(set: &EventsEnum<'_>) -> TokenStream {
         .iter()
         .map(|v| v.attr.version.as_ref().map_or(1, |n| n.value))
         .collect();
-    let schemas = set.variants.iter().zip(&names).zip(&versions).map(|((v, name), version)| {
-        let aliases = &v.attr.aliases;
-        let mut steps: Vec<&crate::attr::Upcast> = v.attr.upcasts.iter().collect();
-        steps.sort_by_key(|step| step.from.value);
-        let steps = steps.iter().map(|step| {
-            let (from, with) = (step.from.value, &step.with);
-            // Spanned at the function: one of the wrong shape is reported there.
-            let upcaster = quote_spanned!(at(with)=> #p::upcaster(#with));
-            quote!((#from, #upcaster))
-        });
-        quote! {
-            #p::EventSchema {
-                name: #name,
-                aliases: &[#(#aliases),*],
-                version: #version,
-                upcasters: &[#(#steps),*],
+    let schemas = set
+        .variants
+        .iter()
+        .zip(&names)
+        .zip(&versions)
+        .map(|((v, name), version)| {
+            let aliases = &v.attr.aliases;
+            let mut steps: Vec<&crate::attr::Upcast> = v.attr.upcasts.iter().collect();
+            steps.sort_by_key(|step| step.from.value);
+            let steps = steps.iter().map(|step| {
+                let (from, with) = (step.from.value, &step.with);
+                // Spanned at the function: one of the wrong shape is reported there.
+                let upcaster = quote_spanned!(at(with)=> #p::upcaster(#with));
+                quote!((#from, #upcaster))
+            });
+            quote! {
+                #p::EventSchema {
+                    name: #name,
+                    aliases: &[#(#aliases),*],
+                    version: #version,
+                    upcasters: &[#(#steps),*],
+                }
             }
-        }
-    });
+        });
     quote! {
         #[automatically_derived]
         impl #p::EventSet for #ident {

@@ -132,8 +132,7 @@ impl Placements {
 
 /// Appends the checked-in rows as an older release stored them.
 async fn append_old_history(store: &dyn EventStore) {
-    let rows: Vec<Value> =
-        serde_json::from_str(include_str!("data/order_history.json")).unwrap();
+    let rows: Vec<Value> = serde_json::from_str(include_str!("data/order_history.json")).unwrap();
     for row in rows {
         let entity_id = row["entity_id"].as_str().unwrap();
         let version = store.load("Order", entity_id, 0).await.unwrap().len() as u64;
@@ -181,7 +180,13 @@ async fn old_history_loads_upcast<S: EventStore + SubscriptionStore + Clone>(sto
         [None, None]
     );
     assert_eq!(
-        versions(store.load_with_snapshot("Order", "order-2", 1).await.unwrap().1),
+        versions(
+            store
+                .load_with_snapshot("Order", "order-2", 1)
+                .await
+                .unwrap()
+                .1
+        ),
         [Some(2), None]
     );
 
@@ -198,14 +203,27 @@ async fn old_history_loads_upcast<S: EventStore + SubscriptionStore + Clone>(sto
 
     let one = repo.load::<Order>("order-1").await.unwrap();
     assert_eq!(
-        (one.version, one.state.customer_id.as_str(), one.state.total_cents),
+        (
+            one.version,
+            one.state.customer_id.as_str(),
+            one.state.total_cents
+        ),
         (2, "ann", 10_000)
     );
-    assert_eq!((one.state.channel.as_str(), one.state.items), ("unknown", 2));
+    assert_eq!(
+        (one.state.channel.as_str(), one.state.items),
+        ("unknown", 2)
+    );
     let two = repo.load::<Order>("order-2").await.unwrap().state;
-    assert_eq!((two.customer_id.as_str(), two.total_cents, two.items), ("bob", 5_000, 1));
+    assert_eq!(
+        (two.customer_id.as_str(), two.total_cents, two.items),
+        ("bob", 5_000, 1)
+    );
     let three = repo.load::<Order>("order-3").await.unwrap().state;
-    assert_eq!((three.customer_id.as_str(), three.total_cents), ("cy", 2_500));
+    assert_eq!(
+        (three.customer_id.as_str(), three.total_cents),
+        ("cy", 2_500)
+    );
 
     // Commands go on from the upcast state; new events are written as the current version.
     repo.update::<Order>("order-1", AddItem { sku: "C".into() })
@@ -224,7 +242,10 @@ async fn old_history_loads_upcast<S: EventStore + SubscriptionStore + Clone>(sto
     assert_eq!(written[0].event_type, "OrderPlaced");
     assert_eq!(written[0].metadata.schema_version, Some(3));
     let added = store.load("Order", "order-1", 2).await.unwrap();
-    assert_eq!(added[0].metadata.schema_version, None, "version 1 is not recorded");
+    assert_eq!(
+        added[0].metadata.schema_version, None,
+        "version 1 is not recorded"
+    );
     assert_eq!(repo.load::<Order>("order-1").await.unwrap().state.items, 3);
 
     runtime

@@ -27,7 +27,10 @@ fn rename_customer(mut v: Value) -> Result<Value, String> {
 fn euros_to_cents(mut v: Value) -> Result<Value, String> {
     let object = v.as_object_mut().ok_or("not an object")?;
     let total = object.remove("total").and_then(|t| t.as_u64());
-    object.insert("total_cents".into(), json!(total.ok_or("no `total`")? * 100));
+    object.insert(
+        "total_cents".into(),
+        json!(total.ok_or("no `total`")? * 100),
+    );
     Ok(v)
 }
 
@@ -83,13 +86,24 @@ impl Order {
 fn the_fixture_takes_stored_events_of_every_version_and_name() {
     for (name, version, payload) in [
         ("OrderCreated", 1, json!({"customer": "ann", "total": 12})),
-        ("order_created", 2, json!({"customer_id": "ann", "total": 12})),
-        ("OrderPlaced", 3, json!({"customer_id": "ann", "total_cents": 1200})),
+        (
+            "order_created",
+            2,
+            json!({"customer_id": "ann", "total": 12}),
+        ),
+        (
+            "OrderPlaced",
+            3,
+            json!({"customer_id": "ann", "total_cents": 1200}),
+        ),
     ] {
         let order = AggregateFixture::<Order>::given_stored([(name, version, payload)])
             .when(Cancel)
             .then_expect_events([OrderCancelled {}]);
-        assert_eq!((order.customer_id.as_str(), order.total_cents), ("ann", 1200));
+        assert_eq!(
+            (order.customer_id.as_str(), order.total_cents),
+            ("ann", 1200)
+        );
     }
     AggregateFixture::<Order>::given_stored([
         ("OrderCreated", 1, json!({"customer": "ann", "total": 12})),
@@ -119,7 +133,10 @@ fn the_set_describes_each_event_and_writes_the_current_version() {
         customer_id: "ann".into(),
         total_cents: 1,
     });
-    assert_eq!((placed.event_type(), placed.schema_version()), ("OrderPlaced", 3));
+    assert_eq!(
+        (placed.event_type(), placed.schema_version()),
+        ("OrderPlaced", 3)
+    );
     assert_eq!(OrderEvent::from(OrderCancelled {}).schema_version(), 1);
 }
 
@@ -131,14 +148,27 @@ fn versions_without_a_chain_do_not_decode() {
     assert!(matches!(event, OrderEvent::Placed(ref e) if e.total_cents == 100));
     // Written by a newer release.
     let newer = OrderEvent::decode_stored("OrderPlaced", Some(4), "{}").unwrap_err();
-    assert!(matches!(newer, DecodeError::Version { stored: 4, current: 3 }), "{newer:?}");
+    assert!(
+        matches!(
+            newer,
+            DecodeError::Version {
+                stored: 4,
+                current: 3
+            }
+        ),
+        "{newer:?}"
+    );
     // An event that never had versions stays at 1.
     let cancelled = OrderEvent::decode_stored("OrderCancelled", Some(2), "{}").unwrap_err();
-    assert!(matches!(cancelled, DecodeError::Version { stored: 2, current: 1 }));
+    assert!(matches!(
+        cancelled,
+        DecodeError::Version {
+            stored: 2,
+            current: 1
+        }
+    ));
     // `decode` takes the current version's payload, under any name the event has.
-    assert!(
-        OrderEvent::decode("order_created", r#"{"customer_id":"a","total_cents":5}"#).is_ok()
-    );
+    assert!(OrderEvent::decode("order_created", r#"{"customer_id":"a","total_cents":5}"#).is_ok());
     assert!(matches!(
         OrderEvent::decode_stored("OrderShipped", None, "{}"),
         Err(DecodeError::UnknownType)
