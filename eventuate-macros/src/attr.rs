@@ -323,23 +323,37 @@ fn parse_event_attr(cx: &Ctxt, attr: &Attribute, variant: bool) -> EventAttr {
         }
         let key = key.unwrap_or_default();
         any = true;
-        // `upcast(..)` is repeated once per step; every other key is given once.
-        if key != "upcast" {
-            if seen.contains(&key) {
-                return Err(meta.error(format!(
-                    "duplicate key `{key}`: it is already set earlier in this attribute"
-                )));
-            }
+        // `upcast(..)` is repeated once per step; every other key is given once. A repeated
+        // key is reported and its value parsed and dropped, so the keys after it still count.
+        let repeated = key != "upcast" && seen.contains(&key);
+        if repeated {
+            cx.error_spanned_by(
+                &meta.path,
+                format!("duplicate key `{key}`: it is already set earlier in this attribute"),
+            );
+        } else {
             seen.push(key.clone());
         }
         match key.as_str() {
-            "name" => out.name = Some(meta.value()?.parse::<LitStr>()?),
-            "version" => out.version = Some(number(&meta, "version")?),
+            "name" => {
+                let name = meta.value()?.parse::<LitStr>()?;
+                if !repeated {
+                    out.name = Some(name);
+                }
+            }
+            "version" => {
+                let version = number(&meta, "version")?;
+                if !repeated {
+                    out.version = Some(version);
+                }
+            }
             "aliases" => {
                 let content;
                 syn::parenthesized!(content in meta.input);
                 let names = content.parse_terminated(<LitStr as Parse>::parse, Token![,])?;
-                out.aliases = names.into_iter().collect();
+                if !repeated {
+                    out.aliases = names.into_iter().collect();
+                }
             }
             _ => out.upcasts.push(upcast(&meta)?),
         }

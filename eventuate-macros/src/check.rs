@@ -183,13 +183,15 @@ fn versions(cx: &Ctxt, variant: &crate::ast::EventVariant<'_>) {
     let mut froms: Vec<u32> = Vec::new();
     for step in &attr.upcasts {
         let from = step.from.value;
-        if from == 0 || from >= current {
+        if from == 0 {
+            cx.error_spanned_by(&step.from.lit, "schema versions start at 1");
+        } else if from >= current {
             cx.error_spanned_by(
                 &step.from.lit,
                 format!(
-                    "an upcaster of an event at version {current} reads a version from 1 to \
-                     {}: it turns version `from` into `from + 1`",
-                    current - 1
+                    "`from = {from}` is not older than the event's version {current}: an \
+                     upcaster turns stored version `from` into `from + 1`, up to the current \
+                     version"
                 ),
             );
         } else if froms.contains(&from) {

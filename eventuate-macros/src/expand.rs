@@ -71,7 +71,9 @@ pub(crate) fn events(set: &EventsEnum<'_>) -> TokenStream {
             let steps = steps.iter().map(|step| {
                 let (from, with) = (step.from.value, &step.with);
                 // Spanned at the function: one of the wrong shape is reported there.
-                let upcaster = quote_spanned!(at(with)=> #p::upcaster(#with));
+                // Every token at one span (not `#p`, at the call site), so the error is one label.
+                let upcaster =
+                    quote_spanned!(at(with)=> ::eventuate_core::__private::upcaster(#with));
                 quote!((#from, #upcaster))
             });
             quote! {
