@@ -72,6 +72,10 @@ pub struct EventMetadata {
     /// User headers (request ids, user ids, tenant, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// The schema version of the payload (`#[event(version = N)]`); `None` for events stored
+    /// before versions were recorded, which read as version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
 }
 
 impl Default for EventMetadata {
@@ -83,6 +87,7 @@ impl Default for EventMetadata {
             causation_id: None,
             correlation_id: None,
             headers: BTreeMap::new(),
+            schema_version: None,
         }
     }
 }

@@ -169,6 +169,26 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A stored event's schema version could not be brought to the event's current version:
+    /// no upcaster chain from it (a newer writer, or an upcaster removed), or an upcaster
+    /// refused the payload.
+    #[error(
+        "cannot upcast {event_type} of {entity_type} `{entity_id}` at version {version}: {source}"
+    )]
+    Upcast {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// Entity version of the event.
+        version: u64,
+        /// The stored event type name.
+        event_type: String,
+        /// Why.
+        #[source]
+        source: crate::DecodeError,
+    },
+
     /// A value could not be encoded as JSON.
     #[error("cannot encode {what} as JSON: {source}")]
     Encode {
@@ -380,6 +400,7 @@ impl Error {
             | Error::IdempotencyMismatch { .. }
             | Error::UnknownEventType { .. }
             | Error::Decode { .. }
+            | Error::Upcast { .. }
             | Error::Encode { .. }
             | Error::InvalidPayload { .. }
             | Error::PayloadTooLarge { .. }
@@ -532,6 +553,19 @@ mod tests {
                 true,
             ),
             (
+                Error::Upcast {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    version: 1,
+                    event_type: "X".into(),
+                    source: crate::DecodeError::Version {
+                        stored: 3,
+                        current: 2,
+                    },
+                },
+                true,
+            ),
+            (
                 Error::Encode {
                     what: "X".into(),
                     source: json(),
@@ -648,6 +682,7 @@ mod tests {
             Error::IdempotencyMismatch { .. } => 19,
             Error::Parked { .. } => 20,
             Error::OutcomeUnknown { .. } => 21,
+            Error::Upcast { .. } => 22,
         }
     }
 

@@ -71,6 +71,37 @@ impl<A: Aggregate> AggregateFixture<A> {
         fixture
     }
 
+    /// Starts from the state these stored events produce, each given as it sits in the store:
+    /// `(event type name, schema version, payload)`. Names may be aliases and versions older
+    /// than the current one: they are decoded as a load decodes them (alias resolved, payload
+    /// upcast), so upcasters are tested like any other behaviour.
+    ///
+    /// # Panics
+    ///
+    /// If an event does not decode (unknown name, no upcaster chain, bad payload).
+    #[track_caller]
+    pub fn given_stored<I, N, P>(events: I) -> Self
+    where
+        I: IntoIterator<Item = (N, u32, P)>,
+        N: AsRef<str>,
+        P: fmt::Display,
+    {
+        let mut fixture = Self::given_no_events();
+        for (event_type, schema_version, payload) in events {
+            let (event_type, payload) = (event_type.as_ref(), payload.to_string());
+            let event = A::Event::decode_stored(event_type, Some(schema_version), &payload)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "given stored event {event_type} (schema version {schema_version}) \
+                         does not decode: {e}\n  payload: {payload}"
+                    )
+                });
+            fixture.state.apply(&event);
+            fixture.version += 1;
+        }
+        fixture
+    }
+
     /// Processes a command against the given state.
     pub fn when(self, command: impl Command<A>) -> FixtureOutcome<A> {
         let result = command.process(&self.state);

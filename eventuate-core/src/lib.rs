@@ -17,7 +17,8 @@ pub mod subscription_store;
 pub mod testing;
 
 pub use aggregate::{
-    Aggregate, Apply, ApplyAll, Command, DecodeError, EventOf, EventSet, HandleCommand,
+    Aggregate, Apply, ApplyAll, Command, DecodeError, EventOf, EventSchema, EventSet,
+    HandleCommand, Upcaster,
 };
 pub use envelope::{EventEnvelope, EventMetadata, NewEvent, Position};
 pub use error::{BoxError, Error, Result};
@@ -51,7 +52,8 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::aggregate::{
-        Aggregate, Apply, ApplyAll, DecodeError, EventOf, EventSet, HandleCommand, InitialState,
+        Aggregate, Apply, ApplyAll, DecodeError, EventOf, EventSchema, EventSet, HandleCommand,
+        InitialState, Upcaster,
     };
     pub use crate::envelope::EventEnvelope;
     pub use crate::subscriber::{EventContext, HandlerError, StartFrom, Subscriber, Subscription};
@@ -77,6 +79,50 @@ pub mod __private {
                 source: Box::new(source),
             })
         })
+    }
+
+    /// Decodes the delivered event for a handler of a subscriber checked against an aggregate
+    /// (`subscribe = Order`): the payload is first upcast from its stored schema version
+    /// through the aggregate's event set `S`, so the handler sees the current shape.
+    pub fn decode_for_handler_in<S: EventSet, T: serde::de::DeserializeOwned>(
+        ctx: &EventContext,
+    ) -> Result<T, HandlerError> {
+        let event = ctx.event();
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| {
+            HandlerError::permanent(crate::Error::Handler {
+                subscriber: ctx.subscriber_id().to_owned(),
+                entity_type: event.entity_type.clone(),
+                entity_id: event.entity_id.clone(),
+                event_type: event.event_type.clone(),
+                position: event.position,
+                source,
+            })
+        };
+        let payload = match S::schema(&event.event_type) {
+            Some(schema) => schema
+                .upcast(event.metadata.schema_version.unwrap_or(1), &event.payload)
+                .map_err(|e| fail(Box::new(e)))?,
+            None => std::borrow::Cow::Borrowed(event.payload.as_str()),
+        };
+        serde_json::from_str(&payload).map_err(|e| fail(Box::new(e)))
+    }
+
+    /// The stored names a checked subscriber asks for: each handled name and its aliases in
+    /// the aggregate's event set `S`.
+    pub fn with_aliases<S: EventSet>(names: &[&'static str]) -> Vec<&'static str> {
+        let mut all = Vec::with_capacity(names.len());
+        for name in names {
+            all.push(*name);
+            if let Some(schema) = S::SCHEMAS.iter().find(|s| s.name == *name) {
+                all.extend_from_slice(schema.aliases);
+            }
+        }
+        all
+    }
+
+    /// An upcaster, named so that a function of the wrong shape is reported at `with = ..`.
+    pub const fn upcaster(f: Upcaster) -> Upcaster {
+        f
     }
 
     /// Autoref specialization for [`crate::Aggregate::clone_for_cache`]: `(&CacheProbe(x))

@@ -591,6 +591,7 @@ impl Repository {
             causation_id: options.causation_id,
             correlation_id: Some(options.correlation_id.unwrap_or(command_id)),
             headers: options.headers.clone(),
+            schema_version: None,
         };
         let mut new_events = Vec::with_capacity(events.len());
         for event in &events {
@@ -598,11 +599,17 @@ impl Repository {
                 what: event.event_type().to_owned(),
                 source,
             })?;
+            // Version 1 is what an event stored without a version reads as: recording it
+            // would only lengthen every row of sets that never evolved.
+            let schema_version = Some(event.schema_version()).filter(|v| *v != 1);
             new_events.push(NewEvent {
                 event_id: Uuid::new_v4(),
                 event_type: event.event_type().to_owned(),
                 payload,
-                metadata: metadata.clone(),
+                metadata: EventMetadata {
+                    schema_version,
+                    ..metadata.clone()
+                },
             });
         }
         let event_ids = new_events.iter().map(|e| e.event_id).collect();
@@ -746,13 +753,16 @@ impl Repository {
     }
 }
 
-/// Decodes a stored event into an event set, with errors naming entity, version and type.
+/// Decodes a stored event into an event set, with errors naming entity, version and type:
+/// an alias of an event's type name reads as the event, and an older schema version is
+/// upcast ([`EventSet::decode_stored`]).
 pub fn decode_event<E: EventSet>(envelope: &EventEnvelope) -> Result<E> {
     decode_parts(
         &envelope.entity_type,
         &envelope.entity_id,
         envelope.entity_version,
         &envelope.event_type,
+        envelope.metadata.schema_version,
         &envelope.payload,
     )
 }
@@ -768,6 +778,7 @@ pub fn decode_stored<E: EventSet>(
         entity_id,
         event.entity_version,
         &event.event_type,
+        event.schema_version,
         &event.payload,
     )
 }
@@ -777,9 +788,10 @@ fn decode_parts<E: EventSet>(
     entity_id: &str,
     version: u64,
     event_type: &str,
+    schema_version: Option<u32>,
     payload: &str,
 ) -> Result<E> {
-    E::decode(event_type, payload).map_err(|e| match e {
+    E::decode_stored(event_type, schema_version, payload).map_err(|e| match e {
         DecodeError::UnknownType => Error::UnknownEventType {
             entity_type: entity_type.to_owned(),
             entity_id: entity_id.to_owned(),
@@ -787,6 +799,13 @@ fn decode_parts<E: EventSet>(
             event_type: event_type.to_owned(),
         },
         DecodeError::Json(source) => Error::Decode {
+            entity_type: entity_type.to_owned(),
+            entity_id: entity_id.to_owned(),
+            version,
+            event_type: event_type.to_owned(),
+            source,
+        },
+        source => Error::Upcast {
             entity_type: entity_type.to_owned(),
             entity_id: entity_id.to_owned(),
             version,

@@ -236,6 +236,8 @@ pub struct StoredEvent {
     pub event_type: String,
     /// The payload as JSON text.
     pub payload: String,
+    /// The payload's schema version, from the metadata (`None`: stored without one).
+    pub schema_version: Option<u32>,
 }
 
 /// An event store. See the module docs for why the futures are boxed.
@@ -283,6 +285,7 @@ pub trait EventStore: Send + Sync + 'static {
                     entity_version: e.entity_version,
                     event_type: e.event_type,
                     payload: e.payload,
+                    schema_version: e.metadata.schema_version,
                 })
                 .collect())
         })

@@ -139,7 +139,9 @@ impl<S: Subscriber> SubscriberFixture<S> {
                 let payload = e.encode().unwrap_or_else(|err| {
                     panic!("given event {} does not encode: {err}", e.event_type())
                 });
-                NewEvent::new(e.event_type(), payload)
+                let mut event = NewEvent::new(e.event_type(), payload);
+                event.metadata.schema_version = Some(e.schema_version()).filter(|v| *v != 1);
+                event
             })
             .collect();
         let version = self

@@ -29,6 +29,8 @@ pub(crate) struct EventVariant<'a> {
     pub ident: &'a Ident,
     pub ty: &'a Type,
     pub name: Option<EventTypeName>,
+    /// `version`, `aliases(..)` and `upcast(..)` of its `#[event(..)]` (`name` is in `name`).
+    pub attr: attr::EventAttr,
 }
 
 /// An event type name and where it comes from (the type, or `#[event(name = "..")]`).
@@ -58,7 +60,8 @@ impl<'a> EventsEnum<'a> {
         };
         let mut variants = Vec::new();
         for variant in &data.variants {
-            let explicit = attr::event_name_of(cx, &variant.attrs);
+            let mut event_attr = attr::event_attr_of(cx, &variant.attrs);
+            let explicit = event_attr.name.take();
             let ty = match &variant.fields {
                 Fields::Unnamed(fields) if fields.unnamed.len() == 1 => &fields.unnamed[0].ty,
                 _ => {
@@ -96,6 +99,7 @@ impl<'a> EventsEnum<'a> {
                 ident: &variant.ident,
                 ty,
                 name,
+                attr: event_attr,
             });
         }
         if !input.generics.params.is_empty() || input.generics.where_clause.is_some() {

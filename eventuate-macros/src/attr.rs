@@ -6,6 +6,7 @@
 use proc_macro2::{Span, TokenStream, TokenTree};
 use syn::meta::ParseNestedMeta;
 use syn::parse::{Parse, ParseStream, Parser};
+use syn::spanned::Spanned;
 use syn::{Attribute, Expr, Lit, LitBool, LitInt, LitStr, Path, Token, Type};
 
 use crate::check::Ctxt;
@@ -244,55 +245,159 @@ pub(crate) fn is_apply(cx: &Ctxt, attr: &Attribute) -> bool {
     true
 }
 
-/// The `#[event(name = "..")]` among `attrs`; a second `#[event(..)]` is an error at its own
-/// span (it would otherwise silently win).
-pub(crate) fn event_name_of(cx: &Ctxt, attrs: &[Attribute]) -> Option<LitStr> {
-    event_name_among(
-        cx,
-        attrs.iter().filter(|attr| attr.path().is_ident("event")),
-    )
+/// `#[event(..)]` on a variant of `#[derive(Events)]`: the stored name, the schema version,
+/// the older names still read, and the upcasters from older versions.
+#[derive(Default)]
+pub(crate) struct EventAttr {
+    pub name: Option<LitStr>,
+    pub version: Option<Number<u32>>,
+    pub aliases: Vec<LitStr>,
+    pub upcasts: Vec<Upcast>,
 }
 
-/// The `#[event(name = "..")]` among `attrs`, all of which are `#[event(..)]` (or a
-/// misspelling of it, already reported).
+/// `upcast(from = N, with = path)`.
+pub(crate) struct Upcast {
+    /// The whole `upcast(..)`, for errors about it.
+    pub span: Span,
+    pub from: Number<u32>,
+    pub with: Path,
+}
+
+/// The `#[event(name = "..")]` among `attrs` of a handler method; a second `#[event(..)]` is
+/// an error at its own span (it would otherwise silently win).
 pub(crate) fn event_name_among<'a>(
     cx: &Ctxt,
     attrs: impl IntoIterator<Item = &'a Attribute>,
 ) -> Option<LitStr> {
-    let mut found: Option<Option<LitStr>> = None;
-    for attr in attrs {
-        if let Some(name) = parse_event_name(cx, attr) {
-            if found.is_some() {
-                cx.error_spanned_by(attr, "`#[event(..)]` is given twice; keep one");
-            } else {
-                found = Some(name);
-            }
-        }
-    }
-    found.flatten()
+    event_attr_among(cx, attrs, false).and_then(|attr| attr.name)
 }
 
-fn parse_event_name(cx: &Ctxt, attr: &Attribute) -> Option<Option<LitStr>> {
-    let mut name = None;
-    let result = attr.parse_nested_meta(|meta| {
-        if meta.path.is_ident("name") {
-            if name.is_some() {
-                return Err(
-                    meta.error("duplicate key `name`: it is already set earlier in this attribute")
-                );
-            }
-            name = Some(meta.value()?.parse::<LitStr>()?);
-            Ok(())
+/// The `#[event(..)]` among the attributes of a variant of `#[derive(Events)]`.
+pub(crate) fn event_attr_of(cx: &Ctxt, attrs: &[Attribute]) -> EventAttr {
+    event_attr_among(
+        cx,
+        attrs.iter().filter(|attr| attr.path().is_ident("event")),
+        true,
+    )
+    .unwrap_or_default()
+}
+
+fn event_attr_among<'a>(
+    cx: &Ctxt,
+    attrs: impl IntoIterator<Item = &'a Attribute>,
+    variant: bool,
+) -> Option<EventAttr> {
+    let mut found: Option<EventAttr> = None;
+    for attr in attrs {
+        let parsed = parse_event_attr(cx, attr, variant);
+        if found.is_some() {
+            cx.error_spanned_by(attr, "`#[event(..)]` is given twice; keep one");
         } else {
-            Err(meta.error("unknown key in #[event(..)]; expected `name = \"..\"`"))
+            found = Some(parsed);
         }
+    }
+    found
+}
+
+const VARIANT_EVENT_KEYS: &str =
+    "`name = \"..\"`, `version = N`, `aliases(\"..\")`, `upcast(from = N, with = function)`";
+
+fn parse_event_attr(cx: &Ctxt, attr: &Attribute, variant: bool) -> EventAttr {
+    let mut out = EventAttr::default();
+    let mut seen: Vec<String> = Vec::new();
+    let mut any = false;
+    let result = attr.parse_nested_meta(|meta| {
+        let key = meta.path.get_ident().map(ToString::to_string);
+        let known = match key.as_deref() {
+            Some("name") => true,
+            Some("version" | "aliases" | "upcast") => variant,
+            _ => false,
+        };
+        if !known {
+            let expected = if variant {
+                VARIANT_EVENT_KEYS
+            } else {
+                "`name = \"..\"`"
+            };
+            return Err(meta.error(format!("unknown key in #[event(..)]; expected {expected}")));
+        }
+        let key = key.unwrap_or_default();
+        any = true;
+        // `upcast(..)` is repeated once per step; every other key is given once. A repeated
+        // key is reported and its value parsed and dropped, so the keys after it still count.
+        let repeated = key != "upcast" && seen.contains(&key);
+        if repeated {
+            cx.error_spanned_by(
+                &meta.path,
+                format!("duplicate key `{key}`: it is already set earlier in this attribute"),
+            );
+        } else {
+            seen.push(key.clone());
+        }
+        match key.as_str() {
+            "name" => {
+                let name = meta.value()?.parse::<LitStr>()?;
+                if !repeated {
+                    out.name = Some(name);
+                }
+            }
+            "version" => {
+                let version = number(&meta, "version")?;
+                if !repeated {
+                    out.version = Some(version);
+                }
+            }
+            "aliases" => {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let names = content.parse_terminated(<LitStr as Parse>::parse, Token![,])?;
+                if !repeated {
+                    out.aliases = names.into_iter().collect();
+                }
+            }
+            _ => out.upcasts.push(upcast(&meta)?),
+        }
+        Ok(())
     });
     if let Err(e) = result {
         cx.syn_error(e);
-    } else if name.is_none() {
-        cx.error_spanned_by(attr, "expected `#[event(name = \"EventTypeName\")]`");
+    } else if !any {
+        let expected = if variant {
+            format!("`#[event(..)]` with at least one of {VARIANT_EVENT_KEYS}")
+        } else {
+            "`#[event(name = \"EventTypeName\")]`".to_owned()
+        };
+        cx.error_spanned_by(attr, format!("expected {expected}"));
     }
-    Some(name)
+    out
+}
+
+/// `upcast(from = N, with = path)`.
+fn upcast(meta: &ParseNestedMeta<'_>) -> syn::Result<Upcast> {
+    let span = meta.path.span();
+    let mut from = None;
+    let mut with = None;
+    meta.parse_nested_meta(|inner| {
+        if inner.path.is_ident("from") && from.is_none() {
+            from = Some(number(&inner, "from")?);
+        } else if inner.path.is_ident("with") && with.is_none() {
+            with = Some(inner.value()?.parse::<Path>()?);
+        } else {
+            return Err(inner.error(
+                "expected `upcast(from = N, with = function)`, each key once: the upcaster \
+                 from stored version N to N + 1",
+            ));
+        }
+        Ok(())
+    })?;
+    match (from, with) {
+        (Some(from), Some(with)) => Ok(Upcast { span, from, with }),
+        _ => Err(syn::Error::new(
+            span,
+            "expected `upcast(from = N, with = function)`: the version it reads and a \
+             `fn(serde_json::Value) -> Result<serde_json::Value, String>`",
+        )),
+    }
 }
 
 /// Attributes of the language and of common tools that are never taken for a misspelled helper.

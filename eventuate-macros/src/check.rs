@@ -153,6 +153,125 @@ pub(crate) fn events(cx: &Ctxt, set: &EventsEnum<'_>) {
         } else {
             types.push((key, variant.ident));
         }
+        versions(cx, variant);
+    }
+    aliases(cx, set);
+}
+
+/// `version = N` and the `upcast(..)` chain of one event: every step from the oldest upcaster
+/// to the current version, once each.
+fn versions(cx: &Ctxt, variant: &crate::ast::EventVariant<'_>) {
+    let attr = &variant.attr;
+    let Some(version) = &attr.version else {
+        if let Some(first) = attr.upcasts.first() {
+            cx.error_at(
+                first.span,
+                "`upcast(..)` needs the event's current version: add `version = N` to this \
+                 `#[event(..)]`",
+            );
+        }
+        return;
+    };
+    let current = version.value;
+    if current == 0 {
+        cx.error_spanned_by(
+            &version.lit,
+            "schema versions start at 1 (an event stored without a version is version 1)",
+        );
+        return;
+    }
+    let mut froms: Vec<u32> = Vec::new();
+    for step in &attr.upcasts {
+        let from = step.from.value;
+        if from == 0 {
+            cx.error_spanned_by(&step.from.lit, "schema versions start at 1");
+        } else if from >= current {
+            cx.error_spanned_by(
+                &step.from.lit,
+                format!(
+                    "`from = {from}` is not older than the event's version {current}: an \
+                     upcaster turns stored version `from` into `from + 1`, up to the current \
+                     version"
+                ),
+            );
+        } else if froms.contains(&from) {
+            cx.error_spanned_by(
+                &step.from.lit,
+                format!(
+                    "a second upcaster from version {from}: each version has one upcaster to \
+                     the next"
+                ),
+            );
+        } else {
+            froms.push(from);
+        }
+    }
+    if current == 1 || froms.is_empty() {
+        if current > 1 && attr.upcasts.is_empty() {
+            cx.error_spanned_by(
+                &version.lit,
+                format!(
+                    "version {current} needs upcasters from the older versions, at least \
+                     `upcast(from = {}, with = function)`: stored events of version {} could \
+                     not be read",
+                    current - 1,
+                    current - 1
+                ),
+            );
+        }
+        return;
+    }
+    let oldest = froms.iter().copied().min().unwrap_or(1);
+    for missing in (oldest..current).filter(|v| !froms.contains(v)) {
+        cx.error_spanned_by(
+            &version.lit,
+            format!(
+                "the upcaster chain has a gap: no upcaster from version {missing} to {}; \
+                 add `upcast(from = {missing}, with = function)` so that version {oldest} \
+                 reaches version {current}",
+                missing + 1
+            ),
+        );
+    }
+}
+
+/// `aliases(..)`: valid names, each read as one event only (never another event's name or
+/// alias, in this set).
+fn aliases(cx: &Ctxt, set: &EventsEnum<'_>) {
+    let mut seen: Vec<(String, &syn::Ident)> = Vec::new();
+    for variant in &set.variants {
+        for alias in &variant.attr.aliases {
+            let value = alias.value();
+            check_identifier(cx, "event type name", &value, alias.span());
+            let named = set
+                .variants
+                .iter()
+                .find(|v| v.name.as_ref().is_some_and(|n| n.value == value));
+            if let Some(other) = named {
+                let whose = if other.ident == variant.ident {
+                    "it is this event's own name".to_owned()
+                } else {
+                    format!("variant `{}` is stored under that name", other.ident)
+                };
+                cx.error_spanned_by(
+                    alias,
+                    format!(
+                        "alias `{value}` is ambiguous: {whose}; a stored name reads as one \
+                         event only"
+                    ),
+                );
+            } else if let Some((_, other)) = seen.iter().find(|(n, _)| *n == value) {
+                cx.error_spanned_by(
+                    alias,
+                    format!(
+                        "alias `{value}` is already an alias of variant `{other}`; a stored \
+                         name reads as one event only"
+                    ),
+                );
+            } else {
+                seen.push((value, variant.ident));
+            }
+        }
     }
 }
 

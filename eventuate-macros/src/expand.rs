@@ -50,17 +50,57 @@ pub(crate) fn events(set: &EventsEnum<'_>) -> TokenStream {
     });
     let decode = set.variants.iter().zip(&names).map(|(v, name)| {
         let (variant, ty) = (v.ident, v.ty);
+        let aliases = &v.attr.aliases;
         let call = quote_spanned!(at(ty)=> #p::decode::<#ty>(payload));
-        quote!(#name => ::core::result::Result::map(#call, Self::#variant),)
+        quote!(#name #(| #aliases)* => ::core::result::Result::map(#call, Self::#variant),)
     });
+    let versions: Vec<u32> = set
+        .variants
+        .iter()
+        .map(|v| v.attr.version.as_ref().map_or(1, |n| n.value))
+        .collect();
+    let schemas = set
+        .variants
+        .iter()
+        .zip(&names)
+        .zip(&versions)
+        .map(|((v, name), version)| {
+            let aliases = &v.attr.aliases;
+            let mut steps: Vec<&crate::attr::Upcast> = v.attr.upcasts.iter().collect();
+            steps.sort_by_key(|step| step.from.value);
+            let steps = steps.iter().map(|step| {
+                let (from, with) = (step.from.value, &step.with);
+                // Spanned at the function: one of the wrong shape is reported there.
+                // Every token at one span (not `#p`, at the call site), so the error is one label.
+                let upcaster =
+                    quote_spanned!(at(with)=> ::eventuate_core::__private::upcaster(#with));
+                quote!((#from, #upcaster))
+            });
+            quote! {
+                #p::EventSchema {
+                    name: #name,
+                    aliases: &[#(#aliases),*],
+                    version: #version,
+                    upcasters: &[#(#steps),*],
+                }
+            }
+        });
     quote! {
         #[automatically_derived]
         impl #p::EventSet for #ident {
             const EVENT_TYPES: &'static [&'static ::core::primitive::str] = &[#(#names),*];
 
+            const SCHEMAS: &'static [#p::EventSchema] = &[#(#schemas),*];
+
             fn event_type(&self) -> &'static ::core::primitive::str {
                 match *self {
                     #(Self::#variants(_) => #names,)*
+                }
+            }
+
+            fn schema_version(&self) -> ::core::primitive::u32 {
+                match *self {
+                    #(Self::#variants(_) => #versions,)*
                 }
             }
 
@@ -411,7 +451,25 @@ pub(crate) fn subscriber(plan: &SubscriberPlan<'_>) -> TokenStream {
         TokenStream::new()
     } else {
         let names = plan.handlers.iter().map(|h| &h.name);
-        quote!(.event_types([#(#names),*]))
+        match plan.checked_against {
+            // The aggregate's event set knows the older names its events are stored under.
+            Some(aggregate) => quote!(.event_types(#p::with_aliases::<
+                <#aggregate as #p::Aggregate>::Event,
+            >(&[#(#names),*]))),
+            None => quote!(.event_types([#(#names),*])),
+        }
+    };
+    // Checked against an aggregate, a handler matches the event's current name whatever name
+    // it was stored under, and reads the payload upcast to the current schema version.
+    let (event_type, set) = match plan.checked_against {
+        Some(aggregate) => {
+            let set = quote!(<#aggregate as #p::Aggregate>::Event);
+            (
+                quote!(<#set as #p::EventSet>::current_name(ctx.event().event_type.as_str())),
+                Some(set),
+            )
+        }
+        None => (quote!(ctx.event().event_type.as_str()), None),
     };
     let attr = plan.attr;
     let start = attr.start.as_ref().map(|start| {
@@ -433,7 +491,10 @@ pub(crate) fn subscriber(plan: &SubscriberPlan<'_>) -> TokenStream {
     let transactional = attr.transactional.map(|yes| quote!(.transactional(#yes)));
     let dispatch = plan.handlers.iter().map(|handler| {
         let (method, ty, name) = (handler.method, handler.event, &handler.name);
-        let decode = quote_spanned!(at(ty)=> #p::decode_for_handler::<#ty>(ctx));
+        let decode = match &set {
+            Some(set) => quote_spanned!(at(ty)=> #p::decode_for_handler_in::<#set, #ty>(ctx)),
+            None => quote_spanned!(at(ty)=> #p::decode_for_handler::<#ty>(ctx)),
+        };
         let call = handler_call(method, true, handler.error);
         quote! {
             if event_type == #name {
@@ -472,7 +533,7 @@ pub(crate) fn subscriber(plan: &SubscriberPlan<'_>) -> TokenStream {
                 Output = ::core::result::Result<(), #p::HandlerError>,
             > + ::core::marker::Send + 'a {
                 async move {
-                    let event_type = ctx.event().event_type.as_str();
+                    let event_type = #event_type;
                     #(#dispatch)*
                     #rest
                 }

@@ -20,6 +20,13 @@ use proc_macro::TokenStream;
 /// another service can declare its own `OrderCreated` with the fields it needs. Rename one with
 /// `#[event(name = "..")]`, e.g. to keep the stored name when the struct is renamed.
 ///
+/// Evolving an event: `#[event(version = 3, upcast(from = 1, with = v1_to_v2), upcast(from =
+/// 2, with = v2_to_v3))]` declares its schema version (recorded with each new event) and the
+/// chain of `fn(serde_json::Value) -> Result<serde_json::Value, String>` that brings stored
+/// older versions up to it (no gaps, one step per version); `aliases("OrderCreated", ..)` are
+/// older stored names still read as this event (never another event's name or alias). See
+/// the README's "Evolving events".
+///
 /// ```text
 /// #[derive(Debug, Clone, Events)]
 /// pub enum OrderEvent {

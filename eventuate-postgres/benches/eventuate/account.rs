@@ -174,6 +174,7 @@ pub fn command_metadata() -> EventMetadataJson {
         causation_id: None,
         correlation_id: Some(command_id),
         headers: Default::default(),
+        schema_version: None,
     };
     EventMetadataJson {
         text: serde_json::to_string(&metadata).unwrap_or_default(),

@@ -54,6 +54,7 @@ impl PostgresEventStore {
                     entity_version: to_u64(version),
                     event_type: get(row, 1, &context)?,
                     payload: get(row, 2, &context)?,
+                    schema_version: schema_version(get(row, 3, &context)?),
                 })
             })
             .collect()
@@ -96,6 +97,7 @@ impl PostgresEventStore {
                     entity_version: to_u64(version),
                     event_type: get(row, 2, &context)?,
                     payload,
+                    schema_version: schema_version(get(row, 4, &context)?),
                 });
             }
         }
@@ -362,4 +364,12 @@ fn decode_row(
         position: Position::new(to_u64(transaction), to_u64(sequence)),
     };
     Ok((event, serde_json::from_str(metadata)))
+}
+
+/// The `schema_version` of a row's metadata, as `->>` reads it. A value that is not a
+/// version (only SQL written by hand can store one) reads as `u32::MAX`, a version no event
+/// set has, so the load fails with `Error::Upcast` naming the event instead of reading the
+/// payload as a shape it may not have.
+fn schema_version(text: Option<String>) -> Option<u32> {
+    text.map(|t| t.parse().unwrap_or(u32::MAX))
 }

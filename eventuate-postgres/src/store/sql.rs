@@ -172,7 +172,8 @@ impl Sql {
                 "SELECT event_id FROM {s}.events WHERE event_id = ANY($1) LIMIT 1"
             ),
             load_fold: format!(
-                "SELECT entity_version, event_type, payload::text FROM {s}.events \
+                "SELECT entity_version, event_type, payload::text, \
+                   metadata->>'schema_version' FROM {s}.events \
                  WHERE entity_type = $1 AND entity_id = $2 AND entity_version > $3 \
                  ORDER BY entity_version"
             ),
@@ -180,9 +181,11 @@ impl Sql {
                 "WITH snap AS (SELECT entity_version, payload::text AS payload \
                    FROM {s}.snapshots \
                    WHERE entity_type = $1 AND entity_id = $2 AND snapshot_version = $3) \
-                 SELECT 0 AS kind, entity_version, NULL::text AS event_type, payload FROM snap \
+                 SELECT 0 AS kind, entity_version, NULL::text AS event_type, payload, \
+                   NULL::text AS schema_version FROM snap \
                  UNION ALL \
-                 SELECT 1, e.entity_version, e.event_type, e.payload::text FROM {s}.events e \
+                 SELECT 1, e.entity_version, e.event_type, e.payload::text, \
+                   e.metadata->>'schema_version' FROM {s}.events e \
                  WHERE e.entity_type = $1 AND e.entity_id = $2 \
                    AND e.entity_version > COALESCE((SELECT entity_version FROM snap), 0) \
                  ORDER BY kind, entity_version"
