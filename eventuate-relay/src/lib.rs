@@ -66,8 +66,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventuate_core::{
-    BatchOutcome, EventContext, EventEnvelope, HandlerError, RetryPolicy, Subscriber,
-    Subscription,
+    BatchOutcome, EventContext, EventEnvelope, HandlerError, RetryPolicy, Subscriber, Subscription,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -354,8 +353,7 @@ impl<B: Broker> Subscriber for Relay<B> {
 /// (pipelined messages on a connection that breaks), while messages of different entities
 /// still share one round trip.
 pub fn waves(messages: &[Message]) -> Vec<Vec<usize>> {
-    let mut seen: std::collections::HashMap<(&str, &str), usize> =
-        std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
     let mut waves: Vec<Vec<usize>> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let n = seen.entry((&m.entity_type, &m.key)).or_insert(0);

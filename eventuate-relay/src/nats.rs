@@ -68,7 +68,9 @@ impl Relay<NatsBroker> {
 
 /// A JetStream context over `client` whose acknowledgements are awaited `timeout`.
 pub fn jetstream_with_timeout(client: async_nats::Client, timeout: Duration) -> jetstream::Context {
-    jetstream::ContextBuilder::new().timeout(timeout).build(client)
+    jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .build(client)
 }
 
 impl Broker for NatsBroker {
