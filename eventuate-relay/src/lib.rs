@@ -71,6 +71,8 @@ use eventuate_core::{
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
 
