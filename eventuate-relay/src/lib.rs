@@ -1,4 +1,5 @@
-//! Relays the event stream to a message broker (issue #12).
+//! Relays the event stream to a message broker (issue #12): NATS JetStream (feature `nats`,
+//! default, module `nats`) or Kafka (feature `kafka`, module `kafka`).
 //!
 //! A [`Relay`] is a durable subscriber: registered with the runtime like any other, so leases,
 //! partitions, retries, parking and status are the runtime's. Its checkpoint moves only after
