@@ -1,0 +1,454 @@
+//! The relay against a real `nats-server -js` (started by each test on a free loopback port,
+//! with a temporary store directory) and a throwaway PostgreSQL event store.
+#![cfg(feature = "nats")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::stream;
+use eventuate_core::subscription_store::SubscriptionStore;
+use eventuate_core::{BatchOutcome, Eventuate};
+use eventuate_relay::nats::{NatsBroker, jetstream_with_timeout};
+use eventuate_relay::{Broker, Message, Relay, RelayOptions, Topics};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use common::*;
+
+fn entities(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .flat_map(|i| {
+            [
+                ("Order".to_owned(), format!("order-{i}")),
+                ("Customer".to_owned(), format!("customer-{i}")),
+            ]
+        })
+        .collect()
+}
+
+/// Appends `rounds` events to each entity, round-robin, starting at version `from`.
+async fn append_rounds(
+    store: &eventuate_postgres::PostgresEventStore,
+    entities: &[(String, String)],
+    from: u64,
+    rounds: u64,
+) {
+    for v in from..from + rounds {
+        for (t, id) in entities {
+            append(
+                store,
+                t,
+                id,
+                v,
+                format!("{{\"n\":{v},\"entity\":\"{id}\"}}"),
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_published_once_in_entity_order_with_its_headers() {
+    let nats = NatsServer::start();
+    let db = eventuate_postgres::embedded::test_database().await;
+    let store = store(&db.url).await;
+    let client = connect(&nats).await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(
+        &js,
+        stream::Config {
+            name: "EVENTS".into(),
+            subjects: vec!["events.>".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    create_stream(
+        &js,
+        stream::Config {
+            name: "ALL".into(),
+            subjects: vec!["all-events".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let entities = entities(8);
+    // Half before the relay starts (catch-up), half after (live).
+    append_rounds(&store, &entities, 0, 5).await;
+    let running = Eventuate::new(store.clone())
+        .options(options())
+        .subscriber(Relay::nats(
+            client.clone(),
+            RelayOptions::new(
+                "relay-per-type",
+                ["Order", "Customer"],
+                Topics::per_entity_type("events."),
+            ),
+        ))
+        .subscriber(Relay::nats(
+            client.clone(),
+            RelayOptions::new(
+                "relay-single",
+                ["Order", "Customer"],
+                Topics::Single("all-events".into()),
+            ),
+        ))
+        .start()
+        .unwrap();
+    append_rounds(&store, &entities, 5, 5).await;
+    running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    let events = stored(&store, &entities).await;
+    assert_eq!(events.len(), 160);
+    check_exactly_once_in_order(&read_stream(&js, "EVENTS").await, &events, |e| {
+        format!("events.{}", e.entity_type)
+    });
+    check_exactly_once_in_order(&read_stream(&js, "ALL").await, &events, |_| {
+        "all-events".to_owned()
+    });
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_stopped_mid_stream_loses_nothing_and_the_relay_resumes_unaided() {
+    let mut nats = NatsServer::start();
+    let db = eventuate_postgres::embedded::test_database().await;
+    let store = store(&db.url).await;
+    let client = connect(&nats).await;
+    let js = jetstream_with_timeout(client.clone(), Duration::from_millis(500));
+    create_stream(
+        &js,
+        stream::Config {
+            name: "EVENTS".into(),
+            subjects: vec!["events.>".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let entities = entities(3);
+    let mut relay = RelayOptions::new(
+        "relay",
+        ["Order", "Customer"],
+        Topics::per_entity_type("events."),
+    );
+    relay.retry = quick_retries();
+    let running = Eventuate::new(store.clone())
+        .options(options())
+        .subscriber(Relay::nats_jetstream(js.clone(), relay))
+        .start()
+        .unwrap();
+    let writer = {
+        let (store, entities) = (store.clone(), entities.clone());
+        tokio::spawn(async move {
+            for v in 0..40 {
+                append_rounds(&store, &entities, v, 1).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // Stop the server once part of the stream is through, while events keep coming.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let published = js
+            .get_stream("EVENTS")
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+        if published >= 30 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing published");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.restart();
+    writer.await.unwrap();
+    running
+        .wait_caught_up(Duration::from_secs(60))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    let status = running.status().await.unwrap();
+    assert!(
+        status.iter().map(|s| s.retried).sum::<u64>() > 0,
+        "the outage was seen and retried: {status:?}"
+    );
+    let events = stored(&store, &entities).await;
+    assert_eq!(events.len(), 240);
+    // Every event once (the duplicate window absorbed re-publications), entity order kept.
+    check_exactly_once_in_order(&read_stream(&js, "EVENTS").await, &events, |e| {
+        format!("events.{}", e.entity_type)
+    });
+    running.shutdown().await.unwrap();
+}
+
+/// Records what it published; blocks forever after publishing once `block` is set, as a
+/// process that dies between the broker's acknowledgement and its checkpoint.
+#[derive(Clone)]
+struct Recording {
+    inner: NatsBroker,
+    published: Arc<Mutex<Vec<Uuid>>>,
+    block: Arc<Mutex<bool>>,
+    blocked: Arc<Notify>,
+}
+
+impl Broker for Recording {
+    async fn publish(&self, messages: &[Message]) -> BatchOutcome {
+        let outcome = self.inner.publish(messages).await;
+        self.published
+            .lock()
+            .unwrap()
+            .extend(messages[..outcome.handled].iter().map(|m| m.event_id));
+        if *self.block.lock().unwrap() {
+            self.blocked.notify_one();
+            std::future::pending::<()>().await;
+        }
+        outcome
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_dropped_before_its_checkpoint_republishes_only_the_rest_and_jetstream_drops_the_duplicates()
+ {
+    let nats = NatsServer::start();
+    let db = eventuate_postgres::embedded::test_database().await;
+    let store = store(&db.url).await;
+    let client = connect(&nats).await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(
+        &js,
+        stream::Config {
+            name: "EVENTS".into(),
+            subjects: vec!["events.>".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let entities = entities(4);
+    let options_of = || {
+        let mut o = RelayOptions::new(
+            "relay",
+            ["Order", "Customer"],
+            Topics::per_entity_type("events."),
+        );
+        o.batch = 16;
+        o
+    };
+    let first = Recording {
+        inner: NatsBroker::new(js.clone()),
+        published: Arc::default(),
+        block: Arc::default(),
+        blocked: Arc::default(),
+    };
+    append_rounds(&store, &entities, 0, 5).await;
+    let running = Eventuate::new(store.clone())
+        .options(options())
+        .subscriber(Relay::new(first.clone(), options_of()))
+        .start()
+        .unwrap();
+    running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    // From now on the first relay publishes, then never checkpoints: it is dropped while
+    // blocked after the broker's acknowledgement.
+    *first.block.lock().unwrap() = true;
+    append_rounds(&store, &entities, 5, 5).await;
+    tokio::time::timeout(Duration::from_secs(30), first.blocked.notified())
+        .await
+        .expect("the first relay published a run after the checkpoint");
+    drop(running);
+    let events = stored(&store, &entities).await;
+    assert_eq!(events.len(), 80);
+    let checkpoint = store.subscriber("relay").await.unwrap().partitions[0].checkpoint;
+    // The checkpoint is past the first 40 events (at the head's horizon), before the rest.
+    assert!(
+        checkpoint >= events[39].position && checkpoint < events[40].position,
+        "checkpointed up to the first 40: {checkpoint}"
+    );
+    let not_checkpointed: HashSet<Uuid> = events[40..].iter().map(|e| e.event_id).collect();
+    let published_unchecked: HashSet<Uuid> = first
+        .published
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|id| not_checkpointed.contains(id))
+        .collect();
+    assert!(
+        !published_unchecked.is_empty(),
+        "the first relay published events it did not checkpoint"
+    );
+
+    let second = Recording {
+        inner: NatsBroker::new(js.clone()),
+        published: Arc::default(),
+        block: Arc::default(),
+        blocked: Arc::default(),
+    };
+    let running = Eventuate::new(store.clone())
+        .options(options())
+        .subscriber(Relay::new(second.clone(), options_of()))
+        .start()
+        .unwrap();
+    // `wait_caught_up` counts a partition another node holds as caught up: first wait for
+    // the dropped runtime's lease to expire and this one to take the partition.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !running.status().await.unwrap().iter().all(|s| s.owned) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the partition was taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    let republished: HashSet<Uuid> = second.published.lock().unwrap().iter().copied().collect();
+    assert_eq!(
+        republished, not_checkpointed,
+        "the second relay publishes exactly what was not checkpointed"
+    );
+    assert!(published_unchecked.is_subset(&republished));
+    check_exactly_once_in_order(&read_stream(&js, "EVENTS").await, &events, |e| {
+        format!("events.{}", e.entity_type)
+    });
+    running.shutdown().await.unwrap();
+}
+
+/// A stream that takes messages up to 2 KiB, an event store with an `Order` whose first
+/// event is 4 KiB, between events of another order.
+async fn too_large_setup() -> (
+    NatsServer,
+    eventuate_postgres::embedded::TestDatabase,
+    eventuate_postgres::PostgresEventStore,
+    async_nats::Client,
+) {
+    let nats = NatsServer::start();
+    let db = eventuate_postgres::embedded::test_database().await;
+    let store = store(&db.url).await;
+    let client = connect(&nats).await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(
+        &js,
+        stream::Config {
+            name: "EVENTS".into(),
+            subjects: vec!["events.>".into()],
+            max_message_size: 2048,
+            ..Default::default()
+        },
+    )
+    .await;
+    append(&store, "Order", "small", 0, "{\"n\":0}".into()).await;
+    append(
+        &store,
+        "Order",
+        "big",
+        0,
+        format!("{{\"blob\":\"{}\"}}", "x".repeat(4096)),
+    )
+    .await;
+    append(&store, "Order", "small", 1, "{\"n\":1}".into()).await;
+    (nats, db, store, client)
+}
+
+fn entity_ids(received: &[Received]) -> Vec<String> {
+    received
+        .iter()
+        .map(|r| {
+            r.header(eventuate_relay::headers::ENTITY_ID)
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_stream_refuses_for_good_is_parked_with_the_brokers_error() {
+    let (_nats, _db, store, client) = too_large_setup().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let running = Eventuate::new(store.clone())
+        .options(options())
+        .subscriber(Relay::nats(
+            client.clone(),
+            RelayOptions::new("relay", ["Order"], Topics::per_entity_type("events.")),
+        ))
+        .start()
+        .unwrap();
+    let caught_up = running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(caught_up.parked, vec![("relay".to_owned(), 1)]);
+    let parked = running.parked("relay").await.unwrap();
+    assert_eq!(parked[0].event.entity_id, "big");
+    assert_eq!(parked[0].event.entity_version, 1);
+    assert!(
+        parked[0].error.contains("maximum"),
+        "the broker's error: {}",
+        parked[0].error
+    );
+    assert_eq!(parked[0].attempts, 1, "parked at once");
+    // The entity's next event waits behind it.
+    append(&store, "Order", "big", 1, "{\"n\":1}".into()).await;
+    let caught_up = running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(caught_up.parked, vec![("relay".to_owned(), 2)]);
+    assert_eq!(
+        entity_ids(&read_stream(&js, "EVENTS").await),
+        ["small", "small"]
+    );
+    running.shutdown().await.unwrap();
+}
+
+/// The same, with the entity's next event in the same run as the refused one. Fails on
+/// `eventuate-core`'s `deliver_batch`: after parking the event a batch failed on, it hands
+/// the rest of the run, including later events of the now parked entity, to `handle_batch`
+/// without checking whether their entity is blocked, so `big` v2 is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "eventuate-core deliver_batch publishes an entity's event after parking its \
+            predecessor in the same run; to fix in eventuate-core (see the doc comment)"]
+async fn an_event_behind_a_refused_one_in_the_same_run_waits_behind_it() {
+    let (_nats, _db, store, client) = too_large_setup().await;
+    let js = async_nats::jetstream::new(client.clone());
+    append(&store, "Order", "big", 1, "{\"n\":1}".into()).await;
+    let running = Eventuate::new(store.clone())
+        .options(options())
+        .subscriber(Relay::nats(
+            client.clone(),
+            RelayOptions::new("relay", ["Order"], Topics::per_entity_type("events.")),
+        ))
+        .start()
+        .unwrap();
+    let caught_up = running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        entity_ids(&read_stream(&js, "EVENTS").await),
+        ["small", "small"]
+    );
+    assert_eq!(caught_up.parked, vec![("relay".to_owned(), 2)]);
+    running.shutdown().await.unwrap();
+}
