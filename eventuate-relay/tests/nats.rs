@@ -422,13 +422,10 @@ async fn a_message_the_stream_refuses_for_good_is_parked_with_the_brokers_error(
     running.shutdown().await.unwrap();
 }
 
-/// The same, with the entity's next event in the same run as the refused one. Fails on
-/// `eventuate-core`'s `deliver_batch`: after parking the event a batch failed on, it hands
-/// the rest of the run, including later events of the now parked entity, to `handle_batch`
-/// without checking whether their entity is blocked, so `big` v2 is published.
+/// The same, with the entity's next event in the same run as the refused one: once the
+/// refused event is parked, the rest of the run must not publish the entity's later events
+/// (`deliver_batch` parks them behind it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "eventuate-core deliver_batch publishes an entity's event after parking its \
-            predecessor in the same run; to fix in eventuate-core (see the doc comment)"]
 async fn an_event_behind_a_refused_one_in_the_same_run_waits_behind_it() {
     let (_nats, _db, store, client) = too_large_setup().await;
     let js = async_nats::jetstream::new(client.clone());

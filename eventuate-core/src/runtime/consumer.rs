@@ -695,10 +695,26 @@ impl Consumer {
             if *stop.borrow() {
                 return Err(Interrupt::Stopped);
             }
+            // An event of an entity parked earlier in this run waits behind it (`deliver` parks
+            // it so), and a batch never reaches past such an event.
+            if pending.front().is_some_and(|e| self.is_blocked(e)) {
+                if let Some(event) = pending.pop_front() {
+                    self.deliver(event, stop).await?;
+                }
+                continue;
+            }
             if !self.validity.holds() {
                 return Err(Interrupt::Unconfirmed);
             }
-            let contexts: Vec<EventContext> = pending.iter().map(|e| self.context(e)).collect();
+            let unblocked = pending
+                .iter()
+                .position(|e| self.is_blocked(e))
+                .unwrap_or(pending.len());
+            let contexts: Vec<EventContext> = pending
+                .iter()
+                .take(unblocked)
+                .map(|e| self.context(e))
+                .collect();
             let span = tracing::info_span!(
                 "deliver_batch",
                 subscriber = %self.registered.subscription.id,
@@ -708,9 +724,10 @@ impl Consumer {
                 .catch_unwind()
                 .instrument(span)
                 .await;
+            let offered = contexts.len();
             drop(contexts);
             let (handled, error) = match outcome {
-                Ok(outcome) => (outcome.handled.min(pending.len()), outcome.error),
+                Ok(outcome) => (outcome.handled.min(offered), outcome.error),
                 Err(panic) => (0, Some(HandlerError::msg(panic_message(&*panic)))),
             };
             for event in pending.drain(..handled) {
