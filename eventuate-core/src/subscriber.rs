@@ -259,6 +259,7 @@ pub struct BatchOutcome {
 pub struct HandlerError {
     source: BoxError,
     permanent: bool,
+    unavailable: bool,
 }
 
 impl HandlerError {
@@ -267,6 +268,7 @@ impl HandlerError {
         HandlerError {
             source: message.to_string().into(),
             permanent: false,
+            unavailable: false,
         }
     }
 
@@ -275,7 +277,25 @@ impl HandlerError {
         HandlerError {
             source: source.into(),
             permanent: true,
+            unavailable: false,
         }
+    }
+
+    /// Something the handler needs is down (a broker, a remote service): the event is retried
+    /// with backoff for as long as that lasts, and the retries are not counted as attempts,
+    /// so an outage never parks an event (store outages are treated the same way). Use it only
+    /// for failures that say nothing about the event itself.
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        HandlerError {
+            source: source.into(),
+            permanent: false,
+            unavailable: true,
+        }
+    }
+
+    /// Whether the error says that something the handler needs is down.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 
     /// Whether the error is permanent.
@@ -303,7 +323,11 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
         let permanent = source
             .downcast_ref::<Error>()
             .is_some_and(Error::is_permanent);
-        HandlerError { source, permanent }
+        HandlerError {
+            source,
+            permanent,
+            unavailable: false,
+        }
     }
 }
 
@@ -312,6 +336,7 @@ impl fmt::Debug for HandlerError {
         f.debug_struct("HandlerError")
             .field("source", &self.source)
             .field("permanent", &self.permanent)
+            .field("unavailable", &self.unavailable)
             .finish()
     }
 }

@@ -140,6 +140,7 @@ fn classify(message: &Message, error: &KafkaError) -> HandlerError {
     if too_large {
         HandlerError::permanent(text)
     } else {
-        HandlerError::msg(text)
+        // The brokers are down or slow: not the event's fault, so not an attempt.
+        HandlerError::unavailable(text)
     }
 }

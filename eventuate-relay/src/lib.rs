@@ -53,10 +53,9 @@
 //!   (JetStream does it for you within the stream's duplicate window, 2 minutes by default).
 //! - **Per-entity order.** Events of one entity reach the broker in their version order, also
 //!   across failures (see [`nats::NatsBroker`] for how).
-//! - **Broker outages** are transient handler errors: retried with backoff, the checkpoint
-//!   waiting. The runtime counts each retry as an attempt, so [`RelayOptions::new`] sets no
-//!   attempt limit ([`RetryPolicy::max_attempts`] = `u32::MAX`): an outage, however long,
-//!   never parks an event. A message the broker refuses for good (too large) is a
+//! - **Broker outages** are [`HandlerError::unavailable`]: retried with backoff, the
+//!   checkpoint waiting, and not counted as attempts, so an outage, however long, never parks
+//!   an event. A message the broker refuses for good (too large) is a
 //!   *permanent* error: its event is parked at once with the broker's error, and later events
 //!   of its entity wait behind it (the runtime's parking and replay).
 
@@ -177,7 +176,8 @@ impl RelayOptions {
 
 impl Default for RelayOptions {
     /// No id and no entity types (set them: the runtime refuses an empty subscription),
-    /// one subject per entity type without prefix, a window of 64, unlimited retries.
+    /// one subject per entity type without prefix, a window of 64, 5 attempts (broker outages
+    /// are not attempts).
     fn default() -> Self {
         RelayOptions {
             id: String::new(),
@@ -185,7 +185,7 @@ impl Default for RelayOptions {
             topics: Topics::per_entity_type(""),
             batch: 64,
             retry: RetryPolicy {
-                max_attempts: u32::MAX,
+                max_attempts: 5,
                 initial_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(5),
             },

@@ -134,6 +134,7 @@ fn classify(message: &Message, error: jetstream::context::PublishError) -> Handl
     if too_large {
         HandlerError::permanent(text)
     } else {
-        HandlerError::msg(text)
+        // The broker is down or slow: not the event's fault, so not an attempt.
+        HandlerError::unavailable(text)
     }
 }

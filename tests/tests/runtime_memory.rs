@@ -1556,3 +1556,50 @@ async fn a_batching_subscriber_gets_runs_and_its_failures_are_retried_or_parked_
     }
     runtime.shutdown().await.unwrap();
 }
+
+/// Fails as "unavailable" (a broker down) far more often than max_attempts, then succeeds.
+#[derive(Clone, Default)]
+struct Outage {
+    calls: Arc<AtomicU32>,
+    log: Log,
+}
+
+impl Subscriber for Outage {
+    fn subscription(&self) -> Subscription {
+        Subscription::new("outage", ["Account"]).event_types(["Deposited"])
+    }
+
+    async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < 6 {
+            return Err(HandlerError::unavailable("the broker is down"));
+        }
+        self.log.lock().unwrap().push(ctx.event().clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_dependency_is_retried_without_counting_attempts() {
+    let store = InMemoryEventStore::new();
+    let outage = Outage::default();
+    let runtime = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(outage.clone(), |s| s.retry(quick_retries(2)))
+        .start()
+        .unwrap();
+    deposit(&runtime.repository(), "a", 5).await;
+    eventually("delivered once the dependency is back", || {
+        outage.log.lock().unwrap().len() == 1
+    })
+    .await;
+    assert!(
+        runtime.parked("outage").await.unwrap().is_empty(),
+        "six outages with max_attempts 2 parked nothing"
+    );
+    let status = runtime.status().await.unwrap();
+    assert_eq!(
+        status[0].retried, 6,
+        "each outage retry is counted as a retry"
+    );
+    runtime.shutdown().await.unwrap();
+}

@@ -130,6 +130,8 @@ struct Failure {
     error: Error,
     /// Retrying cannot help: park at once.
     permanent: bool,
+    /// Something the handler needs is down: retry without counting an attempt.
+    unavailable: bool,
 }
 
 pub(super) struct Consumer {
@@ -380,6 +382,7 @@ impl Consumer {
             _ => 0,
         };
         let mut last_error = format!("the consumer stopped {attempts} times while handling it");
+        let mut outages = 0u32;
         loop {
             if attempts >= retry.max_attempts {
                 self.park(event, attempts, last_error).await?;
@@ -415,9 +418,30 @@ impl Consumer {
                 Err(Failure {
                     error,
                     permanent: true,
+                    ..
                 }) => {
                     self.park(event, attempts, error.to_string()).await?;
                     break;
+                }
+                Err(Failure {
+                    error,
+                    unavailable: true,
+                    ..
+                }) => {
+                    // Not the event's fault: not an attempt (but a retry, in the counts).
+                    attempts -= 1;
+                    outages += 1;
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    let pause = retry.backoff(outages);
+                    tracing::warn!(position = %position, error = %error, ?pause, "what the handler needs is unavailable; retrying without counting an attempt");
+                    let mut stop = stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.changed() => {}
+                    }
+                    if *stop.borrow() {
+                        return Err(Interrupt::Stopped);
+                    }
                 }
                 Err(Failure { error: e, .. }) => {
                     self.counters.retried.fetch_add(1, Ordering::Relaxed);
@@ -554,8 +578,10 @@ impl Consumer {
         match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                let permanent = e.is_permanent();
-                Err(self.failure(event, e.into_inner(), permanent))
+                let (permanent, unavailable) = (e.is_permanent(), e.is_unavailable());
+                let mut failure = self.failure(event, e.into_inner(), permanent);
+                failure.unavailable = unavailable;
+                Err(failure)
             }
             Err(panic) => Err(self.failure(event, panic_message(&*panic).into(), false)),
         }
@@ -572,6 +598,7 @@ impl Consumer {
                 source,
             },
             permanent,
+            unavailable: false,
         }
     }
 
@@ -691,6 +718,7 @@ impl Consumer {
         stop: &watch::Receiver<bool>,
     ) -> Result<(), Interrupt> {
         let mut pending = std::collections::VecDeque::from(run);
+        let mut outages = 0u32;
         while !pending.is_empty() {
             if *stop.borrow() {
                 return Err(Interrupt::Stopped);
@@ -743,6 +771,21 @@ impl Consumer {
                 }
                 continue;
             };
+            if error.is_unavailable() {
+                // Not the event's fault: try the rest of the run again after a pause, without
+                // counting an attempt (but a retry, in the counts).
+                outages += 1;
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                let pause = self.registered.subscription.retry.backoff(outages);
+                tracing::warn!(error = %error, ?pause, "what the handler needs is unavailable; retrying the run without counting an attempt");
+                let mut stop_rx = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop_rx.changed() => {}
+                }
+                continue;
+            }
+            outages = 0;
             let Some(event) = pending.pop_front() else {
                 break;
             };

@@ -587,7 +587,8 @@ pub struct PartitionStatus {
     pub lag: u64,
     /// Events delivered successfully by this node.
     pub delivered: u64,
-    /// Failed attempts that were retried.
+    /// Deliveries tried again: failed attempts, and retries while something the handler needs
+    /// was unavailable ([`crate::HandlerError::unavailable`], not counted as attempts).
     pub retried: u64,
     /// Events parked.
     pub parked: u64,
