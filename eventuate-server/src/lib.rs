@@ -26,6 +26,9 @@
 //! | `POST /subscribers/{id}/parked/replay?entityType=&entityId=` | 202 `{"replayRequested": n}` |
 //! | `GET /health` | 200 `{"head"}`, 503 when the store is unavailable |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
+//! | `GET /` | the status page: subscribers, lag chart, head and horizon, parked events ([`status`]) |
+//! | `GET /horizon` | 200 what holds the stream back (PostgreSQL: [`Server::postgres_admin`]) |
+//! | `GET /metrics` | the Prometheus metrics ([`install_prometheus`]) |
 //!
 //! Errors are described in [`error`]; idempotency in [`entities`]. `eventData` is any JSON
 //! value, stored as its JSON text and answered as JSON.
@@ -38,6 +41,7 @@ mod input;
 pub mod listener;
 pub mod openapi;
 mod operations;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,12 +58,14 @@ use serde_json::json;
 
 pub use error::ApiError;
 pub use listener::ServerOptions;
+pub use status::install_prometheus;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) running: Option<Arc<Running>>,
+    pub(crate) extras: status::Extras,
 }
 
 impl std::fmt::Debug for AppState {
@@ -94,6 +100,7 @@ impl Server {
             state: AppState {
                 store,
                 running: None,
+                extras: status::Extras::new(),
             },
             options: ServerOptions::default(),
         }
@@ -133,6 +140,7 @@ impl Server {
             .route("/subscribers/{id}/parked", get(operations::parked))
             .route("/subscribers/{id}/parked/replay", post(operations::replay))
             .route("/health", get(health))
+            .merge(status::routes())
             .route(
                 "/openapi.json",
                 get(|| async { axum::Json(openapi::document()) }),

@@ -146,6 +146,7 @@ async fn run(args: Args, server: &mut Option<ThrowawayPostgres>) -> Result<(), B
     let running = Arc::new(Eventuate::new(store.clone()).start()?);
     let http = Server::new(Arc::new(store.clone()))
         .operations(running.clone())
+        .postgres_admin(store.clone())
         .options(args.options);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!(
