@@ -295,7 +295,10 @@ impl Repository {
         command: impl Command<A>,
         options: CommandOptions,
     ) -> Result<Committed<A>> {
-        let (id, command_type) = (entity_id.clone().unwrap_or_default(), command.command_type());
+        let (id, command_type) = (
+            entity_id.clone().unwrap_or_default(),
+            command.command_type(),
+        );
         let run = self.create_unobserved(entity_id, command, options);
         crate::telemetry::command(A::ENTITY_TYPE, &id, command_type, |c| c.attempts, run).await
     }

@@ -153,7 +153,10 @@ async fn prometheus(State(state): State<AppState>) -> Result<Response, ApiError>
     }
     handle.run_upkeep();
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         handle.render(),
     )
         .into_response())

@@ -113,6 +113,8 @@ fn options() -> RuntimeOptions {
     }
 }
 
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
 /// The sample of `name` whose labels are exactly `labels` (in any order), from Prometheus text.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
@@ -201,9 +203,17 @@ async fn metrics_after_a_known_workload() {
 
     let meter = ("entity_type", "Meter");
     let sub = ("subscriber", "meter-metrics");
-    let expected: &[(&str, &[(&str, &str)], f64)] = &[
-        ("eventuate_commands_total", &[meter, ("outcome", "applied")], 4.0),
-        ("eventuate_commands_total", &[meter, ("outcome", "rejected")], 1.0),
+    let expected: &[(&str, Labels<'_>, f64)] = &[
+        (
+            "eventuate_commands_total",
+            &[meter, ("outcome", "applied")],
+            4.0,
+        ),
+        (
+            "eventuate_commands_total",
+            &[meter, ("outcome", "rejected")],
+            1.0,
+        ),
         ("eventuate_command_duration_seconds_count", &[meter], 5.0),
         ("eventuate_deliveries_total", &[sub], 3.0),
         ("eventuate_delivery_retries_total", &[sub], 1.0),

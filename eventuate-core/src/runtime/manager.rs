@@ -149,7 +149,8 @@ pub(super) async fn balance(shared: &Arc<Shared>) -> Result<()> {
                 partitions,
             };
             let sent = Instant::now();
-            let span = tracing::info_span!("lease_acquire", subscriber = %id, partition = lease.partition);
+            let span =
+                tracing::info_span!("lease_acquire", subscriber = %id, partition = lease.partition);
             let Some(claim) = shared
                 .subscriptions
                 .try_acquire(&key, &shared.member(), generation, ttl)
@@ -158,7 +159,7 @@ pub(super) async fn balance(shared: &Arc<Shared>) -> Result<()> {
             else {
                 continue;
             };
-            span.in_scope(|| tracing::info!(recovered = claim.recovered, epoch = claim.lease.epoch, "partition taken"));
+            tracing::info!(parent: &span, recovered = claim.recovered, "partition taken");
             crate::telemetry::lease_acquired(id, claim.recovered);
             if abandoned && count >= fair {
                 tracing::warn!(subscriber = %id, partition = lease.partition, "taking a partition nobody held for longer than the lease TTL, above this node's share");
@@ -195,7 +196,12 @@ async fn renew(shared: &Shared, consumers: &mut HashMap<(String, u32), ConsumerH
         let sent = Instant::now();
         let key = &handle.lease.key;
         let span = tracing::debug_span!("lease_renew", subscriber = %key.subscriber_id, partition = key.partition);
-        match shared.subscriptions.renew(&handle.lease, ttl).instrument(span).await {
+        match shared
+            .subscriptions
+            .renew(&handle.lease, ttl)
+            .instrument(span)
+            .await
+        {
             Ok(true) => handle.validity.extend_to(sent + ttl),
             Ok(false) => {
                 if !handle.stopping {
