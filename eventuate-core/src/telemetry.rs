@@ -1,7 +1,8 @@
 //! Metrics, through the [`metrics`](https://docs.rs/metrics) facade: without an installed
 //! recorder each call is a few atomic loads and records nothing. `eventuate-server` installs a
 //! Prometheus recorder and serves it at `GET /metrics`; an application without the server
-//! installs any recorder once at start, e.g. with `metrics-exporter-prometheus`:
+//! installs any recorder once at start, before the runtime (what is recorded before a
+//! recorder is installed is lost), e.g. with `metrics-exporter-prometheus`:
 //!
 //! ```text
 //! let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;

@@ -52,6 +52,10 @@ const BUCKETS: &[f64] = &[
 /// that runs its upkeep every 5 seconds. [`Server::new`] calls it; an error means another
 /// recorder was installed first: pass a handle of your own with [`Server::prometheus`], or
 /// serve that recorder yourself. The metrics are listed in [`eventuate_core::telemetry`].
+///
+/// Call it before starting the runtime ([`eventuate_core::Eventuate::start`]) when the
+/// server is created after it: what is recorded before a recorder is installed is lost
+/// (the lease manager takes its partitions at once).
 pub fn install_prometheus() -> Result<PrometheusHandle, String> {
     static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
     HANDLE

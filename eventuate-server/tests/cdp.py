@@ -61,8 +61,11 @@ def evaluate(expression):
 
 
 def wait_for(expression, what, seconds=30):
+    # Page.navigate answers before the new document exists: until then the expression
+    # may throw, which counts as not yet.
+    guarded = f"(() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }})()"
     deadline = time.time() + seconds
-    while not evaluate(expression):
+    while not evaluate(guarded):
         if time.time() > deadline:
             text = evaluate("document.body ? document.body.innerText : ''")
             sys.exit(f"timed out after {seconds} s waiting for {what}; the page shows:\n{text}")
