@@ -13,6 +13,7 @@ pub mod store;
 pub mod subscriber;
 pub mod subscriber_fixture;
 pub mod subscription_store;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 

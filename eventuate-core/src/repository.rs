@@ -293,6 +293,20 @@ impl Repository {
         &self,
         entity_id: Option<String>,
         command: impl Command<A>,
+        options: CommandOptions,
+    ) -> Result<Committed<A>> {
+        let (id, command_type) = (
+            entity_id.clone().unwrap_or_default(),
+            command.command_type(),
+        );
+        let run = self.create_unobserved(entity_id, command, options);
+        crate::telemetry::command(A::ENTITY_TYPE, &id, command_type, |c| c.attempts, run).await
+    }
+
+    async fn create_unobserved<A: Aggregate>(
+        &self,
+        entity_id: Option<String>,
+        command: impl Command<A>,
         mut options: CommandOptions,
     ) -> Result<Committed<A>> {
         external_idempotency(&mut options, command.command_type());
@@ -391,6 +405,19 @@ impl Repository {
     }
 
     async fn execute<A: Aggregate>(
+        &self,
+        entity_id: &str,
+        command: impl Command<A>,
+        options: CommandOptions,
+        mode: Mode,
+    ) -> Result<Committed<A>> {
+        let command_type = command.command_type();
+        let run = self.execute_unobserved(entity_id, command, options, mode);
+        crate::telemetry::command(A::ENTITY_TYPE, entity_id, command_type, |c| c.attempts, run)
+            .await
+    }
+
+    async fn execute_unobserved<A: Aggregate>(
         &self,
         entity_id: &str,
         command: impl Command<A>,

@@ -26,6 +26,9 @@
 //! | `POST /subscribers/{id}/parked/replay?entityType=&entityId=` | 202 `{"replayRequested": n}` |
 //! | `GET /health` | 200 `{"head"}`, 503 when the store is unavailable |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
+//! | `GET /` | the status page: subscribers, lag chart, head and horizon, parked events ([`status`]) |
+//! | `GET /horizon` | 200 what holds the stream back (PostgreSQL: [`Server::postgres_admin`]) |
+//! | `GET /metrics` | the Prometheus metrics ([`install_prometheus`]) |
 //!
 //! The STOMP half ([`StompServer`], [`Server::stomp`]; see [`stomp`]) delivers events to
 //! durable, named subscriptions over STOMP 1.2 on its own listener.
@@ -42,6 +45,7 @@ pub mod listener;
 pub mod openapi;
 mod operations;
 pub mod stomp;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,12 +63,14 @@ use serde_json::json;
 pub use error::ApiError;
 pub use listener::ServerOptions;
 pub use stomp::{StompOptions, StompServer};
+pub use status::install_prometheus;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) running: Option<Arc<Running>>,
+    pub(crate) extras: status::Extras,
 }
 
 impl std::fmt::Debug for AppState {
@@ -99,6 +105,7 @@ impl Server {
             state: AppState {
                 store,
                 running: None,
+                extras: status::Extras::new(),
             },
             options: ServerOptions::default(),
         }
@@ -148,6 +155,7 @@ impl Server {
             .route("/subscribers/{id}/parked", get(operations::parked))
             .route("/subscribers/{id}/parked/replay", post(operations::replay))
             .route("/health", get(health))
+            .merge(status::routes())
             .route(
                 "/openapi.json",
                 get(|| async { axum::Json(openapi::document()) }),

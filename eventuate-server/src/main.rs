@@ -153,9 +153,14 @@ async fn run(args: Args, server: &mut Option<ThrowawayPostgres>) -> Result<(), B
         .await?;
     // No subscribers of its own: the runtime serves the operations routes (a process that
     // registers subscribers embeds the server with its own runtime instead).
+    // The recorder before the runtime, whose lease manager takes partitions at once.
+    if let Err(e) = eventuate_server::install_prometheus() {
+        eprintln!("GET /metrics is not served: {e}");
+    }
     let running = Arc::new(Eventuate::new(store.clone()).start()?);
     let http = Server::new(Arc::new(store.clone()))
         .operations(running.clone())
+        .postgres_admin(store.clone())
         .options(args.options);
     let stomp = http.stomp(Arc::new(store.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

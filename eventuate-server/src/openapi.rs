@@ -14,6 +14,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/subscribers/{subscriberId}/parked/replay"),
     ("get", "/health"),
     ("get", "/openapi.json"),
+    ("get", "/"),
+    ("get", "/horizon"),
+    ("get", "/metrics"),
 ];
 
 fn error_response(description: &str) -> Value {
@@ -178,6 +181,31 @@ pub fn document() -> Value {
                 "get": {
                     "summary": "This document",
                     "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": { "schema": { "type": "object" } } } } }
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "The status page (HTML): subscribers, lag over the last minutes, head and horizon, parked events with replay",
+                    "responses": { "200": { "description": "HTML", "content": { "text/html": { "schema": { "type": "string" } } } } }
+                }
+            },
+            "/horizon": {
+                "get": {
+                    "summary": "What holds delivery back (PostgreSQL store only): the stream horizon, the head, the oldest running transaction",
+                    "responses": {
+                        "200": { "description": "`{\"horizon\", \"head\", \"oldest\": {\"pid\", \"xid\", \"ageMs\", \"state\", \"query\", \"user\", \"application\"} | null}`", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "404": error_response("not_found: the store is not PostgreSQL (Server::postgres_admin not set)"),
+                        "503": error_response("store_unavailable")
+                    }
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text format); the lag gauges are refreshed at each scrape",
+                    "responses": {
+                        "200": { "description": "Prometheus text exposition format", "content": { "text/plain": { "schema": { "type": "string" } } } },
+                        "404": error_response("not_found: another metrics recorder was installed first")
+                    }
                 }
             }
         },

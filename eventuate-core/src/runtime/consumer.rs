@@ -403,6 +403,7 @@ impl Consumer {
             match self.run_handler(&event).await? {
                 Ok(()) => {
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    crate::telemetry::delivered(&self.lease.key.subscriber_id, &event);
                     self.advance(position);
                     if transactional {
                         // The handler's transaction committed the checkpoint.
@@ -450,6 +451,7 @@ impl Consumer {
                     if attempts >= retry.max_attempts {
                         continue;
                     }
+                    crate::telemetry::retried(&self.lease.key.subscriber_id);
                     let mut stop = stop.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(retry.backoff(attempts)) => {}
@@ -518,6 +520,7 @@ impl Consumer {
         self.shared.subscriptions.park(&self.lease, &parked).await?;
         self.blocked.insert(entity);
         self.counters.parked.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::parked(&self.lease.key.subscriber_id);
         self.advance(position);
         Ok(())
     }
@@ -760,6 +763,7 @@ impl Consumer {
             };
             for event in pending.drain(..handled) {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::delivered(&self.lease.key.subscriber_id, &event);
                 self.advance(event.position);
             }
             let Some(error) = error else {
@@ -801,6 +805,7 @@ impl Consumer {
                 self.park(event, 1, failure.error.to_string()).await?;
                 continue;
             }
+            crate::telemetry::retried(&self.lease.key.subscriber_id);
             let mut stop_rx = stop.clone();
             tokio::select! {
                 _ = tokio::time::sleep(retry.backoff(1)) => {}
@@ -856,6 +861,7 @@ impl Consumer {
                             .replayed(&self.lease, position, None)
                             .await?;
                         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        crate::telemetry::delivered(&self.lease.key.subscriber_id, &p.event);
                     }
                     Err(Failure { error, .. }) => {
                         let failure = Some((p.attempts + 1, error.to_string()));

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::consumer::{Consumer, Validity};
 use super::{ConsumerHandle, Registered, ShapeView, Shared};
@@ -148,13 +149,18 @@ pub(super) async fn balance(shared: &Arc<Shared>) -> Result<()> {
                 partitions,
             };
             let sent = Instant::now();
+            let span =
+                tracing::info_span!("lease_acquire", subscriber = %id, partition = lease.partition);
             let Some(claim) = shared
                 .subscriptions
                 .try_acquire(&key, &shared.member(), generation, ttl)
+                .instrument(span.clone())
                 .await?
             else {
                 continue;
             };
+            tracing::info!(parent: &span, recovered = claim.recovered, "partition taken");
+            crate::telemetry::lease_acquired(id, claim.recovered);
             if abandoned && count >= fair {
                 tracing::warn!(subscriber = %id, partition = lease.partition, "taking a partition nobody held for longer than the lease TTL, above this node's share");
             }
@@ -188,11 +194,19 @@ async fn renew(shared: &Shared, consumers: &mut HashMap<(String, u32), ConsumerH
     let ttl = shared.options.lease_ttl;
     for handle in consumers.values_mut() {
         let sent = Instant::now();
-        match shared.subscriptions.renew(&handle.lease, ttl).await {
+        let key = &handle.lease.key;
+        let span = tracing::debug_span!("lease_renew", subscriber = %key.subscriber_id, partition = key.partition);
+        match shared
+            .subscriptions
+            .renew(&handle.lease, ttl)
+            .instrument(span)
+            .await
+        {
             Ok(true) => handle.validity.extend_to(sent + ttl),
             Ok(false) => {
                 if !handle.stopping {
                     let key = &handle.lease.key;
+                    crate::telemetry::lease_lost(&key.subscriber_id);
                     tracing::warn!(subscriber = %key.subscriber_id, partition = key.partition, "lease taken by another member; stopping consumer");
                     handle.stop();
                 }

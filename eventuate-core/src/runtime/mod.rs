@@ -691,6 +691,7 @@ impl Running {
                     }
                     _ => 0,
                 };
+                crate::telemetry::lag(&sub.id, partition, lag);
                 out.push(PartitionStatus {
                     subscriber_id: sub.id.clone(),
                     partition,
