@@ -580,7 +580,9 @@ pub struct PartitionStatus {
     /// Where the subscriber's stored shape stands for this node.
     pub shape: ShapeView,
     /// The last position handled in it (this node's own progress while it consumes it, the
-    /// stored checkpoint otherwise).
+    /// stored checkpoint otherwise). After a read that looked up to the store's horizon it is
+    /// `(t, i64::MAX)`: every transaction before `t` is behind it (see
+    /// [`crate::StreamBatch::scanned_to`]).
     pub position: Position,
     /// Events after `position` in the partition's stream (events behind the head), counted up
     /// to [`LAG_COUNT_LIMIT`]: a status costs the same however far behind a partition is.
