@@ -44,8 +44,8 @@ mod input;
 pub mod listener;
 pub mod openapi;
 mod operations;
-pub mod stomp;
 pub mod status;
+pub mod stomp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,8 +62,8 @@ use serde_json::json;
 
 pub use error::ApiError;
 pub use listener::ServerOptions;
-pub use stomp::{StompOptions, StompServer};
 pub use status::install_prometheus;
+pub use stomp::{StompOptions, StompServer};
 
 /// What the handlers share.
 #[derive(Clone)]

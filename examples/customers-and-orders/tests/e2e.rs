@@ -48,7 +48,31 @@ async fn order_settles(client: &Client, id: &str) -> Reply {
         .expect("the saga settles the order")
 }
 
-async fn all_events(repository: &Repository) -> Vec<EventEnvelope> {
+/// Every Customer and Order event, once every committed one is readable: a reader stops at
+/// the stream's horizon, and while a transaction is open (the view's, say) the latest events
+/// wait behind it for a moment.
+async fn all_events(repository: &Repository, url: &str) -> Vec<EventEnvelope> {
+    let pool = eventuate_postgres::sqlx::PgPool::connect(url)
+        .await
+        .expect("connect");
+    let committed: i64 = eventuate_postgres::sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE entity_type IN ('Customer', 'Order')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count the committed events");
+    pool.close().await;
+    for _ in 0..200 {
+        let events = read_all(repository).await;
+        if events.len() as i64 >= committed {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the stream never showed the {committed} committed events");
+}
+
+async fn read_all(repository: &Repository) -> Vec<EventEnvelope> {
     let filter = StreamFilter::entity_types(["Customer", "Order"]);
     let mut out = Vec::new();
     let mut after = Position::START;
@@ -116,7 +140,7 @@ async fn the_saga_through_the_http_api_on_postgres() {
         let reply = post(&client, "/customers", body, &[]).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, message);
     }
-    assert!(all_events(&repository).await.is_empty());
+    assert!(all_events(&repository, &db.url).await.is_empty());
 
     let reply = post(
         &client,
@@ -191,7 +215,7 @@ async fn the_saga_through_the_http_api_on_postgres() {
         order1,
         "the retry finds the same order"
     );
-    let events = all_events(&repository).await;
+    let events = all_events(&repository, &db.url).await;
     assert_eq!(count(&events, "OrderCreated"), 1, "one order, not two");
     // The same key for another request is a conflict.
     let other = format!(r#"{{"customer_id": "{customer}", "total": 301}}"#);
@@ -258,7 +282,7 @@ async fn the_saga_through_the_http_api_on_postgres() {
     started.running.wait_caught_up(TIMEOUT).await.unwrap();
 
     // Cause tracing: the approval of the first order leads back to its HTTP request.
-    let events = all_events(&repository).await;
+    let events = all_events(&repository, &db.url).await;
     let created = events
         .iter()
         .find(|e| e.entity_id == order1 && e.event_type == "OrderCreated")
@@ -299,7 +323,7 @@ async fn the_saga_through_the_http_api_on_postgres() {
     started.running.shutdown().await.unwrap();
 
     // Re-delivery of every event to every non-transactional subscriber changes nothing.
-    let before = all_events(&repository).await;
+    let before = all_events(&repository, &db.url).await;
     let gateway = ConfirmationGateway::new(app.tables().clone());
     for event in &before {
         let deliver = |id: &str| EventContext::new(repository.clone(), id, event.clone());
@@ -310,7 +334,7 @@ async fn the_saga_through_the_http_api_on_postgres() {
         let ctx = deliver("order-confirmation-gateway");
         gateway.handle(&ctx).await.unwrap();
     }
-    assert_eq!(all_events(&repository).await, before);
+    assert_eq!(all_events(&repository, &db.url).await, before);
     // And the store itself refuses a second command from the same (subscriber, triggering
     // event), even one the aggregate would accept (another order, which it has not decided).
     let order_created = before
@@ -337,7 +361,7 @@ async fn the_saga_through_the_http_api_on_postgres() {
         "deduplicated by (subscriber, triggering event)"
     );
     assert_eq!(
-        all_events(&repository).await,
+        all_events(&repository, &db.url).await,
         before,
         "nothing was appended"
     );
