@@ -1,7 +1,7 @@
 //! # eventuate-cli
 //!
 //! The `eventuate` operator CLI over a PostgreSQL event store: subscriber status, parked
-//! events, resets, migrations, following the stream, what holds delivery back, and pruning
+//! events, resets, rebuilds with progress, migrations, following the stream, what holds delivery back, and pruning
 //! old idempotency keys. A thin layer: the operations are
 //! [`eventuate_postgres::admin`]'s and the [`SubscriptionStore`]'s; this crate parses
 //! arguments and prints. [`run`] is the whole program, callable in-process (the tests do).
@@ -69,6 +69,25 @@ pub enum Command {
         /// position `<transaction>/<sequence>` (deliver what follows it).
         #[arg(long)]
         to: ResetTarget,
+    },
+    /// Rebuild what a subscriber wrote: in one transaction, empty its tables (`--truncate`)
+    /// and reset it to the beginning (fencing off its live consumers), then follow the
+    /// catch-up with its progress (events, events/s, ETA) until every partition has caught
+    /// up. A transactional view is rebuilt exactly once. The subscriber's own processes do
+    /// the work: this command only starts it and watches.
+    Rebuild {
+        /// Subscriber id.
+        subscriber: String,
+        /// Tables to empty first (`table` or `schema.table`), repeatable.
+        #[arg(long)]
+        truncate: Vec<String>,
+        /// Give up following after this long (`<number><unit>`, e.g. `10m`); the rebuild
+        /// itself goes on.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// How often to print the progress.
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        every: Duration,
     },
     /// Apply the store's migrations that the schema lacks (history in
     /// `<schema>.eventuate_migrations`), and print the applied versions.
@@ -201,6 +220,27 @@ async fn execute(
                 done.partitions, done.checkpoint, done.leases_ended
             )?;
             Ok(())
+        }
+        Command::Rebuild {
+            subscriber,
+            truncate,
+            timeout,
+            every,
+        } => {
+            let done = store.rebuild_subscriber(&subscriber, &truncate).await?;
+            writeln!(
+                out,
+                "rebuild `{subscriber}`: {} emptied; {} partition(s) reset to the beginning; {} \
+                 live lease(s) ended",
+                if truncate.is_empty() {
+                    "no table".to_owned()
+                } else {
+                    truncate.join(", ")
+                },
+                done.partitions,
+                done.leases_ended
+            )?;
+            follow_rebuild(&store, &subscriber, timeout, every, out).await
         }
         Command::Migrate => {
             store.migrate().await?;
@@ -515,4 +555,54 @@ async fn horizon(store: &PostgresEventStore, json: bool, out: &mut dyn Write) ->
         }
     }
     Ok(())
+}
+
+/// Prints a rebuild's progress every `every` until the subscriber has caught up.
+async fn follow_rebuild(
+    store: &PostgresEventStore,
+    subscriber: &str,
+    timeout: Option<Duration>,
+    every: Duration,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let mut last = (std::time::Instant::now(), 0u64);
+    loop {
+        let progress = store.subscriber_progress(subscriber).await?;
+        if progress.caught_up {
+            writeln!(
+                out,
+                "rebuilt `{subscriber}`: {} events in {:.1} s",
+                progress.total,
+                started.elapsed().as_secs_f64()
+            )?;
+            return Ok(());
+        }
+        let elapsed = last.0.elapsed().as_secs_f64().max(0.001);
+        let rate = progress.done.saturating_sub(last.1) as f64 / elapsed;
+        let eta = if rate > 0.0 {
+            format!(
+                "{:.0} s",
+                progress.total.saturating_sub(progress.done) as f64 / rate
+            )
+        } else {
+            "unknown (is a process running the subscriber?)".to_owned()
+        };
+        writeln!(
+            out,
+            "  {}/{} events ({:.1}%), {rate:.0} events/s, ETA {eta}",
+            progress.done,
+            progress.total,
+            progress.done as f64 * 100.0 / (progress.total.max(1) as f64)
+        )?;
+        last = (std::time::Instant::now(), progress.done);
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
+            return Err(format!(
+                "`{subscriber}` has not caught up after {:?}; the rebuild goes on",
+                started.elapsed()
+            )
+            .into());
+        }
+        tokio::time::sleep(every).await;
+    }
 }

@@ -426,3 +426,104 @@ async fn prune_deletes_only_old_idempotency_keys() {
     assert!(bad.is_err());
     store.close().await;
 }
+
+/// A transactional view: one row per Order event, written in the delivery's transaction.
+struct OrdersView;
+
+impl eventuate_core::Subscriber for OrdersView {
+    fn subscription(&self) -> eventuate_core::Subscription {
+        eventuate_core::Subscription::new("orders-rows", ["Order"]).transactional(true)
+    }
+
+    async fn handle(
+        &self,
+        ctx: &eventuate_core::EventContext,
+    ) -> Result<(), eventuate_core::HandlerError> {
+        use eventuate_postgres::PgEventContextExt;
+        let mut conn = ctx.pg_transaction().await?;
+        sqlx::query("INSERT INTO order_rows (event_id) VALUES ($1)")
+            .bind(ctx.event_id())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn view_rows(store: &PostgresEventStore) -> (i64, i64) {
+    sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM order_rows")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_empties_the_view_and_rebuilds_it_exactly_once_with_progress() {
+    let db = test_database().await;
+    let store = migrated(&db.url).await;
+    sqlx::query("CREATE TABLE order_rows (event_id UUID NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    for i in 0..300 {
+        append(&store, "Order", &format!("o{}", i % 7), "Placed").await;
+    }
+    let running = eventuate_core::Eventuate::new(store.clone())
+        .options(eventuate_core::runtime::RuntimeOptions {
+            poll_interval: Duration::from_millis(100),
+            lease_ttl: Duration::from_millis(900),
+            ..Default::default()
+        })
+        .subscriber(OrdersView)
+        .start()
+        .unwrap();
+    running
+        .wait_caught_up(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(view_rows(&store).await, (300, 300));
+    // More events arrive while the view is rebuilt.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..50 {
+                append(&store, "Order", &format!("late{}", i % 3), "Placed").await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let out = cli(
+        &db.url,
+        &[
+            "rebuild",
+            "orders-rows",
+            "--truncate",
+            "order_rows",
+            "--timeout",
+            "30s",
+            "--every",
+            "1s",
+        ],
+    )
+    .await
+    .unwrap();
+    println!("{out}");
+    assert!(
+        out.contains("rebuild `orders-rows`: order_rows emptied"),
+        "{out}"
+    );
+    assert!(out.contains("rebuilt `orders-rows`"), "{out}");
+    writer.await.unwrap();
+    running
+        .wait_caught_up(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        view_rows(&store).await,
+        (350, 350),
+        "every event in the view once"
+    );
+    let bad = cli(&db.url, &["rebuild", "orders-rows", "--truncate", "x;drop"]).await;
+    assert!(bad.unwrap_err().to_string().contains("x;drop"));
+    running.shutdown().await.unwrap();
+    store.close().await;
+}

@@ -34,7 +34,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::store::quote;
-use crate::{Error, PostgresEventStore, Result};
+use crate::{Error, PostgresEventStore, Result, validate_schema};
 
 /// The largest lag [`PostgresEventStore::subscriber_overview`] counts per partition (the same
 /// bound as the runtime's status): an overview costs the same however far behind a
@@ -73,6 +73,17 @@ pub struct PartitionOverview {
     pub lag: u64,
     /// Parked events of the partition.
     pub parked: u64,
+}
+
+/// How far a subscriber has come ([`PostgresEventStore::subscriber_progress`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Events of its entity types at or before its oldest partition checkpoint.
+    pub done: u64,
+    /// Events of its entity types stored.
+    pub total: u64,
+    /// Every partition has no lag.
+    pub caught_up: bool,
 }
 
 /// Where [`PostgresEventStore::reset_subscriber`] moves a subscriber's checkpoints.
@@ -275,12 +286,110 @@ impl PostgresEventStore {
             ResetTarget::Now => self.head().await?,
             ResetTarget::Position(p) => p,
         };
-        let s = quote(self.schema());
         let mut tx = self
             .pool()
             .begin()
             .await
             .map_err(database("begin a subscriber reset"))?;
+        let outcome = self.reset_in(&mut tx, subscriber_id, checkpoint).await?;
+        tx.commit()
+            .await
+            .map_err(database("commit a subscriber reset"))?;
+        // Consumers polling in this process look again at once.
+        self.notify_appended();
+        Ok(outcome)
+    }
+
+    /// Rebuilds what a subscriber wrote: in ONE transaction, empties the given tables (its
+    /// views; `TRUNCATE`, which waits for a view transaction in flight) and resets the
+    /// subscriber to the beginning, fencing off its live consumers as
+    /// [`PostgresEventStore::reset_subscriber`] does. A transactional view is then rebuilt
+    /// exactly once: a view transaction of an old consumer either commits before the truncate
+    /// (and is emptied with the rest) or fails its fenced checkpoint write after it (and rolls
+    /// back). Table names are plain identifiers, optionally `schema.table`.
+    pub async fn rebuild_subscriber(
+        &self,
+        subscriber_id: &str,
+        truncate: &[String],
+    ) -> Result<ResetOutcome> {
+        let mut tables = Vec::with_capacity(truncate.len());
+        for name in truncate {
+            let parts: Vec<&str> = name.split('.').collect();
+            if parts.is_empty() || parts.len() > 2 {
+                return Err(Error::Core(eventuate_core::Error::Config(format!(
+                    "`{name}` is not a table name (`table` or `schema.table`)"
+                ))));
+            }
+            for part in &parts {
+                validate_schema(part)?;
+            }
+            tables.push(parts.iter().map(|p| quote(p)).collect::<Vec<_>>().join("."));
+        }
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .map_err(database("begin a subscriber rebuild"))?;
+        if !tables.is_empty() {
+            sqlx::query(&format!("TRUNCATE {}", tables.join(", ")))
+                .execute(&mut *tx)
+                .await
+                .map_err(database("empty the subscriber's tables"))?;
+        }
+        let outcome = self
+            .reset_in(&mut tx, subscriber_id, Position::START)
+            .await?;
+        tx.commit()
+            .await
+            .map_err(database("commit a subscriber rebuild"))?;
+        self.notify_appended();
+        Ok(outcome)
+    }
+
+    /// How far a subscriber has come: the events of its entity types at or before its
+    /// partitions' oldest stored checkpoint, of those stored (for a rebuild's progress), and
+    /// whether every partition has caught up (no lag).
+    pub async fn subscriber_progress(&self, subscriber_id: &str) -> Result<Progress> {
+        let overview = self.subscriber_overview(subscriber_id).await?;
+        let state = SubscriptionStore::subscriber(self, subscriber_id).await?;
+        let types = state
+            .shape
+            .map(|s| s.shape.entity_types)
+            .unwrap_or_default();
+        let oldest = overview
+            .partitions
+            .iter()
+            .map(|p| p.checkpoint)
+            .min()
+            .unwrap_or(Position::START);
+        let s = quote(self.schema());
+        let (done, total): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT count(*) FILTER (WHERE (transaction_id, sequence) <= ($2, $3)), count(*) \
+             FROM {s}.events WHERE entity_type = ANY($1)"
+        ))
+        .bind(&types)
+        .bind(to_i64(oldest.transaction, "transaction id")?)
+        .bind(to_i64(oldest.sequence, "sequence")?)
+        .fetch_one(self.pool())
+        .await
+        .map_err(database("count a subscriber's progress"))?;
+        Ok(Progress {
+            done: to_u64(done),
+            total: to_u64(total),
+            caught_up: !overview.partitions.is_empty()
+                && overview.partitions.iter().all(|p| p.lag == 0),
+        })
+    }
+
+    /// Moves every checkpoint of the subscriber to `checkpoint` inside `tx`, fencing its live
+    /// consumers off (see [`PostgresEventStore::reset_subscriber`]).
+    async fn reset_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        subscriber_id: &str,
+        checkpoint: Position,
+    ) -> Result<ResetOutcome> {
+        let s = quote(self.schema());
         sqlx::query(&format!(
             "SELECT 1 FROM {s}.subscribers WHERE subscriber_id = $1 FOR UPDATE"
         ))
@@ -313,11 +422,6 @@ impl PostgresEventStore {
                 subscriber: subscriber_id.to_owned(),
             });
         }
-        tx.commit()
-            .await
-            .map_err(database("commit a subscriber reset"))?;
-        // Consumers polling in this process look again at once.
-        self.notify_appended();
         Ok(ResetOutcome {
             partitions: to_u64(partitions),
             checkpoint,
