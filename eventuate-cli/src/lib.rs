@@ -1,8 +1,8 @@
 //! # eventuate-cli
 //!
 //! The `eventuate` operator CLI over a PostgreSQL event store: subscriber status, parked
-//! events, resets, rebuilds with progress, migrations, following the stream, what holds delivery back, and pruning
-//! old idempotency keys. A thin layer: the operations are
+//! events, resets, rebuilds with progress, migrations, following the stream, what holds
+//! delivery back, and pruning old idempotency keys. A thin layer: the operations are
 //! [`eventuate_postgres::admin`]'s and the [`SubscriptionStore`]'s; this crate parses
 //! arguments and prints. [`run`] is the whole program, callable in-process (the tests do).
 
@@ -240,7 +240,7 @@ async fn execute(
                 done.partitions,
                 done.leases_ended
             )?;
-            follow_rebuild(&store, &subscriber, timeout, every, out).await
+            follow_rebuild(store, &subscriber, timeout, every, out).await
         }
         Command::Migrate => {
             store.migrate().await?;
