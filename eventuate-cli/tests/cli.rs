@@ -264,7 +264,7 @@ async fn migrate_applies_and_reports_the_versions() {
         .unwrap();
     println!("{out}");
     assert!(
-        out.contains("schema `tenant_cli` migrated: versions 1, 2, 3, 4, 5 applied"),
+        out.contains("schema `tenant_cli` migrated: versions 1, 2, 3, 4, 5, 6 applied"),
         "{out}"
     );
     // Again: nothing to do, same answer.

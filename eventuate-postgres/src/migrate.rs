@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "stream horizon function",
         include_str!("../migrations/0005_stream_horizon.sql"),
     ),
+    (
+        6,
+        "schema version column",
+        include_str!("../migrations/0006_schema_version_column.sql"),
+    ),
 ];
 
 /// The table, in the store's schema, that records which of [`MIGRATIONS`] are applied. Not

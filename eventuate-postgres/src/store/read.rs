@@ -366,10 +366,10 @@ fn decode_row(
     Ok((event, serde_json::from_str(metadata)))
 }
 
-/// The `schema_version` of a row's metadata, as `->>` reads it. A value that is not a
-/// version (only SQL written by hand can store one) reads as `u32::MAX`, a version no event
-/// set has, so the load fails with `Error::Upcast` naming the event instead of reading the
-/// payload as a shape it may not have.
-fn schema_version(text: Option<String>) -> Option<u32> {
-    text.map(|t| t.parse().unwrap_or(u32::MAX))
+/// The row's `schema_version` column (computed from its metadata when written, migration 6).
+/// A value that is not a version (-1: only SQL written by hand can store one) reads as
+/// `u32::MAX`, a version no event set has, so the load fails with `Error::Upcast` naming the
+/// event instead of reading the payload as a shape it may not have.
+fn schema_version(column: Option<i32>) -> Option<u32> {
+    column.map(|v| u32::try_from(v).unwrap_or(u32::MAX))
 }

@@ -173,7 +173,7 @@ impl Sql {
             ),
             load_fold: format!(
                 "SELECT entity_version, event_type, payload::text, \
-                   metadata->>'schema_version' FROM {s}.events \
+                   schema_version FROM {s}.events \
                  WHERE entity_type = $1 AND entity_id = $2 AND entity_version > $3 \
                  ORDER BY entity_version"
             ),
@@ -182,10 +182,10 @@ impl Sql {
                    FROM {s}.snapshots \
                    WHERE entity_type = $1 AND entity_id = $2 AND snapshot_version = $3) \
                  SELECT 0 AS kind, entity_version, NULL::text AS event_type, payload, \
-                   NULL::text AS schema_version FROM snap \
+                   NULL::int AS schema_version FROM snap \
                  UNION ALL \
                  SELECT 1, e.entity_version, e.event_type, e.payload::text, \
-                   e.metadata->>'schema_version' FROM {s}.events e \
+                   e.schema_version FROM {s}.events e \
                  WHERE e.entity_type = $1 AND e.entity_id = $2 \
                    AND e.entity_version > COALESCE((SELECT entity_version FROM snap), 0) \
                  ORDER BY kind, entity_version"
