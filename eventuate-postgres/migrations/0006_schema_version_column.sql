@@ -6,11 +6,13 @@
 -- Adding a stored generated column rewrites the table once (every existing row's metadata is
 -- read): on a large store, run this migration in a maintenance window.
 -- Runs with search_path set to the store's schema: names are deliberately unqualified.
+-- Read from the text, not by parsing the JSON: PostgreSQL refuses to parse a document that
+-- holds "\u0000" anywhere (a header may), and an append must never fail for that.
 ALTER TABLE events ADD COLUMN schema_version INT GENERATED ALWAYS AS (
     CASE
-        WHEN metadata->>'schema_version' IS NULL THEN NULL
-        WHEN (metadata->>'schema_version') ~ '^[0-9]{1,9}$'
-            THEN (metadata->>'schema_version')::int
-        ELSE -1
+        WHEN strpos(metadata::text, '"schema_version"') = 0 THEN NULL
+        ELSE COALESCE(
+            substring(metadata::text FROM '"schema_version"\s*:\s*([0-9]{1,9})[\s,}]')::int,
+            -1)
     END
 ) STORED;

@@ -655,6 +655,12 @@ async fn payload_text_is_kept_exactly() {
         .metadata
         .headers
         .insert("h".into(), "\0".into());
+    // A schema version next to a NUL: the stored version column is read from the text.
+    req.events[1].metadata.schema_version = Some(2);
+    req.events[1]
+        .metadata
+        .headers
+        .insert("h".into(), "\0".into());
     let written = req.events.clone();
     store.append(req).await.expect("append");
     let loaded = store.load("Order", "x", 0).await.expect("load");
@@ -662,6 +668,9 @@ async fn payload_text_is_kept_exactly() {
         assert_eq!(stored.payload, written.payload);
         assert_eq!(stored.metadata, written.metadata);
     }
+    let folded = store.load_for_fold("Order", "x", 0).await.expect("load");
+    let versions: Vec<Option<u32>> = folded.iter().map(|e| e.schema_version).collect();
+    assert_eq!(versions, vec![None, Some(2), None, None]);
 }
 
 /// A snapshot with invalid JSON is refused and changes nothing.
