@@ -122,10 +122,10 @@ pub async fn run(
         raw.rate(),
     )
     .notes(
-        format!("batch {batch_size}, checkpoint per batch"),
+        format!("batch {batch_size}, next batch read during delivery, checkpoint per poll interval"),
         format!("SELECT batches of {batch_size} + decode"),
     )
-    .target(Target::RatioAtLeast(0.25))
+    .target(Target::RatioAtLeast(0.8))
     .details(json!({
         "events": events,
         "batch_size": batch_size,

@@ -163,8 +163,8 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
         let tasks = level.tasks;
         let raw = get(tasks, Variant::Raw).unwrap_or_default();
         for (variant, label, target) in [
-            (Variant::Framework, "no cache", Target::RatioAtLeast(0.6)),
-            (Variant::Cached, "cache", Target::RatioAtLeast(0.85)),
+            (Variant::Framework, "no cache", Target::RatioAtLeast(0.7)),
+            (Variant::Cached, "cache", Target::RatioAtLeast(0.9)),
         ] {
             let fw = get(tasks, variant).unwrap_or_default();
             let accounts = tasks * level.accounts_per_task;

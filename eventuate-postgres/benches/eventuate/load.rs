@@ -97,7 +97,7 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
             of(Probe::Raw),
         )
         .notes("", "raw SELECT + decode + fold")
-        .target(Target::RatioAtMost(1.3))
+        .target(Target::RatioAtMost(1.2))
         .details(details.clone()),
         Row::new(
             "3. load 10,000 events, snapshot at 9,900 + 100 events",
