@@ -122,7 +122,9 @@ pub async fn run(
         raw.rate(),
     )
     .notes(
-        format!("batch {batch_size}, next batch read during delivery, checkpoint per poll interval"),
+        format!(
+            "batch {batch_size}, next batch read during delivery, checkpoint per poll interval"
+        ),
         format!("SELECT batches of {batch_size} + decode"),
     )
     .target(Target::RatioAtLeast(0.8))
