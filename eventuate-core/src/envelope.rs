@@ -139,6 +139,53 @@ pub struct EventEnvelope {
 }
 
 impl EventEnvelope {
+    /// The event as services in other languages receive it (the server's REST and STOMP
+    /// answers, the relay's messages): `id`, `entityType`, `entityId`, `entityVersion`,
+    /// `eventType`, `eventData` (the payload as JSON), `position` (`tx/seq`) and `metadata`
+    /// (`timestamp` in milliseconds since the Unix epoch, and when set `commandId`,
+    /// `commandType`, `causationId`, `correlationId`, `schemaVersion`, `headers`).
+    pub fn wire_json(&self) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        let data = serde_json::from_str::<Value>(&self.payload)
+            .unwrap_or_else(|_| Value::String(self.payload.clone()));
+        let mut metadata = Map::new();
+        let millis = self
+            .metadata
+            .timestamp
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        metadata.insert("timestamp".into(), json!(millis));
+        let ids = [
+            ("commandId", self.metadata.command_id),
+            ("causationId", self.metadata.causation_id),
+            ("correlationId", self.metadata.correlation_id),
+        ];
+        for (name, id) in ids {
+            if let Some(id) = id {
+                metadata.insert(name.into(), json!(id.to_string()));
+            }
+        }
+        if let Some(t) = &self.metadata.command_type {
+            metadata.insert("commandType".into(), json!(t));
+        }
+        if let Some(v) = self.metadata.schema_version {
+            metadata.insert("schemaVersion".into(), json!(v));
+        }
+        if !self.metadata.headers.is_empty() {
+            metadata.insert("headers".into(), json!(self.metadata.headers));
+        }
+        json!({
+            "id": self.event_id.to_string(),
+            "entityType": self.entity_type,
+            "entityId": self.entity_id,
+            "entityVersion": self.entity_version,
+            "eventType": self.event_type,
+            "eventData": data,
+            "position": self.position.to_string(),
+            "metadata": metadata,
+        })
+    }
+
     /// Decodes the payload into `T`, with an error naming entity, version and type on failure.
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
         serde_json::from_str(&self.payload).map_err(|source| crate::Error::Decode {

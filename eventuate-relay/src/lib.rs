@@ -63,12 +63,12 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use eventuate_core::{
     BatchOutcome, EventContext, EventEnvelope, HandlerError, RetryPolicy, Subscriber, Subscription,
 };
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 #[cfg(feature = "kafka")]
@@ -238,43 +238,10 @@ impl Message {
     }
 }
 
-/// The event as the JSON document a consumer receives (see the crate documentation).
+/// The event as the JSON document a consumer receives: [`EventEnvelope::wire_json`], the
+/// same document the event store server's REST and STOMP APIs answer with.
 pub fn envelope_json(event: &EventEnvelope) -> Value {
-    let data = serde_json::from_str::<Value>(&event.payload)
-        .unwrap_or_else(|_| Value::String(event.payload.clone()));
-    let mut metadata = Map::new();
-    metadata.insert("timestamp".into(), json!(millis(event.metadata.timestamp)));
-    let ids = [
-        ("commandId", event.metadata.command_id),
-        ("causationId", event.metadata.causation_id),
-        ("correlationId", event.metadata.correlation_id),
-    ];
-    for (name, id) in ids {
-        if let Some(id) = id {
-            metadata.insert(name.into(), json!(id.to_string()));
-        }
-    }
-    if let Some(t) = &event.metadata.command_type {
-        metadata.insert("commandType".into(), json!(t));
-    }
-    if !event.metadata.headers.is_empty() {
-        metadata.insert("headers".into(), json!(event.metadata.headers));
-    }
-    json!({
-        "id": event.event_id.to_string(),
-        "entityType": event.entity_type,
-        "entityId": event.entity_id,
-        "entityVersion": event.entity_version,
-        "eventType": event.event_type,
-        "eventData": data,
-        "position": event.position.to_string(),
-        "metadata": metadata,
-    })
-}
-
-fn millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    event.wire_json()
 }
 
 /// A broker a relay publishes to.

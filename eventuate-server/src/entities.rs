@@ -457,38 +457,9 @@ pub(crate) fn millis(time: std::time::SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A stored event as JSON.
+/// A stored event as JSON ([`EventEnvelope::wire_json`]: the same document the relay sends).
 pub(crate) fn event_json(event: &EventEnvelope) -> Value {
-    let data = serde_json::from_str::<Value>(&event.payload)
-        .unwrap_or_else(|_| Value::String(event.payload.clone()));
-    let mut metadata = Map::new();
-    metadata.insert("timestamp".into(), json!(millis(event.metadata.timestamp)));
-    let ids = [
-        ("commandId", event.metadata.command_id),
-        ("causationId", event.metadata.causation_id),
-        ("correlationId", event.metadata.correlation_id),
-    ];
-    for (name, id) in ids {
-        if let Some(id) = id {
-            metadata.insert(name.into(), json!(id.to_string()));
-        }
-    }
-    if let Some(t) = &event.metadata.command_type {
-        metadata.insert("commandType".into(), json!(t));
-    }
-    if !event.metadata.headers.is_empty() {
-        metadata.insert("headers".into(), json!(event.metadata.headers));
-    }
-    json!({
-        "id": event.event_id.to_string(),
-        "entityType": event.entity_type,
-        "entityId": event.entity_id,
-        "entityVersion": event.entity_version,
-        "eventType": event.event_type,
-        "eventData": data,
-        "position": event.position.to_string(),
-        "metadata": metadata,
-    })
+    event.wire_json()
 }
 
 /// `GET /entities/{entityType}/{entityId}?fromVersion=&limit=&snapshotVersion=`.
