@@ -114,25 +114,9 @@ impl PostgresEventStore {
             return Ok(Vec::new());
         }
         let context = || format!("read the event stream after position {after}");
-        let sql = &self.inner.sql;
-        let statement = match (filter.entity_types.is_empty(), filter.partition.is_some()) {
-            (true, false) => &sql.read_all,
-            (false, false) => &sql.read_types,
-            (true, true) => &sql.read_partition,
-            (false, true) => &sql.read_types_partition,
-        };
-        let mut query = sqlx::query(statement)
-            .bind(i64::try_from(after.transaction).unwrap_or(i64::MAX))
-            .bind(i64::try_from(after.sequence).unwrap_or(i64::MAX))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        if !filter.entity_types.is_empty() {
-            query = query.bind(&filter.entity_types);
-        }
-        if let Some(partition) = filter.partition {
-            query = query
-                .bind(i64::from(partition.count.max(1)))
-                .bind(i64::from(partition.index));
-        }
+        let args = filtered_args(after, limit, filter)
+            .map_err(|e| backend(context(), sqlx::Error::Encode(e)))?;
+        let query = sqlx::query_with(self.inner.sql.read.of(filter), args);
         let rows = query
             .fetch_all(&self.inner.pool)
             .await
@@ -156,25 +140,9 @@ impl PostgresEventStore {
             });
         }
         let context = || format!("read the event stream after position {after}");
-        let sql = &self.inner.sql;
-        let statement = match (filter.entity_types.is_empty(), filter.partition.is_some()) {
-            (true, false) => &sql.batch_all,
-            (false, false) => &sql.batch_types,
-            (true, true) => &sql.batch_partition,
-            (false, true) => &sql.batch_types_partition,
-        };
-        let mut query = sqlx::query(statement)
-            .bind(i64::try_from(after.transaction).unwrap_or(i64::MAX))
-            .bind(i64::try_from(after.sequence).unwrap_or(i64::MAX))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        if !filter.entity_types.is_empty() {
-            query = query.bind(&filter.entity_types);
-        }
-        if let Some(partition) = filter.partition {
-            query = query
-                .bind(i64::from(partition.count.max(1)))
-                .bind(i64::from(partition.index));
-        }
+        let args = filtered_args(after, limit, filter)
+            .map_err(|e| backend(context(), sqlx::Error::Encode(e)))?;
+        let query = sqlx::query_with(self.inner.sql.batch.of(filter), args);
         let rows = query
             .fetch_all(&self.inner.pool)
             .await
@@ -206,25 +174,9 @@ impl PostgresEventStore {
         limit: u64,
     ) -> CoreResult<u64> {
         let context = || format!("count the events after position {after}");
-        let sql = &self.inner.sql;
-        let statement = match (filter.entity_types.is_empty(), filter.partition.is_some()) {
-            (true, false) => &sql.count_all,
-            (false, false) => &sql.count_types,
-            (true, true) => &sql.count_partition,
-            (false, true) => &sql.count_types_partition,
-        };
-        let mut query = sqlx::query_scalar(statement)
-            .bind(i64::try_from(after.transaction).unwrap_or(i64::MAX))
-            .bind(i64::try_from(after.sequence).unwrap_or(i64::MAX))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        if !filter.entity_types.is_empty() {
-            query = query.bind(&filter.entity_types);
-        }
-        if let Some(partition) = filter.partition {
-            query = query
-                .bind(i64::from(partition.count.max(1)))
-                .bind(i64::from(partition.index));
-        }
+        let args = filtered_args(after, limit, filter)
+            .map_err(|e| backend(context(), sqlx::Error::Encode(e)))?;
+        let query = sqlx::query_scalar_with(self.inner.sql.count.of(filter), args);
         let count: i64 = query
             .fetch_one(&self.inner.pool)
             .await
@@ -372,4 +324,26 @@ fn decode_row(
 /// event instead of reading the payload as a shape it may not have.
 fn schema_version(column: Option<i32>) -> Option<u32> {
     column.map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+}
+
+/// The parameters of a [`super::sql::Filtered`] statement: the position, the limit, then the
+/// filter's entity types and partition.
+fn filtered_args(
+    after: Position,
+    limit: impl TryInto<i64>,
+    filter: &StreamFilter,
+) -> Result<sqlx::postgres::PgArguments, sqlx::error::BoxDynError> {
+    use sqlx::Arguments;
+    let mut args = sqlx::postgres::PgArguments::default();
+    args.add(i64::try_from(after.transaction).unwrap_or(i64::MAX))?;
+    args.add(i64::try_from(after.sequence).unwrap_or(i64::MAX))?;
+    args.add(limit.try_into().unwrap_or(i64::MAX))?;
+    if !filter.entity_types.is_empty() {
+        args.add(filter.entity_types.clone())?;
+    }
+    if let Some(partition) = filter.partition {
+        args.add(i64::from(partition.count.max(1)))?;
+        args.add(i64::from(partition.index))?;
+    }
+    Ok(args)
 }

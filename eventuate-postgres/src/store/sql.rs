@@ -20,21 +20,44 @@ pub(super) struct Sql {
     pub(super) taken_event_id: String,
     pub(super) load_fold: String,
     pub(super) load_snapshot_and_fold: String,
-    pub(super) read_all: String,
-    pub(super) read_types: String,
-    pub(super) read_partition: String,
-    pub(super) read_types_partition: String,
-    pub(super) batch_all: String,
-    pub(super) batch_types: String,
-    pub(super) batch_partition: String,
-    pub(super) batch_types_partition: String,
-    pub(super) count_all: String,
-    pub(super) count_types: String,
-    pub(super) count_partition: String,
-    pub(super) count_types_partition: String,
+    pub(super) read: Filtered,
+    pub(super) batch: Filtered,
+    pub(super) count: Filtered,
     pub(super) head: String,
     pub(super) save_snapshot: String,
     pub(super) load_snapshot: String,
+}
+
+/// One stream statement in its four forms, by filter. Each takes $1, $2 (the position to read
+/// after) and $3 (the limit), then the entity types ($4) and the partition (count, index)
+/// when the filter has them.
+#[derive(Debug)]
+pub(super) struct Filtered {
+    all: String,
+    types: String,
+    partition: String,
+    types_partition: String,
+}
+
+impl Filtered {
+    fn new(statement: impl Fn(&str) -> String) -> Self {
+        Filtered {
+            all: statement(""),
+            types: statement(" AND entity_type = ANY($4)"),
+            partition: statement(" AND partition_hash % $4 = $5"),
+            types_partition: statement(" AND entity_type = ANY($4) AND partition_hash % $5 = $6"),
+        }
+    }
+
+    /// The form for a filter.
+    pub(super) fn of(&self, filter: &eventuate_core::StreamFilter) -> &str {
+        match (filter.entity_types.is_empty(), filter.partition.is_some()) {
+            (true, false) => &self.all,
+            (false, false) => &self.types,
+            (true, true) => &self.partition,
+            (false, true) => &self.types_partition,
+        }
+    }
 }
 
 /// One kind of append, for one event and for several.
@@ -190,18 +213,9 @@ impl Sql {
                    AND e.entity_version > COALESCE((SELECT entity_version FROM snap), 0) \
                  ORDER BY kind, entity_version"
             ),
-            read_all: read(""),
-            read_types: read(" AND entity_type = ANY($4)"),
-            read_partition: read(" AND partition_hash % $4 = $5"),
-            read_types_partition: read(" AND entity_type = ANY($4) AND partition_hash % $5 = $6"),
-            batch_all: batch(""),
-            batch_types: batch(" AND entity_type = ANY($4)"),
-            batch_partition: batch(" AND partition_hash % $4 = $5"),
-            batch_types_partition: batch(" AND entity_type = ANY($4) AND partition_hash % $5 = $6"),
-            count_all: count(""),
-            count_types: count(" AND entity_type = ANY($4)"),
-            count_partition: count(" AND partition_hash % $4 = $5"),
-            count_types_partition: count(" AND entity_type = ANY($4) AND partition_hash % $5 = $6"),
+            read: Filtered::new(read),
+            batch: Filtered::new(batch),
+            count: Filtered::new(count),
             head: format!(
                 "SELECT transaction_id, sequence FROM {s}.events WHERE transaction_id < {horizon} \
                  ORDER BY transaction_id DESC, sequence DESC LIMIT 1"
