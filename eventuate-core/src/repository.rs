@@ -63,7 +63,7 @@ enum Mode {
     Update,
     /// The entity must exist at this version; a conflict is the caller's.
     Expecting(u64),
-    /// A missing entity starts from the default state; conflicts are retried.
+    /// A missing entity starts from [`Aggregate::initial`]; conflicts are retried.
     Upsert,
 }
 
@@ -378,10 +378,10 @@ impl Repository {
         .await
     }
 
-    /// Create-or-update: processes the command on the entity's current state, or on the
-    /// aggregate's default state when the entity has no events yet (then the events create it).
-    /// The aggregate's `Default` is the state a command sees for a new entity, so one command
-    /// handler serves both cases. A concurrent create or update is retried like a conflict.
+    /// Create-or-update: processes the command on the entity's current state, or on
+    /// [`Aggregate::initial`] (for `#[aggregate]`, the struct's `Default`) when the entity has
+    /// no events yet (then the events create it). The initial state is what a command sees for
+    /// a new entity, so one command handler serves both cases. A concurrent create or update is retried like a conflict.
     /// A command that produces no events for a missing entity returns version 0 and writes
     /// nothing.
     pub async fn upsert<A: Aggregate>(
