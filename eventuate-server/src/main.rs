@@ -172,7 +172,7 @@ async fn run(args: Args, server: &mut Option<ThrowawayPostgres>) -> Result<(), B
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        eventuate_core::runtime::shutdown_signal().await;
         stop.send_replace(true);
     });
     let until_stopped = || {
@@ -194,21 +194,4 @@ async fn run(args: Args, server: &mut Option<ThrowawayPostgres>) -> Result<(), B
     served?;
     stomp_served?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminated = async {
-        match terminate.as_mut() {
-            Some(signal) => {
-                signal.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminated => {}
-    }
 }

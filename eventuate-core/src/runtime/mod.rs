@@ -851,6 +851,27 @@ impl Drop for Running {
     }
 }
 
+/// Completes on Ctrl-C or, on Unix, SIGTERM (what a container runtime sends to stop a
+/// process): what a service's `main` waits on before shutting the runtime down gracefully,
+/// e.g. `Eventuate::new(store).run_until(shutdown_signal())`.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    let terminated = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminated = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+}
+
 fn filter_for(subscription: &Subscription, partition: u32) -> StreamFilter {
     StreamFilter {
         entity_types: subscription.entity_types.clone(),

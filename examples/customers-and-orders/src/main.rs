@@ -225,7 +225,7 @@ async fn serve(
         listener.local_addr()?
     );
     let served = axum::serve(listener, started.router.clone())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(eventuate_core::runtime::shutdown_signal())
         .await;
     println!("stopping: finishing in-flight events, saving checkpoints");
     // Bounded by the runtime's shutdown timeout: a hung handler is aborted after it.
@@ -243,24 +243,7 @@ async fn db() -> Result<ExitCode, BoxError> {
         "(a throwaway PostgreSQL in {}; Ctrl-C stops and removes it)",
         pg.data_dir().display()
     );
-    shutdown_signal().await;
+    eventuate_core::runtime::shutdown_signal().await;
     drop(pg);
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminated = async {
-        match terminate.as_mut() {
-            Some(signal) => {
-                signal.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminated => {}
-    }
 }
