@@ -1603,3 +1603,89 @@ async fn an_unavailable_dependency_is_retried_without_counting_attempts() {
     );
     runtime.shutdown().await.unwrap();
 }
+
+/// Role-split deployment: runtime A runs the 4-partition `orders-side` subscriber and a shared
+/// one; runtime B runs only the shared one. Fair shares count, per subscriber, only the members
+/// that run it, so A takes all 4 partitions of `orders-side` (counting B, it took 2 and the
+/// other 2 were never consumed). The liveness backstop alone would also get them consumed
+/// (see the next test); with neither, this test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_run_by_one_role_gets_all_its_partitions_consumed() {
+    let store = InMemoryEventStore::new();
+    let shared_b = Recorder::new("shared");
+    let b = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(shared_b.clone())
+        .start()
+        .unwrap();
+    // B is a live member before A starts.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let orders = Recorder::new("orders-side");
+    let a = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(orders.clone(), |s| s.partitions(4))
+        .subscriber(Recorder::new("shared"))
+        .start()
+        .unwrap();
+    for i in 0..20 {
+        deposit(&a.repository(), &format!("acc-{i}"), 1 + i).await;
+    }
+    eventually("every deposit reaches the subscriber only A runs", || {
+        orders.amounts().len() == 20
+    })
+    .await;
+    let status = a.status().await.unwrap();
+    let owned = status
+        .iter()
+        .filter(|s| s.subscriber_id == "orders-side" && s.owned)
+        .count();
+    assert_eq!(owned, 4, "A consumes every partition: {status:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// The liveness backstop: a member that claims to run a subscriber but never takes its share
+/// (here a heartbeat written by hand, as a wedged process would leave) halves the others'
+/// fair share, and the partitions nobody holds for longer than the lease TTL are taken anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_nobody_holds_are_taken_above_the_fair_share() {
+    use eventuate_core::runtime::{Member, SubscriptionStore};
+    let store = InMemoryEventStore::new();
+    let zombie = Member {
+        incarnation: uuid::Uuid::new_v4(),
+        node: uuid::Uuid::new_v4(),
+        subscribers: vec!["orders-side".into()],
+    };
+    let keep_alive = {
+        let store = store.clone();
+        let zombie = zombie.clone();
+        tokio::spawn(async move {
+            loop {
+                store
+                    .heartbeat(&zombie, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let orders = Recorder::new("orders-side");
+    let a = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber_with(orders.clone(), |s| s.partitions(4))
+        .start()
+        .unwrap();
+    for i in 0..20 {
+        deposit(&a.repository(), &format!("acc-{i}"), 1 + i).await;
+    }
+    eventually(
+        "every deposit delivered despite the member that takes nothing",
+        || orders.amounts().len() == 20,
+    )
+    .await;
+    let owned = a.status().await.unwrap().iter().filter(|s| s.owned).count();
+    assert_eq!(owned, 4, "above its fair share of 2");
+    keep_alive.abort();
+    a.shutdown().await.unwrap();
+}
