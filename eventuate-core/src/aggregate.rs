@@ -12,6 +12,17 @@ pub trait Aggregate: Sized + Send + Sync + 'static {
     /// The entity type name under which events are stored, e.g. `"Order"`.
     const ENTITY_TYPE: &'static str;
 
+    /// Older entity type names the aggregate's history may be stored under
+    /// (`#[aggregate(aliases("PurchaseOrder"))]`), for a renamed aggregate. Stored rows are never
+    /// rewritten: an entity is loaded under its current name and every alias; one found under
+    /// an alias keeps being appended to (and snapshotted) under that name, so optimistic
+    /// concurrency stays per stored (entity type, id) and a process still running the old
+    /// release appends to the same rows; a new entity is created under
+    /// [`Aggregate::ENTITY_TYPE`]. An id stored under two of the names is
+    /// [`crate::Error::EntityUnderSeveralTypes`]. Subscriptions to the current name also read
+    /// the aliases when the runtime knows the aggregate ([`crate::Eventuate::aggregate`]).
+    const ENTITY_TYPE_ALIASES: &'static [&'static str] = &[];
+
     /// Take a snapshot every this many events (`None`: never).
     const SNAPSHOT_EVERY: Option<u64> = None;
 

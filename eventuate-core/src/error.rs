@@ -40,6 +40,26 @@ pub enum Error {
         version: u64,
     },
 
+    /// An aggregate's entity id has events under more than one of its entity type names (its
+    /// current name and its aliases, [`crate::Aggregate::ENTITY_TYPE_ALIASES`]): two histories
+    /// for one id, which are never merged. Typically a process of the release before a rename
+    /// created the id under the old name while one of the new release created it under the
+    /// new name.
+    #[error(
+        "{entity_type} `{entity_id}` is stored under several of the aggregate's entity type \
+         names ({}); two histories are never merged: keep one (move or delete the other's \
+         rows and snapshots) before using the entity",
+        stored_under.join(", ")
+    )]
+    EntityUnderSeveralTypes {
+        /// The aggregate's current entity type name.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// The names it has events under.
+        stored_under: Vec<String>,
+    },
+
     /// An update or load named an entity that has no events.
     ///
     /// Transient ([`Error::is_permanent`] is false): in a saga the target of a command is
@@ -395,6 +415,7 @@ impl Error {
         match self {
             Error::Rejected { .. }
             | Error::EntityExists { .. }
+            | Error::EntityUnderSeveralTypes { .. }
             | Error::EmptyAppend { .. }
             | Error::DuplicateEventId { .. }
             | Error::IdempotencyMismatch { .. }
@@ -500,6 +521,14 @@ mod tests {
                     entity_id: entity_id.clone(),
                 },
                 false,
+            ),
+            (
+                Error::EntityUnderSeveralTypes {
+                    entity_type: entity_type.clone(),
+                    entity_id: entity_id.clone(),
+                    stored_under: vec!["Order".into(), "PurchaseOrder".into()],
+                },
+                true,
             ),
             (
                 Error::EmptyAppend {
@@ -683,6 +712,7 @@ mod tests {
             Error::Parked { .. } => 20,
             Error::OutcomeUnknown { .. } => 21,
             Error::Upcast { .. } => 22,
+            Error::EntityUnderSeveralTypes { .. } => 23,
         }
     }
 

@@ -56,6 +56,9 @@ impl Default for RepositoryOptions {
 
 type CacheKey = (&'static str, String);
 
+/// A cached state: its version, the entity type name it is stored under, the state.
+type CacheEntry<A> = (u64, &'static str, A);
+
 /// What an update may do with the stored entity.
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -80,7 +83,8 @@ fn external_idempotency(options: &mut CommandOptions, command_type: &str) {
     }
 }
 
-/// Aggregate states by entity, each a `(version, A)` behind `dyn Any`; FIFO eviction.
+/// Aggregate states by entity, each a `(version, stored name, A)` behind `dyn Any`; FIFO
+/// eviction.
 #[derive(Default)]
 struct Cache {
     entries: HashMap<CacheKey, Box<dyn Any + Send>>,
@@ -88,18 +92,21 @@ struct Cache {
 }
 
 impl Cache {
-    fn take<A: Aggregate>(&mut self, entity_id: &str) -> Option<(u64, A)> {
+    fn take<A: Aggregate>(&mut self, entity_id: &str) -> Option<(u64, &'static str, A)> {
         let entry = self
             .entries
             .remove(&(A::ENTITY_TYPE, entity_id.to_owned()))?;
-        entry.downcast::<(u64, A)>().ok().map(|b| *b)
+        entry
+            .downcast::<(u64, &'static str, A)>()
+            .ok()
+            .map(|b| *b)
     }
 
-    fn put<A: Aggregate>(&mut self, capacity: usize, entity_id: String, version: u64, state: A) {
+    fn put<A: Aggregate>(&mut self, capacity: usize, entity_id: String, entry: CacheEntry<A>) {
         let key = (A::ENTITY_TYPE, entity_id);
         if self
             .entries
-            .insert(key.clone(), Box::new((version, state)))
+            .insert(key.clone(), Box::new(entry))
             .is_none()
         {
             self.order.push_back(key);
@@ -202,6 +209,10 @@ pub struct Loaded<A> {
     pub version: u64,
     /// Its state.
     pub state: A,
+    /// The entity type name its history is stored under: [`Aggregate::ENTITY_TYPE`], or one
+    /// of [`Aggregate::ENTITY_TYPE_ALIASES`] for an entity created before a rename (its events
+    /// keep being appended under that name).
+    pub stored_as: &'static str,
 }
 
 /// Creates, updates and loads aggregates on an [`EventStore`]. Cheap to clone.
@@ -244,7 +255,7 @@ impl Repository {
 
     fn cache_take<A: Aggregate>(&self, entity_id: &str) -> Option<Loaded<A>> {
         let cache = self.cache.as_ref()?;
-        let (version, state) = cache
+        let (version, stored_as, state) = cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take::<A>(entity_id)?;
@@ -252,16 +263,16 @@ impl Repository {
             entity_id: entity_id.to_owned(),
             version,
             state,
+            stored_as,
         })
     }
 
-    fn cache_put<A: Aggregate>(&self, entity_id: &str, version: u64, state: A) {
+    fn cache_put<A: Aggregate>(&self, loaded: Loaded<A>) {
         if let Some(cache) = &self.cache {
             cache.lock().unwrap_or_else(|p| p.into_inner()).put(
                 self.options.cache_capacity,
-                entity_id.to_owned(),
-                version,
-                state,
+                loaded.entity_id,
+                (loaded.version, loaded.stored_as, loaded.state),
             );
         }
     }
@@ -325,15 +336,44 @@ impl Repository {
                 entity_id,
             });
         }
-        self.commit(
+        // The store refuses a create only under the name it is made under: an id whose history
+        // lives under an older name is found by a load first (one more round trip, for renamed
+        // aggregates only).
+        if !A::ENTITY_TYPE_ALIASES.is_empty() {
+            if let Some(existing) = self.find::<A>(&entity_id).await? {
+                if existing.stored_as != A::ENTITY_TYPE {
+                    // The same command, applied by a process of the release before the rename.
+                    if self
+                        .recorded::<A>(&existing, &options, command.command_type())
+                        .await?
+                    {
+                        return Ok(Committed {
+                            entity_id,
+                            version: existing.version,
+                            state: existing.state,
+                            events: Vec::new(),
+                            event_ids: Vec::new(),
+                            positions: Vec::new(),
+                            duplicate: true,
+                            attempts: 1,
+                        });
+                    }
+                    return Err(Error::EntityExists {
+                        entity_type: existing.stored_as.to_owned(),
+                        entity_id,
+                        version: existing.version,
+                    });
+                }
+            }
+        }
+        let created = Loaded {
             entity_id,
+            version: 0,
             state,
-            0,
-            events,
-            command.command_type(),
-            &options,
-        )
-        .await
+            stored_as: A::ENTITY_TYPE,
+        };
+        self.commit(created, events, command.command_type(), &options)
+            .await
     }
 
     /// Processes a command on an existing aggregate: load, decide, append with optimistic
@@ -447,6 +487,7 @@ impl Repository {
                             entity_id: entity_id.to_owned(),
                             version: 0,
                             state: A::initial(),
+                            stored_as: A::ENTITY_TYPE,
                         },
                         false,
                     ),
@@ -481,7 +522,7 @@ impl Repository {
             // run produced: it was applied, so the answer is the first run's, a duplicate.
             if !appends
                 && self
-                    .recorded::<A>(entity_id, &options, command.command_type())
+                    .recorded::<A>(&loaded, &options, command.command_type())
                     .await?
             {
                 return Ok(Committed {
@@ -499,7 +540,7 @@ impl Repository {
                 Ok(events) => events,
                 Err(source) => {
                     if loaded.version > 0 {
-                        self.cache_put(entity_id, loaded.version, loaded.state);
+                        self.cache_put(loaded);
                     }
                     return Err(Error::Rejected {
                         entity_type: A::ENTITY_TYPE.to_owned(),
@@ -512,7 +553,12 @@ impl Repository {
             if events.is_empty() {
                 if self.cache.is_some() && loaded.version > 0 {
                     if let Some(copy) = loaded.state.clone_for_cache() {
-                        self.cache_put(entity_id, loaded.version, copy);
+                        self.cache_put(Loaded {
+                            entity_id: entity_id.to_owned(),
+                            version: loaded.version,
+                            state: copy,
+                            stored_as: loaded.stored_as,
+                        });
                     }
                 }
                 return Ok(Committed {
@@ -527,14 +573,7 @@ impl Repository {
                 });
             }
             match self
-                .commit(
-                    entity_id.to_owned(),
-                    loaded.state,
-                    loaded.version,
-                    events,
-                    command.command_type(),
-                    &options,
-                )
+                .commit(loaded, events, command.command_type(), &options)
                 .await
                 .map(|committed| Committed {
                     attempts: attempt,
@@ -556,7 +595,7 @@ impl Repository {
     /// duplicate); [`Error::IdempotencyMismatch`] if it is recorded with another.
     async fn recorded<A: Aggregate>(
         &self,
-        entity_id: &str,
+        loaded: &Loaded<A>,
         options: &CommandOptions,
         command_type: &str,
     ) -> Result<bool> {
@@ -566,9 +605,10 @@ impl Repository {
         let Some(recorded) = self.store.recorded_command(key).await? else {
             return Ok(false);
         };
+        // Keys are recorded with the name the entity is stored under (see `commit`).
         let request = AppendRequest {
-            entity_type: A::ENTITY_TYPE.to_owned(),
-            entity_id: entity_id.to_owned(),
+            entity_type: loaded.stored_as.to_owned(),
+            entity_id: loaded.entity_id.clone(),
             expected: ExpectedVersion::New,
             events: Vec::new(),
             idempotency: Some(IdempotencyKey {
@@ -584,7 +624,7 @@ impl Repository {
     async fn catch_up<A: Aggregate>(&self, loaded: &mut Loaded<A>) -> Result<bool> {
         let newer = self
             .store
-            .load_for_fold(A::ENTITY_TYPE, &loaded.entity_id, loaded.version)
+            .load_for_fold(loaded.stored_as, &loaded.entity_id, loaded.version)
             .await?;
         for event in &newer {
             // Versions have no gaps: anything else means the cached state is not a prefix of
@@ -593,22 +633,29 @@ impl Repository {
                 *loaded = self.load::<A>(&loaded.entity_id).await?;
                 return Ok(true);
             }
-            let decoded = decode_stored::<A::Event>(A::ENTITY_TYPE, &loaded.entity_id, event)?;
+            let decoded = decode_stored::<A::Event>(loaded.stored_as, &loaded.entity_id, event)?;
             loaded.state.apply(&decoded);
             loaded.version = event.entity_version;
         }
         Ok(!newer.is_empty())
     }
 
+    /// Appends the events to `loaded` under the name it is stored under (the current name for
+    /// a new entity), so that optimistic concurrency stays on one stored (type, id) and a
+    /// process of the release before a rename appends to the same rows.
     async fn commit<A: Aggregate>(
         &self,
-        entity_id: String,
-        mut state: A,
-        version: u64,
+        loaded: Loaded<A>,
         events: Vec<A::Event>,
         command_type: &'static str,
         options: &CommandOptions,
     ) -> Result<Committed<A>> {
+        let Loaded {
+            entity_id,
+            version,
+            mut state,
+            stored_as,
+        } = loaded;
         let attempts = 1;
         let command_id = options.command_id.unwrap_or_else(Uuid::new_v4);
         let metadata = EventMetadata {
@@ -641,7 +688,7 @@ impl Repository {
         }
         let event_ids = new_events.iter().map(|e| e.event_id).collect();
         let request = AppendRequest {
-            entity_type: A::ENTITY_TYPE.to_owned(),
+            entity_type: stored_as.to_owned(),
             entity_id: entity_id.clone(),
             expected: if version == 0 {
                 ExpectedVersion::New
@@ -661,10 +708,15 @@ impl Repository {
                 }
                 if self.cache.is_some() {
                     if let Some(copy) = state.clone_for_cache() {
-                        self.cache_put(&entity_id, new_version, copy);
+                        self.cache_put(Loaded {
+                            entity_id: entity_id.clone(),
+                            version: new_version,
+                            state: copy,
+                            stored_as,
+                        });
                     }
                 }
-                self.maybe_snapshot(&entity_id, &state, version, new_version)
+                self.maybe_snapshot(stored_as, &entity_id, &state, version, new_version)
                     .await;
                 Ok(Committed {
                     entity_id,
@@ -693,7 +745,14 @@ impl Repository {
         }
     }
 
-    async fn maybe_snapshot<A: Aggregate>(&self, entity_id: &str, state: &A, from: u64, to: u64) {
+    async fn maybe_snapshot<A: Aggregate>(
+        &self,
+        stored_as: &str,
+        entity_id: &str,
+        state: &A,
+        from: u64,
+        to: u64,
+    ) {
         let Some(every) = A::SNAPSHOT_EVERY.filter(|n| *n > 0) else {
             return;
         };
@@ -709,7 +768,7 @@ impl Repository {
             None => return,
         };
         let snapshot = Snapshot {
-            entity_type: A::ENTITY_TYPE.to_owned(),
+            entity_type: stored_as.to_owned(),
             entity_id: entity_id.to_owned(),
             entity_version: to,
             snapshot_version: A::SNAPSHOT_VERSION,
@@ -732,43 +791,59 @@ impl Repository {
     }
 
     /// Loads an aggregate, `None` if it has no events: the latest usable snapshot (if the
-    /// aggregate takes snapshots) plus the events after it.
+    /// aggregate takes snapshots) plus the events after it. A renamed aggregate
+    /// ([`Aggregate::ENTITY_TYPE_ALIASES`]) is looked up under its current name and every alias
+    /// in one call ([`EventStore::load_under_types`]); [`Loaded::stored_as`] says which name
+    /// it was found under, and an id found under two is
+    /// [`Error::EntityUnderSeveralTypes`].
     pub async fn find<A: Aggregate>(&self, entity_id: &str) -> Result<Option<Loaded<A>>> {
         crate::name::validate_entity_id(entity_id)?;
-        let (mut state, mut version) = (A::initial(), 0);
-        let stored = if A::SNAPSHOT_EVERY.is_some() {
-            let (snapshot, after_snapshot) = self
-                .store
-                .load_with_snapshot(A::ENTITY_TYPE, entity_id, A::SNAPSHOT_VERSION)
-                .await?;
-            match snapshot.map(|s| (A::from_snapshot(&s.payload), s.entity_version)) {
-                None | Some((None, _)) => after_snapshot,
-                Some((Some(Ok(restored)), at)) => {
-                    state = restored;
-                    version = at;
-                    after_snapshot
+        let snapshot_version = A::SNAPSHOT_EVERY.is_some().then_some(A::SNAPSHOT_VERSION);
+        let (stored_as, snapshot, stored) = if A::ENTITY_TYPE_ALIASES.is_empty() {
+            match snapshot_version {
+                Some(v) => {
+                    let (snapshot, events) = self
+                        .store
+                        .load_with_snapshot(A::ENTITY_TYPE, entity_id, v)
+                        .await?;
+                    (A::ENTITY_TYPE, snapshot, events)
                 }
-                // An unreadable snapshot costs a full replay, never a wrong state.
-                Some((Some(Err(e)), at)) => {
-                    tracing::warn!(
-                        entity_type = A::ENTITY_TYPE,
-                        entity_id,
-                        version = at,
-                        error = %e,
-                        "ignoring snapshot that does not decode"
-                    );
+                None => (
+                    A::ENTITY_TYPE,
+                    None,
                     self.store
                         .load_for_fold(A::ENTITY_TYPE, entity_id, 0)
-                        .await?
-                }
+                        .await?,
+                ),
             }
         } else {
-            self.store
-                .load_for_fold(A::ENTITY_TYPE, entity_id, 0)
-                .await?
+            match self.load_renamed::<A>(entity_id, snapshot_version).await? {
+                Some(found) => found,
+                None => return Ok(None),
+            }
+        };
+        let (mut state, mut version) = (A::initial(), 0);
+        let stored = match snapshot.map(|s| (A::from_snapshot(&s.payload), s.entity_version)) {
+            None | Some((None, _)) => stored,
+            Some((Some(Ok(restored)), at)) => {
+                state = restored;
+                version = at;
+                stored
+            }
+            // An unreadable snapshot costs a full replay, never a wrong state.
+            Some((Some(Err(e)), at)) => {
+                tracing::warn!(
+                    entity_type = stored_as,
+                    entity_id,
+                    version = at,
+                    error = %e,
+                    "ignoring snapshot that does not decode"
+                );
+                self.store.load_for_fold(stored_as, entity_id, 0).await?
+            }
         };
         for event in &stored {
-            let decoded = decode_stored::<A::Event>(A::ENTITY_TYPE, entity_id, event)?;
+            let decoded = decode_stored::<A::Event>(stored_as, entity_id, event)?;
             state.apply(&decoded);
             version = event.entity_version;
         }
@@ -776,7 +851,53 @@ impl Repository {
             entity_id: entity_id.to_owned(),
             version,
             state,
+            stored_as,
         }))
+    }
+
+    /// The history of a renamed aggregate's entity under whichever of its names it is stored
+    /// (the snapshot, if asked for, and the events after it); `None` when it has none.
+    async fn load_renamed<A: Aggregate>(
+        &self,
+        entity_id: &str,
+        snapshot_version: Option<u32>,
+    ) -> Result<Option<(&'static str, Option<Snapshot>, Vec<StoredEvent>)>> {
+        let mut names = Vec::with_capacity(1 + A::ENTITY_TYPE_ALIASES.len());
+        names.push(A::ENTITY_TYPE);
+        for alias in A::ENTITY_TYPE_ALIASES {
+            // A hand-written impl may repeat a name; `#[aggregate]` refuses that at compile time.
+            if !names.contains(alias) {
+                names.push(alias);
+            }
+        }
+        let mut found = self
+            .store
+            .load_under_types(&names, entity_id, snapshot_version)
+            .await?;
+        if found.len() > 1 {
+            return Err(Error::EntityUnderSeveralTypes {
+                entity_type: A::ENTITY_TYPE.to_owned(),
+                entity_id: entity_id.to_owned(),
+                stored_under: found.into_iter().map(|h| h.entity_type).collect(),
+            });
+        }
+        let Some(history) = found.pop() else {
+            return Ok(None);
+        };
+        // The name as a `&'static str` of the aggregate's: what later appends are made under.
+        let stored_as = names
+            .iter()
+            .copied()
+            .find(|name| *name == history.entity_type)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "the store answered a load of {} `{entity_id}` with events under `{}`, \
+                     a name it was not asked for",
+                    A::ENTITY_TYPE,
+                    history.entity_type
+                ))
+            })?;
+        Ok(Some((stored_as, history.snapshot, history.events)))
     }
 }
 

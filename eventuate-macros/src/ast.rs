@@ -145,6 +145,7 @@ pub(crate) struct AggregateStruct<'a> {
 pub(crate) struct AggregatePlan<'a> {
     pub ident: &'a Ident,
     pub entity_type: String,
+    pub entity_type_aliases: Vec<String>,
     pub events: &'a syn::Path,
     pub snapshot_every: Option<u64>,
     pub snapshot_version: Option<u32>,

@@ -15,6 +15,8 @@ use crate::check::Ctxt;
 #[derive(Default)]
 pub(crate) struct AggregateAttr {
     pub name: Option<LitStr>,
+    /// `aliases("OldName", ..)`: older entity type names the aggregate's history is stored under.
+    pub aliases: Vec<LitStr>,
     pub events: Option<Path>,
     pub snapshot_every: Option<Number<u64>>,
     pub snapshot_version: Option<Number<u32>>,
@@ -51,7 +53,8 @@ pub(crate) enum EntityRef {
     Aggregate(Path),
 }
 
-const AGGREGATE_KEYS: &str = "`name`, `events`, `snapshot_every`, `snapshot_version`, `ignore`";
+const AGGREGATE_KEYS: &str =
+    "`name`, `aliases`, `events`, `snapshot_every`, `snapshot_version`, `ignore`";
 const SUBSCRIBER_KEYS: &str =
     "`subscribe`, `id`, `start`, `partitions`, `max_attempts`, `transactional`";
 
@@ -62,6 +65,12 @@ pub(crate) fn aggregate(cx: &Ctxt, args: TokenStream) -> AggregateAttr {
         each_key(cx, &meta, &mut seen, "aggregate", AGGREGATE_KEYS, |key| {
             match key {
                 "name" => attr.name = Some(meta.value()?.parse()?),
+                "aliases" => {
+                    let content;
+                    syn::parenthesized!(content in meta.input);
+                    let names = content.parse_terminated(<LitStr as Parse>::parse, Token![,])?;
+                    attr.aliases = names.into_iter().collect();
+                }
                 "events" => attr.events = Some(meta.value()?.parse()?),
                 "snapshot_every" => attr.snapshot_every = Some(number(&meta, key)?),
                 "snapshot_version" => attr.snapshot_version = Some(number(&meta, key)?),

@@ -8,7 +8,7 @@ use std::fmt::Display;
 use proc_macro2::Span;
 use quote::{ToTokens, quote};
 use syn::ext::IdentExt;
-use syn::{GenericArgument, PathArguments, ReturnType, Type};
+use syn::{GenericArgument, LitStr, PathArguments, ReturnType, Type};
 
 use crate::ast::{
     AggregatePlan, AggregateStruct, ApplyFn, CatchAllFn, CommandFn, CommandPlan, Entity, EventFn,
@@ -302,6 +302,7 @@ pub(crate) fn aggregate<'a>(cx: &Ctxt, agg: &'a AggregateStruct<'a>) -> Option<A
             name
         }
     };
+    let entity_type_aliases = entity_type_aliases(cx, &entity_type, &attr.aliases);
     if attr.events.is_none() {
         cx.error_at(
             Span::call_site(),
@@ -333,11 +334,36 @@ pub(crate) fn aggregate<'a>(cx: &Ctxt, agg: &'a AggregateStruct<'a>) -> Option<A
     Some(AggregatePlan {
         ident: &item.ident,
         entity_type,
+        entity_type_aliases,
         events: attr.events.as_ref()?,
         snapshot_every: attr.snapshot_every.as_ref().map(|n| n.value),
         snapshot_version: attr.snapshot_version.as_ref().map(|n| n.value),
         ignore: &attr.ignore,
     })
+}
+
+/// `aliases(..)` of `#[aggregate]`: valid names, none the aggregate's own name, none twice. An
+/// entity is read under each of them, so a repeated or self-naming alias is a mistake.
+fn entity_type_aliases(cx: &Ctxt, entity_type: &str, aliases: &[LitStr]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for alias in aliases {
+        let value = alias.value();
+        check_identifier(cx, "aggregate alias", &value, alias.span());
+        if value == entity_type {
+            cx.error_spanned_by(
+                alias,
+                format!(
+                    "alias `{value}` is the aggregate's own name; list only the older names its \
+                     history is stored under"
+                ),
+            );
+        } else if seen.contains(&value) {
+            cx.error_spanned_by(alias, format!("alias `{value}` is listed twice"));
+        } else {
+            seen.push(value);
+        }
+    }
+    seen
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -238,6 +238,13 @@ pub(crate) fn aggregate(plan: &AggregatePlan<'_>) -> TokenStream {
                 ::core::option::Option::Some(#n);
         }
     });
+    let aliases = &plan.entity_type_aliases;
+    let entity_type_aliases = (!aliases.is_empty()).then(|| {
+        quote! {
+            const ENTITY_TYPE_ALIASES: &'static [&'static ::core::primitive::str] =
+                &[#(#aliases),*];
+        }
+    });
     let snapshot_version = plan
         .snapshot_version
         .map(|n| quote!(const SNAPSHOT_VERSION: ::core::primitive::u32 = #n;));
@@ -281,6 +288,7 @@ pub(crate) fn aggregate(plan: &AggregatePlan<'_>) -> TokenStream {
         #[automatically_derived]
         impl #aggregate_trait for #ident {
             const ENTITY_TYPE: &'static ::core::primitive::str = #entity_type;
+            #entity_type_aliases
             #snapshot_every
             #snapshot_version
             type Event = #events;

@@ -81,6 +81,9 @@ pub fn derive_events(input: TokenStream) -> TokenStream {
 ///
 /// Keys: `events = Path` (required: the event set, an enum with `#[derive(Events)]`);
 /// `name = "Order"` (the stored entity type; default: the struct's name);
+/// `aliases("PurchaseOrder", ..)` (older entity type names: an entity whose history is stored
+/// under one of them is loaded, and appended to, under that name; see the README's *Evolving
+/// events*);
 /// `snapshot_every = 100` (take a snapshot every 100 events; needs `Serialize` and
 /// `Deserialize` on the struct); `snapshot_version = 2` (bump it when the state's shape changes,
 /// so old snapshots are ignored); `ignore(EventA, EventB)` (events that do not change the
@@ -91,7 +94,8 @@ pub fn derive_events(input: TokenStream) -> TokenStream {
 /// event.
 ///
 /// ```text
-/// #[aggregate(name = "Order", events = OrderEvent, snapshot_every = 100, ignore(OrderNoted))]
+/// #[aggregate(name = "Order", aliases("PurchaseOrder"), events = OrderEvent,
+///     snapshot_every = 100, ignore(OrderNoted))]
 /// #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 /// pub struct Order { approved: bool, total: u64 }
 /// ```
@@ -101,6 +105,7 @@ pub fn derive_events(input: TokenStream) -> TokenStream {
 /// ```text
 /// impl Aggregate for Order {
 ///     const ENTITY_TYPE: &'static str = "Order";
+///     const ENTITY_TYPE_ALIASES: &'static [&'static str] = &["PurchaseOrder"];
 ///     const SNAPSHOT_EVERY: Option<u64> = Some(100);
 ///     type Event = OrderEvent;
 ///     fn initial() -> Self {

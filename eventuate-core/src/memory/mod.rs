@@ -17,7 +17,7 @@ mod subscriptions;
 
 use crate::store::{
     AppendOutcome, AppendRequest, CommandFingerprint, EventStore, ExpectedVersion, IdempotencyKey,
-    StreamBatch, StreamFilter, StreamItem, duplicate_or_mismatch, validate_append,
+    StoredEvent, StreamBatch, StreamFilter, StreamItem, TypedHistory, duplicate_or_mismatch, validate_append,
     validate_payload,
 };
 
@@ -230,6 +230,49 @@ impl EventStore for InMemoryEventStore {
             })
             .unwrap_or_default();
         ready(Ok(events))
+    }
+
+    /// Under one lock: one view of the data, like the PostgreSQL store's one statement.
+    fn load_under_types<'a>(
+        &'a self,
+        entity_types: &'a [&'a str],
+        entity_id: &'a str,
+        snapshot_version: Option<u32>,
+    ) -> BoxFuture<'a, Result<Vec<TypedHistory>>> {
+        let state = self.lock();
+        let mut found = Vec::new();
+        for entity_type in entity_types {
+            let key = ((*entity_type).to_owned(), entity_id.to_owned());
+            let Some(indexes) = state.entities.get(&key) else {
+                continue;
+            };
+            let snapshot = snapshot_version.and_then(|v| {
+                state
+                    .snapshots
+                    .get(&(key.0.clone(), key.1.clone(), v))
+                    .cloned()
+            });
+            let after = snapshot.as_ref().map_or(0, |s| s.entity_version);
+            let events = indexes
+                .iter()
+                .skip(usize::try_from(after).unwrap_or(usize::MAX))
+                .map(|i| {
+                    let e = &state.events[*i];
+                    StoredEvent {
+                        entity_version: e.entity_version,
+                        event_type: e.event_type.clone(),
+                        payload: e.payload.clone(),
+                        schema_version: e.metadata.schema_version,
+                    }
+                })
+                .collect();
+            found.push(TypedHistory {
+                entity_type: key.0,
+                snapshot,
+                events,
+            });
+        }
+        ready(Ok(found))
     }
 
     fn read_stream<'a>(
