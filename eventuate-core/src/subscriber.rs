@@ -364,6 +364,8 @@ pub trait CheckpointTransaction: Send + 'static {
 /// (subscriber, event) and carries the event as their cause.
 pub struct EventContext {
     event: EventEnvelope,
+    /// The current name of the event's entity type, when it is stored under an older one.
+    current_entity_type: Option<Arc<str>>,
     subscriber_id: Arc<str>,
     repository: Repository,
     commands_sent: AtomicU32,
@@ -376,6 +378,7 @@ impl fmt::Debug for EventContext {
         f.debug_struct("EventContext")
             .field("subscriber_id", &self.subscriber_id)
             .field("event", &self.event)
+            .field("current_entity_type", &self.current_entity_type)
             .finish_non_exhaustive()
     }
 }
@@ -394,6 +397,7 @@ impl EventContext {
     pub fn new(repository: Repository, subscriber_id: &str, event: EventEnvelope) -> Self {
         EventContext {
             event,
+            current_entity_type: None,
             subscriber_id: Arc::from(subscriber_id),
             repository,
             commands_sent: AtomicU32::new(0),
@@ -423,6 +427,13 @@ impl EventContext {
         self.attempt
     }
 
+    /// The same context for an event stored under an older name of the entity type `current`
+    /// (see [`EventContext::entity_type`]).
+    pub(crate) fn with_current_entity_type(mut self, current: Arc<str>) -> Self {
+        self.current_entity_type = Some(current);
+        self
+    }
+
     pub(crate) fn with_transaction(self, tx: Box<dyn CheckpointTransaction>) -> Self {
         EventContext {
             transaction: Mutex::new(Some(tx)),
@@ -444,9 +455,14 @@ impl EventContext {
         &self.event.entity_id
     }
 
-    /// The type of the entity that emitted the event.
+    /// The type of the entity that emitted the event, by its current name: for an event stored
+    /// under an older name of a renamed entity type the runtime knows
+    /// ([`crate::Eventuate::entity_type_aliases`], [`crate::Eventuate::aggregate`]), the
+    /// current name; `ctx.event().entity_type` is always the name as stored.
     pub fn entity_type(&self) -> &str {
-        &self.event.entity_type
+        self.current_entity_type
+            .as_deref()
+            .unwrap_or(&self.event.entity_type)
     }
 
     /// The event's id.

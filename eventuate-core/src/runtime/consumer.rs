@@ -551,11 +551,17 @@ impl Consumer {
     /// The context of an attempt at `event`, carrying its attempt number (1 unless an attempt
     /// count was persisted for it).
     fn context(&self, event: &EventEnvelope) -> EventContext {
-        EventContext::new(
+        let ctx = EventContext::new(
             self.shared.repository.clone(),
             &self.registered.subscription.id,
             event.clone(),
-        )
+        );
+        // A row stored under an older name of a renamed entity type: handlers see the current
+        // name, `ctx.event()` the stored row.
+        match self.registered.current_names.get(&event.entity_type) {
+            Some(current) => ctx.with_current_entity_type(current.clone()),
+            None => ctx,
+        }
         .with_attempt(
             self.attempt
                 .filter(|(at, _)| *at == event.position)

@@ -69,6 +69,7 @@
 
 mod consumer;
 mod manager;
+mod renames;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -142,6 +143,9 @@ struct Registered {
     subscription: Subscription,
     shape: Shape,
     subscriber: Arc<dyn ErasedSubscriber>,
+    /// Stored older entity type names this subscription reads -> the current name handlers
+    /// see (see `renames`).
+    current_names: renames::CurrentNames,
 }
 
 /// Builds and runs the dispatcher.
@@ -165,6 +169,7 @@ pub struct Eventuate {
     options: RuntimeOptions,
     known_entity_types: BTreeSet<String>,
     strict_entity_types: bool,
+    aliases: renames::EntityTypeAliases,
 }
 
 impl fmt::Debug for Eventuate {
@@ -203,13 +208,38 @@ impl Eventuate {
             options: RuntimeOptions::default(),
             known_entity_types: BTreeSet::new(),
             strict_entity_types: false,
+            aliases: renames::EntityTypeAliases::default(),
         }
     }
 
     /// Declares an aggregate whose entity type subscribers may subscribe to before any of its
-    /// events is stored (see [`Eventuate::known_entity_type`]).
+    /// events is stored (see [`Eventuate::known_entity_type`]), with the older names of a
+    /// renamed aggregate ([`crate::Aggregate::ENTITY_TYPE_ALIASES`], see
+    /// [`Eventuate::entity_type_aliases`]).
     pub fn aggregate<A: crate::Aggregate>(self) -> Self {
         self.known_entity_type(A::ENTITY_TYPE)
+            .entity_type_aliases(A::ENTITY_TYPE, A::ENTITY_TYPE_ALIASES.iter().copied())
+    }
+
+    /// Declares the older names of a renamed entity type (what [`Eventuate::aggregate`] does
+    /// for an aggregate's [`crate::Aggregate::ENTITY_TYPE_ALIASES`]; call it directly for a
+    /// type another service writes). A subscription to `entity_type` then also reads the
+    /// events stored under the older names (its stored shape gains them: adopted at start
+    /// like any change of handled types, its checkpoint kept), and
+    /// [`EventContext::entity_type`] of such an event is `entity_type`, while
+    /// `ctx.event().entity_type` stays the name it is stored under. A subscription that lists
+    /// an older name itself reads it as before, under that name. [`Eventuate::start`] refuses
+    /// a name declared as an alias of two types, or both as an alias and as an aggregate's
+    /// current name.
+    pub fn entity_type_aliases<I, S>(mut self, entity_type: impl Into<String>, aliases: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let aliases: Vec<String> = aliases.into_iter().map(Into::into).collect();
+        self.known_entity_types.extend(aliases.iter().cloned());
+        self.aliases.add(entity_type.into(), aliases);
+        self
     }
 
     /// Declares an entity type as known, for subscriptions to a type whose events another
@@ -265,6 +295,7 @@ impl Eventuate {
             ),
             subscription,
             subscriber: Arc::new(subscriber),
+            current_names: renames::CurrentNames::new(),
         });
         self
     }
@@ -275,7 +306,17 @@ impl Eventuate {
     }
 
     /// Validates the subscriptions and starts the dispatcher in the background.
-    pub fn start(self) -> Result<Running> {
+    pub fn start(mut self) -> Result<Running> {
+        self.aliases.validate()?;
+        // Widened here, not at registration: aggregates may be declared after subscribers.
+        for registered in &mut self.subscribers {
+            registered.current_names = self.aliases.widen(&mut registered.subscription);
+            registered.shape = Shape::new(
+                registered.subscription.partitions,
+                &registered.subscription.entity_types,
+                &registered.subscription.event_types,
+            );
+        }
         let mut ids = BTreeSet::new();
         for registered in &self.subscribers {
             registered.subscription.validate()?;

@@ -388,6 +388,15 @@ impl EventStore for PostgresEventStore {
         Box::pin(self.load_snapshot_and_fold(entity_type, entity_id, snapshot_version))
     }
 
+    fn load_under_types<'a>(
+        &'a self,
+        entity_types: &'a [&'a str],
+        entity_id: &'a str,
+        snapshot_version: Option<u32>,
+    ) -> BoxFuture<'a, CoreResult<Vec<eventuate_core::TypedHistory>>> {
+        Box::pin(self.load_under_types(entity_types, entity_id, snapshot_version))
+    }
+
     fn read_stream<'a>(
         &'a self,
         after: Position,

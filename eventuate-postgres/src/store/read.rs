@@ -3,6 +3,7 @@
 
 use eventuate_core::{
     EventEnvelope, EventMetadata, Position, Snapshot, StreamBatch, StreamFilter, StreamItem,
+    TypedHistory,
 };
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
@@ -102,6 +103,64 @@ impl PostgresEventStore {
             }
         }
         Ok((snapshot, events))
+    }
+
+    /// An entity under any of several entity type names (a renamed aggregate's current name and
+    /// aliases): each name's snapshot and the events after it, in one statement (one round
+    /// trip, one view of the data), returned in the order of `entity_types`.
+    pub(super) async fn load_under_types(
+        &self,
+        entity_types: &[&str],
+        entity_id: &str,
+        snapshot_version: Option<u32>,
+    ) -> CoreResult<Vec<TypedHistory>> {
+        for entity_type in entity_types {
+            eventuate_core::name::validate_entity_type(entity_type)?;
+        }
+        eventuate_core::name::validate_entity_id(entity_id)?;
+        let context = || format!("load `{entity_id}` under [{}]", entity_types.join(", "));
+        let rows = sqlx::query(&self.inner.sql.load_under_types)
+            .bind(entity_types)
+            .bind(entity_id)
+            .bind(snapshot_version.map(i64::from))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| backend(context(), e))?;
+        let mut found: Vec<TypedHistory> = Vec::new();
+        for row in &rows {
+            let kind: i32 = get(row, 0, &context)?;
+            let entity_type: String = get(row, 1, &context)?;
+            let version: i64 = get(row, 2, &context)?;
+            let payload: String = get(row, 4, &context)?;
+            // Rows come grouped by entity type.
+            if found.last().is_none_or(|h| h.entity_type != entity_type) {
+                found.push(TypedHistory {
+                    entity_type: entity_type.clone(),
+                    snapshot: None,
+                    events: Vec::new(),
+                });
+            }
+            let last = found.len() - 1;
+            let history = &mut found[last];
+            if kind == 0 {
+                history.snapshot = Some(Snapshot {
+                    entity_type,
+                    entity_id: entity_id.to_owned(),
+                    entity_version: to_u64(version),
+                    snapshot_version: snapshot_version.unwrap_or_default(),
+                    payload,
+                });
+            } else {
+                history.events.push(eventuate_core::StoredEvent {
+                    entity_version: to_u64(version),
+                    event_type: get(row, 3, &context)?,
+                    payload,
+                    schema_version: schema_version(get(row, 5, &context)?),
+                });
+            }
+        }
+        found.sort_by_key(|h| entity_types.iter().position(|t| *t == h.entity_type));
+        Ok(found)
     }
 
     pub(super) async fn read(

@@ -20,6 +20,7 @@ pub(super) struct Sql {
     pub(super) taken_event_id: String,
     pub(super) load_fold: String,
     pub(super) load_snapshot_and_fold: String,
+    pub(super) load_under_types: String,
     pub(super) read: Filtered,
     pub(super) batch: Filtered,
     pub(super) count: Filtered,
@@ -212,6 +213,23 @@ impl Sql {
                  WHERE e.entity_type = $1 AND e.entity_id = $2 \
                    AND e.entity_version > COALESCE((SELECT entity_version FROM snap), 0) \
                  ORDER BY kind, entity_version"
+            ),
+            // `load_snapshot_and_fold` for several entity type names ($1, an array) at once:
+            // each name's snapshot ($3 NULL: none asked) and the events after it, grouped by
+            // name. The (entity_type, entity_id, entity_version) key serves `= ANY($1)`.
+            load_under_types: format!(
+                "WITH snap AS (SELECT entity_type, entity_version, payload::text AS payload \
+                   FROM {s}.snapshots \
+                   WHERE entity_type = ANY($1) AND entity_id = $2 AND snapshot_version = $3) \
+                 SELECT 0 AS kind, entity_type, entity_version, NULL::text AS event_type, \
+                   payload, NULL::int AS schema_version FROM snap \
+                 UNION ALL \
+                 SELECT 1, e.entity_type, e.entity_version, e.event_type, e.payload::text, \
+                   e.schema_version FROM {s}.events e \
+                 WHERE e.entity_type = ANY($1) AND e.entity_id = $2 \
+                   AND e.entity_version > COALESCE((SELECT entity_version FROM snap \
+                     WHERE snap.entity_type = e.entity_type), 0) \
+                 ORDER BY entity_type, kind, entity_version"
             ),
             read: Filtered::new(read),
             batch: Filtered::new(batch),
