@@ -37,7 +37,7 @@ macro_rules! store_behaviour_suite {
             idempotent_appends, concurrent_appends_one_winner, concurrent_idempotent_appends,
             idempotency_key_mismatch_is_reported,
             stream_order_filter_and_partitions, head_and_count, snapshots,
-            duplicate_event_ids_are_rejected, load_with_snapshot,
+            duplicate_event_ids_are_rejected, load_with_snapshot, load_under_types,
             concurrent_writers_reader_sees_everything_once,
             external_command_ids_are_applied_once);
     };
@@ -1193,6 +1193,104 @@ pub async fn load_with_snapshot(store: &dyn EventStore) {
         .await
         .expect("load");
     assert!(none.is_none() && nothing.is_empty());
+}
+
+/// [`EventStore::load_under_types`]: an entity looked up under several entity type names
+/// (a renamed aggregate's current name and aliases) is found under the one it is stored under,
+/// with that name's own snapshot; an id stored under two names comes back twice, in the order
+/// the names were asked in; names not asked for are not read.
+pub async fn load_under_types(store: &dyn EventStore) {
+    let id = unique("renamed");
+    let events: Vec<NewEvent> = (1..=3).map(|n| event("A", n)).collect();
+    append_settled(
+        store,
+        request("PurchaseOrder", &id, ExpectedVersion::New, events),
+    )
+    .await;
+    let snapshot = |entity_type: &str, entity_version: u64| Snapshot {
+        entity_type: entity_type.into(),
+        entity_id: id.clone(),
+        entity_version,
+        snapshot_version: 1,
+        payload: format!("{{\"at\":{entity_version}}}"),
+    };
+    store
+        .save_snapshot(snapshot("PurchaseOrder", 2))
+        .await
+        .expect("save");
+    let summary = |found: Vec<crate::TypedHistory>| {
+        found
+            .into_iter()
+            .map(|h| {
+                (
+                    h.entity_type,
+                    h.snapshot.map(|s| (s.entity_type, s.entity_version)),
+                    h.events.iter().map(|e| e.entity_version).collect::<Vec<_>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let names = ["Order", "PurchaseOrder"];
+    let load = |names: &'static [&'static str], v: Option<u32>| {
+        let id = id.clone();
+        async move {
+            store
+                .load_under_types(names, &id, v)
+                .await
+                .expect("load under types")
+        }
+    };
+    let old = || "PurchaseOrder".to_owned();
+    assert_eq!(
+        summary(load(&["Order", "PurchaseOrder"], None).await),
+        vec![(old(), None, vec![1, 2, 3])]
+    );
+    assert_eq!(
+        summary(load(&["Order", "PurchaseOrder"], Some(1)).await),
+        vec![(old(), Some((old(), 2)), vec![3])]
+    );
+    assert_eq!(
+        summary(load(&["Order", "PurchaseOrder"], Some(2)).await),
+        vec![(old(), None, vec![1, 2, 3])],
+        "a snapshot of another format is not used"
+    );
+    assert!(load(&["Order"], Some(1)).await.is_empty(), "only the names asked for");
+    let full = load(&["PurchaseOrder"], None).await;
+    let envelopes = store.load("PurchaseOrder", &id, 0).await.expect("load");
+    for (folded, envelope) in full[0].events.iter().zip(&envelopes) {
+        assert_eq!(folded.event_type, envelope.event_type);
+        assert_eq!(folded.payload, envelope.payload);
+        assert_eq!(folded.schema_version, envelope.metadata.schema_version);
+    }
+    // The same id created under the other name too: both come back, each with its own
+    // snapshot (one covering every event of its name).
+    append_settled(
+        store,
+        request("Order", &id, ExpectedVersion::New, vec![event("B", 1)]),
+    )
+    .await;
+    store.save_snapshot(snapshot("Order", 1)).await.expect("save");
+    let current = || "Order".to_owned();
+    assert_eq!(
+        summary(load(&["Order", "PurchaseOrder"], Some(1)).await),
+        vec![
+            (current(), Some((current(), 1)), vec![]),
+            (old(), Some((old(), 2)), vec![3]),
+        ]
+    );
+    assert_eq!(
+        summary(load(&["PurchaseOrder", "Order"], None).await),
+        vec![(old(), None, vec![1, 2, 3]), (current(), None, vec![1])],
+        "in the order the names were asked in"
+    );
+    let missing = unique("missing");
+    assert!(
+        store
+            .load_under_types(&names, &missing, Some(1))
+            .await
+            .expect("load")
+            .is_empty()
+    );
 }
 
 /// The subscriber of [`nul_in_handler_errors`]: fails on the events of entity `bad` with an
