@@ -132,16 +132,18 @@ impl PostgresEventStore {
             let entity_type: String = get(row, 1, &context)?;
             let version: i64 = get(row, 2, &context)?;
             let payload: String = get(row, 4, &context)?;
-            // Rows come grouped by entity type.
-            if found.last().is_none_or(|h| h.entity_type != entity_type) {
-                found.push(TypedHistory {
-                    entity_type: entity_type.clone(),
-                    snapshot: None,
-                    events: Vec::new(),
-                });
-            }
-            let last = found.len() - 1;
-            let history = &mut found[last];
+            let index = match found.iter().position(|h| h.entity_type == entity_type) {
+                Some(index) => index,
+                None => {
+                    found.push(TypedHistory {
+                        entity_type: entity_type.clone(),
+                        snapshot: None,
+                        events: Vec::new(),
+                    });
+                    found.len() - 1
+                }
+            };
+            let history = &mut found[index];
             if kind == 0 {
                 history.snapshot = Some(Snapshot {
                     entity_type,
