@@ -73,7 +73,7 @@ mod shadowed {
         Tagged(Tagged),
     }
 
-    #[aggregate(events = AccountEvent, snapshot_every = 10, snapshot_version = 2, ignore(Tagged))]
+    #[aggregate(events = AccountEvent, aliases("Acct", "LegacyAccount"), snapshot_every = 10, snapshot_version = 2, ignore(Tagged))]
     #[derive(::std::fmt::Debug, ::core::default::Default)]
     pub struct Account {
         pub(crate) balance: ::core::primitive::u64,
@@ -207,6 +207,8 @@ fn main() {
 
     let account = shadowed::Account::default();
     assert_eq!(<shadowed::Account as Aggregate>::ENTITY_TYPE, "Account");
+    assert_eq!(<shadowed::Account as Aggregate>::ENTITY_TYPE_ALIASES, ["Acct", "LegacyAccount"]);
+    assert!(<plain::Job as Aggregate>::ENTITY_TYPE_ALIASES.is_empty());
     assert_eq!(HandleCommand::<shadowed::DepositTwice>::handle(&account, &shadowed::DepositTwice(1)).ok().map(|e| e.len()), Some(2));
     assert_eq!(HandleCommand::<shadowed::Noop>::handle(&account, &shadowed::Noop).ok().map(|e| e.len()), Some(0));
     assert!(HandleCommand::<shadowed::Open>::handle(&account, &shadowed::Open).is_ok());
