@@ -96,19 +96,12 @@ impl Cache {
         let entry = self
             .entries
             .remove(&(A::ENTITY_TYPE, entity_id.to_owned()))?;
-        entry
-            .downcast::<(u64, &'static str, A)>()
-            .ok()
-            .map(|b| *b)
+        entry.downcast::<(u64, &'static str, A)>().ok().map(|b| *b)
     }
 
     fn put<A: Aggregate>(&mut self, capacity: usize, entity_id: String, entry: CacheEntry<A>) {
         let key = (A::ENTITY_TYPE, entity_id);
-        if self
-            .entries
-            .insert(key.clone(), Box::new(entry))
-            .is_none()
-        {
+        if self.entries.insert(key.clone(), Box::new(entry)).is_none() {
             self.order.push_back(key);
         }
         while self.entries.len() > capacity {

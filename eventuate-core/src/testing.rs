@@ -1225,7 +1225,10 @@ pub async fn load_under_types(store: &dyn EventStore) {
                 (
                     h.entity_type,
                     h.snapshot.map(|s| (s.entity_type, s.entity_version)),
-                    h.events.iter().map(|e| e.entity_version).collect::<Vec<_>>(),
+                    h.events
+                        .iter()
+                        .map(|e| e.entity_version)
+                        .collect::<Vec<_>>(),
                 )
             })
             .collect::<Vec<_>>()
@@ -1254,7 +1257,10 @@ pub async fn load_under_types(store: &dyn EventStore) {
         vec![(old(), None, vec![1, 2, 3])],
         "a snapshot of another format is not used"
     );
-    assert!(load(&["Order"], Some(1)).await.is_empty(), "only the names asked for");
+    assert!(
+        load(&["Order"], Some(1)).await.is_empty(),
+        "only the names asked for"
+    );
     let full = load(&["PurchaseOrder"], None).await;
     let envelopes = store.load("PurchaseOrder", &id, 0).await.expect("load");
     for (folded, envelope) in full[0].events.iter().zip(&envelopes) {
@@ -1274,7 +1280,10 @@ pub async fn load_under_types(store: &dyn EventStore) {
         ),
     )
     .await;
-    store.save_snapshot(snapshot("Order", 1)).await.expect("save");
+    store
+        .save_snapshot(snapshot("Order", 1))
+        .await
+        .expect("save");
     let current = || "Order".to_owned();
     assert_eq!(
         summary(load(&["Order", "PurchaseOrder"], Some(1)).await),

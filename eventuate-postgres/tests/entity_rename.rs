@@ -16,8 +16,8 @@ use std::time::Duration;
 use eventuate_core::prelude::*;
 use eventuate_core::runtime::{RuntimeOptions, SubscriptionStore};
 use eventuate_core::{
-    AppendRequest, EventEnvelope, EventMetadata, ExpectedVersion, NewEvent, Position, RepositoryOptions,
-    StreamFilter,
+    AppendRequest, EventEnvelope, EventMetadata, ExpectedVersion, NewEvent, Position,
+    RepositoryOptions, StreamFilter,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -279,7 +279,11 @@ async fn renamed_aggregate<S: EventStore + SubscriptionStore + Clone>(store: S) 
     // The old history loads into the renamed aggregate.
     let loaded = repo.load::<Order>("po-1").await.unwrap();
     assert_eq!(
-        (loaded.version, loaded.stored_as, loaded.state.customer_id.as_str()),
+        (
+            loaded.version,
+            loaded.stored_as,
+            loaded.state.customer_id.as_str()
+        ),
         (2, "PurchaseOrder", "ann")
     );
     assert_eq!(loaded.state.items, ["A-1"]);
@@ -293,7 +297,10 @@ async fn renamed_aggregate<S: EventStore + SubscriptionStore + Clone>(store: S) 
         [1, 2, 3]
     );
     assert!(store.load("Order", "po-1", 0).await.unwrap().is_empty());
-    let snapshot = store.load_snapshot("PurchaseOrder", "po-1", 1).await.unwrap();
+    let snapshot = store
+        .load_snapshot("PurchaseOrder", "po-1", 1)
+        .await
+        .unwrap();
     assert_eq!(snapshot.map(|s| s.entity_version), Some(3));
     assert_eq!(store.load_snapshot("Order", "po-1", 1).await.unwrap(), None);
 
@@ -403,7 +410,10 @@ async fn renamed_aggregate<S: EventStore + SubscriptionStore + Clone>(store: S) 
                 entity_id,
                 stored_under,
             }) => {
-                assert_eq!((entity_type.as_str(), entity_id.as_str()), ("Order", "twice"));
+                assert_eq!(
+                    (entity_type.as_str(), entity_id.as_str()),
+                    ("Order", "twice")
+                );
                 assert_eq!(stored_under, ["Order", "PurchaseOrder"]);
             }
             other => panic!("expected EntityUnderSeveralTypes, got {other:?}"),

@@ -17,8 +17,8 @@ mod subscriptions;
 
 use crate::store::{
     AppendOutcome, AppendRequest, CommandFingerprint, EventStore, ExpectedVersion, IdempotencyKey,
-    StoredEvent, StreamBatch, StreamFilter, StreamItem, TypedHistory, duplicate_or_mismatch, validate_append,
-    validate_payload,
+    StoredEvent, StreamBatch, StreamFilter, StreamItem, TypedHistory, duplicate_or_mismatch,
+    validate_append, validate_payload,
 };
 
 use crate::{Error, EventEnvelope, Position, Result, Snapshot};

@@ -117,6 +117,9 @@ mod tests {
         let mut current = known();
         current.add("PurchaseOrder".into(), []);
         let message = current.validate().unwrap_err().to_string();
-        assert!(message.contains("itself a current entity type name"), "{message}");
+        assert!(
+            message.contains("itself a current entity type name"),
+            "{message}"
+        );
     }
 }
