@@ -94,6 +94,11 @@ impl Order {
 
 #[command_handler]
 impl OldOrder {
+    fn place(&self, cmd: &Place) -> Result<OrderPlaced, Never> {
+        Ok(OrderPlaced {
+            customer_id: cmd.customer_id.clone(),
+        })
+    }
     fn add(&self, cmd: &AddItem) -> Result<ItemAdded, Never> {
         Ok(ItemAdded {
             sku: cmd.sku.clone(),
@@ -380,6 +385,45 @@ async fn renamed_aggregate<S: EventStore + SubscriptionStore + Clone>(store: S) 
     assert_eq!(upserted.version, 2);
     assert_eq!(
         versions(&store.load("PurchaseOrder", "po-2", 0).await.unwrap()),
+        [1, 2]
+    );
+
+    // A command sent again under its command id after the old release applied it (a client
+    // retrying across the deploy) is a duplicate, whichever release applied it first: the
+    // key is recorded with the name the entity is stored under.
+    let (create_id, add_id) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let place = || Place {
+        customer_id: "fay".into(),
+    };
+    old_repo
+        .create_with::<OldOrder>(
+            Some("po-9".into()),
+            place(),
+            CommandOptions::with_command_id(create_id),
+        )
+        .await
+        .unwrap();
+    old_repo
+        .update_with::<OldOrder>("po-9", add("J-1"), CommandOptions::with_command_id(add_id))
+        .await
+        .unwrap();
+    let again = repo
+        .create_with::<Order>(
+            Some("po-9".into()),
+            place(),
+            CommandOptions::with_command_id(create_id),
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.duplicate, again.version), (true, 2));
+    let again = repo
+        .update_with::<Order>("po-9", add("J-1"), CommandOptions::with_command_id(add_id))
+        .await
+        .unwrap();
+    assert_eq!((again.duplicate, again.version), (true, 2));
+    assert_eq!(again.state.items, ["J-1"]);
+    assert_eq!(
+        versions(&store.load("PurchaseOrder", "po-9", 0).await.unwrap()),
         [1, 2]
     );
 
