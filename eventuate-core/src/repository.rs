@@ -1,6 +1,8 @@
 //! The aggregate repository: create and update aggregates by command (load -> decide ->
 //! append, retried on a concurrency conflict), load them (from the latest snapshot plus later
-//! events), and take snapshots by policy.
+//! events), and take snapshots by policy. A renamed aggregate
+//! ([`Aggregate::ENTITY_TYPE_ALIASES`]) is loaded under all its names and written under the
+//! one its entity is stored under ([`Loaded::stored_as`]).
 //!
 //! ## The aggregate cache
 //!
