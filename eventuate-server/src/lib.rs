@@ -71,6 +71,8 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) running: Option<Arc<Running>>,
     pub(crate) extras: status::Extras,
+    /// STOMP over WebSocket (`GET /stomp`), and its subscribers in the operations routes.
+    pub(crate) stomp: Option<StompServer>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -106,6 +108,7 @@ impl Server {
                 store,
                 running: None,
                 extras: status::Extras::new(),
+                stomp: None,
             },
             options: ServerOptions::default(),
         }
@@ -126,6 +129,14 @@ impl Server {
         subscriptions: Arc<dyn eventuate_core::runtime::SubscriptionStore>,
     ) -> StompServer {
         StompServer::new(self.state.store.clone(), subscriptions)
+    }
+
+    /// Serves STOMP over WebSocket at `GET /stomp` with the sessions, subscriptions and
+    /// shutdown of `stomp` ([`stomp::websocket`]), and lists its subscribers in the
+    /// operations routes (`GET /subscribers`, parked events, replay, skip).
+    pub fn stomp_over_websocket(mut self, stomp: &StompServer) -> Self {
+        self.state.stomp = Some(stomp.clone());
+        self
     }
 
     /// Replaces the limits.
@@ -154,6 +165,8 @@ impl Server {
             .route("/subscribers", get(operations::subscribers))
             .route("/subscribers/{id}/parked", get(operations::parked))
             .route("/subscribers/{id}/parked/replay", post(operations::replay))
+            .route("/subscribers/{id}/parked/skip", post(operations::skip))
+            .route("/stomp", get(stomp::websocket::upgrade))
             .route("/health", get(health))
             .merge(status::routes())
             .route(
