@@ -218,7 +218,7 @@ impl StompServer {
         loop {
             let permit = tokio::select! {
                 () = &mut shutdown => break,
-                _ = stopped.wait_for(|s| *s) => break,
+                () = stopping(&mut stopped) => break,
                 permit = self.shared.permits.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
@@ -226,7 +226,7 @@ impl StompServer {
             };
             let stream = tokio::select! {
                 () = &mut shutdown => break,
-                _ = stopped.wait_for(|s| *s) => break,
+                () = stopping(&mut stopped) => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
@@ -314,5 +314,12 @@ impl StompServer {
             implied_version,
         )
         .await;
+    }
+}
+
+/// Completes once the server is told to stop.
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
