@@ -11,9 +11,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use eventuate_core::runtime::{LAG_COUNT_LIMIT, PartitionStatus, Running, ShapeView};
 use eventuate_core::Position;
 use eventuate_core::runtime::ParkedEvent;
+use eventuate_core::runtime::{LAG_COUNT_LIMIT, PartitionStatus, Running, ShapeView};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -160,7 +160,12 @@ async fn owner<'a>(state: &'a AppState, id: &str) -> Result<Owner<'a>, ApiError>
         return Err(ApiError::not_found(NOTHING_RUNS));
     }
     if let Some(running) = &state.running {
-        if running.status().await?.iter().any(|p| p.subscriber_id == id) {
+        if running
+            .status()
+            .await?
+            .iter()
+            .any(|p| p.subscriber_id == id)
+        {
             return Ok(Owner::Runtime(running));
         }
     }

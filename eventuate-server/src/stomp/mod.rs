@@ -280,9 +280,15 @@ impl StompServer {
         };
         let Some(permit) = permit else {
             let (message, detail) = if stopped {
-                ("the server is shutting down", "reconnect to another server or later")
+                (
+                    "the server is shutting down",
+                    "reconnect to another server or later",
+                )
             } else {
-                ("too many connections", "the STOMP server is at its connection limit; try again later")
+                (
+                    "too many connections",
+                    "the STOMP server is at its connection limit; try again later",
+                )
             };
             let refusal = frame::Frame::new("ERROR")
                 .header("message", message)

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use super::StompOptions;
 use super::frame::{Decoded, Frame, decode};
-use super::transport::{Incoming, Outgoing};
 use super::subscriptions::{AckMode, Delivery, Member, Outcome, Registry, parse_destination};
+use super::transport::{Incoming, Outgoing};
 
 const SUPPORTED: [&str; 3] = ["1.0", "1.1", "1.2"];
 /// How much later than negotiated a client's heart-beat may arrive.
@@ -147,7 +147,13 @@ pub(crate) async fn run(
         implied_version,
     };
     if *stop.borrow_and_update() {
-        session.error(fatal("the server is shutting down", "reconnect to another server or later"), None);
+        session.error(
+            fatal(
+                "the server is shutting down",
+                "reconnect to another server or later",
+            ),
+            None,
+        );
     }
     let mut buffer = Vec::with_capacity(4096);
     let mut last_read = Instant::now();

@@ -475,11 +475,21 @@ impl Registry {
         let mut out = BTreeMap::new();
         for (id, subscription) in seen {
             if let Some(group) = groups.get(&id) {
-                let clients = group.members.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let clients = group
+                    .members
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len();
                 let running = group.running.lock().await;
                 if let Some(running) = running.as_ref() {
                     let partitions = running.status().await?;
-                    out.insert(id, Listed { partitions, clients });
+                    out.insert(
+                        id,
+                        Listed {
+                            partitions,
+                            clients,
+                        },
+                    );
                     continue;
                 }
             }
@@ -519,7 +529,13 @@ impl Registry {
                     unknown_entity_types: Vec::new(),
                 });
             }
-            out.insert(id, Listed { partitions, clients: 0 });
+            out.insert(
+                id,
+                Listed {
+                    partitions,
+                    clients: 0,
+                },
+            );
         }
         Ok(out)
     }

@@ -34,7 +34,8 @@ pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade)
     };
     // A frame may be split over messages, so a message needs no more room than a frame.
     let limits = &stomp.server_options().limits;
-    let largest = limits.max_body + limits.max_headers.saturating_add(1) * (limits.max_line_length + 2) + 16;
+    let largest =
+        limits.max_body + limits.max_headers.saturating_add(1) * (limits.max_line_length + 2) + 16;
     let ws = ws
         .protocols(SUBPROTOCOLS.map(|(name, _)| name))
         .max_message_size(largest)
