@@ -42,9 +42,7 @@ async fn checkpoint_reaches(h: &Harness, id: &str, expected: &str, exact: bool) 
 async fn a_window_of_three_and_the_contiguous_acknowledged_prefix() {
     bounded(async {
         let h = Harness::start(options()).await;
-        let events: Vec<(&str, Value)> = (1..=5)
-            .map(|_| ("Changed", json!({})))
-            .collect();
+        let events: Vec<(&str, Value)> = (1..=5).map(|_| ("Changed", json!({}))).collect();
         h.append("Order", "o-1", &events).await;
         let dest = path("windowed", "types=Order");
         let window = [("prefetch-count", "3")];
@@ -55,7 +53,11 @@ async fn a_window_of_three_and_the_contiguous_acknowledged_prefix() {
             got.push(c.message().await);
         }
         let versions: Vec<&Value> = got.iter().map(|(_, b)| &b["entityVersion"]).collect();
-        assert_eq!(versions, [&json!(1), &json!(2), &json!(3)], "in entity order");
+        assert_eq!(
+            versions,
+            [&json!(1), &json!(2), &json!(3)],
+            "in entity order"
+        );
         assert!(
             c.try_frame(Duration::from_millis(300)).await.is_none(),
             "no fourth message while three are unacknowledged"
@@ -120,7 +122,10 @@ async fn a_window_of_three_and_the_contiguous_acknowledged_prefix() {
             .await;
         let error = capped.frame().await;
         assert_eq!(error.command, "ERROR");
-        assert!(error.get("message").is_some_and(|m| m.contains("1 to 256")), "{error:?}");
+        assert!(
+            error.get("message").is_some_and(|m| m.contains("1 to 256")),
+            "{error:?}"
+        );
         drop(c);
         h.stop().await;
     })
@@ -131,8 +136,12 @@ async fn a_window_of_three_and_the_contiguous_acknowledged_prefix() {
 async fn a_nack_in_a_window_retries_that_message_then_offers_the_rest_again() {
     bounded(async {
         let h = Harness::start(options()).await;
-        h.append("Order", "o-1", &[("A", json!({})), ("B", json!({})), ("C", json!({}))])
-            .await;
+        h.append(
+            "Order",
+            "o-1",
+            &[("A", json!({})), ("B", json!({})), ("C", json!({}))],
+        )
+        .await;
         let dest = path("nacking", "types=Order");
         let mut c = Client::connected(h.addr).await;
         c.subscribe("n", &dest, "client-individual", &[("prefetch-count", "3")])
