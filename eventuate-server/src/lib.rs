@@ -24,6 +24,8 @@
 //! | `GET /subscribers` | 200 every partition: owner, position, lag, parked |
 //! | `GET /subscribers/{id}/parked` | 200 the parked events |
 //! | `POST /subscribers/{id}/parked/replay?entityType=&entityId=` | 202 `{"replayRequested": n}` |
+//! | `POST /subscribers/{id}/parked/skip?position=<tx>/<seq>` | 200 `{"skipped"}`: the parked event dropped for good |
+//! | `GET /stomp` | STOMP over WebSocket ([`Server::stomp_over_websocket`], [`stomp::websocket`]) |
 //! | `GET /health` | 200 `{"head"}`, 503 when the store is unavailable |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
 //! | `GET /` | the status page: subscribers, lag chart, head and horizon, parked events ([`status`]) |
@@ -31,7 +33,8 @@
 //! | `GET /metrics` | the Prometheus metrics ([`install_prometheus`]) |
 //!
 //! The STOMP half ([`StompServer`], [`Server::stomp`]; see [`stomp`]) delivers events to
-//! durable, named subscriptions over STOMP 1.2 on its own listener.
+//! durable, named subscriptions over STOMP 1.2 on its own listener, and over WebSocket at
+//! `GET /stomp` ([`Server::stomp_over_websocket`]).
 //!
 //! Errors are described in [`error`]; idempotency in [`entities`]. `eventData` is any JSON
 //! value, stored as its JSON text and answered as JSON.

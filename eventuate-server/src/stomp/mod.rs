@@ -1,5 +1,7 @@
 //! The STOMP server: durable, named subscriptions to the store's events over STOMP 1.0, 1.1
-//! and 1.2 (Eventuate's STOMP interface; port 61614 by convention).
+//! and 1.2 (Eventuate's STOMP interface; port 61614 by convention), on a TCP listener and over
+//! WebSocket on the HTTP listener ([`websocket`], `GET /stomp`). The session logic is one,
+//! over a transport that hands it bytes and writes frames (the `transport` module).
 //!
 //! ```no_run
 //! # async fn demo(store: eventuate_postgres::PostgresEventStore) -> std::io::Result<()> {
@@ -17,7 +19,8 @@
 //!
 //! `SUBSCRIBE` with `id` (unique on the connection), `ack` (`auto`, the default; `client`: an
 //! ACK covers that message and every earlier one of the subscription; `client-individual`),
-//! an optional `partitions` (default 1) and a `destination`, either
+//! an optional `partitions` (default 1), an optional `prefetch-count` (the window, default 1,
+//! at most [`StompOptions::max_prefetch`]) and a `destination`, either
 //! `/subscriptions/{subscriberId}?types=Order,Customer&events=OrderCreated&from=beginning|end`
 //! (`events` and `from` optional; `from` defaults to `beginning`; `durability=transient`
 //! subscribes under a fresh id starting from the end) or Eventuate's JSON form
@@ -42,15 +45,22 @@
 //!   committed while no client is connected are delivered when one subscribes again; a
 //!   message not acknowledged when its client leaves goes to another client of the id, or is
 //!   delivered again after a reconnect. Clients deduplicate by the event `id`.
-//! - **Per-entity order.** A partition delivers one event at a time and waits for its
-//!   acknowledgement: the window is **one unacknowledged message per partition** (raise
-//!   `partitions` for parallelism; every client of an id must ask for the same count).
+//! - **Per-entity order.** A partition sends its messages in stream order and has at most
+//!   `prefetch-count` of them unacknowledged (default 1: one message, then its
+//!   acknowledgement; raise `partitions` for parallelism; every client of an id must ask for
+//!   the same types, `partitions` and `prefetch-count`).
+//! - **The window** (`prefetch-count` above 1) runs on the runtime's batch delivery: runs of up
+//!   to that many consecutive events of a partition are sent at once and settle in order, so
+//!   the checkpoint moves only over the contiguous acknowledged prefix. A message after a
+//!   NACKed one (or after one unacknowledged when its client leaves) is delivered again even
+//!   if it was acknowledged: at least once.
 //!   Clients of one id in one process share its partitions (partition `p` goes to client `p %
 //!   clients`, in subscription order); across processes, partitions are leased.
 //! - **NACK** fails the delivery: the runtime retries with backoff ([`StompOptions::retry`])
-//!   and then parks the event (kept with the subscriber's state in the subscription store;
-//!   the REST operations routes do not list STOMP subscribers yet); later events of the same
-//!   entity wait behind it.
+//!   and then parks the event (kept with the subscriber's state in the subscription store);
+//!   later events of the same entity wait behind it. With
+//!   [`crate::Server::stomp_over_websocket`], the REST operations routes list this server's
+//!   STOMP subscribers and list, replay and skip their parked events.
 //! - **A client that leaves** with an unacknowledged message: the message goes to another
 //!   client of the id in this process; if none is left, the delivery fails (a first attempt
 //!   is not persisted, so it does not count towards parking; a retry that was already under
