@@ -300,6 +300,20 @@ pub trait SubscriptionStore: Send + Sync + 'static {
         entity: Option<(&'a str, &'a str)>,
     ) -> BoxFuture<'a, Result<u64>>;
 
+    /// Deletes the parked record of `subscriber_id` at `position`: an operator gives up on
+    /// that event, which is never offered to the subscriber again, and its entity flows again
+    /// (unless other events of it are parked behind it: they stay parked). Fenced like a
+    /// reshape: the epoch of the record's partition is bumped in the same step, so the next
+    /// write of the consumer holding it fails (at the latest, parking the entity's next event
+    /// behind the deleted record), and it re-reads the parked events when it takes the
+    /// partition again. A handler already running the event (a replay under way) may still
+    /// complete: skipping never un-handles an event. `false` when no such record exists.
+    fn skip_parked<'a>(
+        &'a self,
+        subscriber_id: &'a str,
+        position: Position,
+    ) -> BoxFuture<'a, Result<bool>>;
+
     /// Whether a replay is requested for any parked event of this partition: the cheap check
     /// consumers make every poll interval. The default reads [`SubscriptionStore::parked`];
     /// stores with many parked events override it.

@@ -436,25 +436,11 @@ impl PostgresEventStore {
     /// next write fails and it re-reads the parked events when it takes the partition again
     /// (see the module docs). `false` when no such record exists.
     pub async fn skip_parked(&self, subscriber_id: &str, position: Position) -> Result<bool> {
-        let s = quote(self.schema());
-        // The delete's RETURNING feeds the fence: one statement, the record's partition row
-        // locked by the update (a concurrent fenced write waits for it, then fails).
-        let deleted: i64 = sqlx::query_scalar(&format!(
-            "WITH del AS (DELETE FROM {s}.parked_events \
-                 WHERE subscriber_id = $1 AND transaction_id = $2 AND sequence = $3 \
-                 RETURNING partition), \
-             fence AS (UPDATE {s}.subscription_partitions p SET epoch = p.epoch + 1, \
-                 updated_at = now() FROM del \
-               WHERE p.subscriber_id = $1 AND p.partition = del.partition RETURNING 1) \
-             SELECT count(*) FROM del"
-        ))
-        .bind(subscriber_id)
-        .bind(to_i64(position.transaction, "transaction id")?)
-        .bind(to_i64(position.sequence, "sequence")?)
-        .fetch_one(self.pool())
-        .await
-        .map_err(database("skip a parked event"))?;
-        Ok(deleted > 0)
+        // The statement is the subscription store's (what the event store server's
+        // `POST /subscribers/{id}/parked/skip` runs too).
+        SubscriptionStore::skip_parked(self, subscriber_id, position)
+            .await
+            .map_err(Error::Core)
     }
 
     /// What holds delivery back now: the stream horizon (events of transactions from it on

@@ -852,6 +852,35 @@ impl SubscriptionStore for PostgresEventStore {
         })
     }
 
+    fn skip_parked<'a>(
+        &'a self,
+        subscriber_id: &'a str,
+        position: Position,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let s = quote(self.schema());
+            let (t, q) = position_args(position)?;
+            // The delete's RETURNING feeds the fence: one statement, the record's partition
+            // row locked by the update (a concurrent fenced write waits for it, then fails).
+            let deleted: i64 = sqlx::query_scalar(&format!(
+                "WITH del AS (DELETE FROM {s}.parked_events \
+                     WHERE subscriber_id = $1 AND transaction_id = $2 AND sequence = $3 \
+                     RETURNING partition), \
+                 fence AS (UPDATE {s}.subscription_partitions p SET epoch = p.epoch + 1, \
+                     updated_at = now() FROM del \
+                   WHERE p.subscriber_id = $1 AND p.partition = del.partition RETURNING 1) \
+                 SELECT count(*) FROM del"
+            ))
+            .bind(subscriber_id)
+            .bind(t)
+            .bind(q)
+            .fetch_one(self.pool())
+            .await
+            .map_err(db("skip a parked event"))?;
+            Ok(deleted > 0)
+        })
+    }
+
     fn replay_requested<'a>(&'a self, key: &'a PartitionKey) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             sqlx::query_scalar(&self.subscription_sql().replay_requested)

@@ -525,7 +525,7 @@ pub(crate) async fn get_entity(
 }
 
 /// Parses a stream position `transaction/sequence`.
-fn parse_position(field: &str, text: &str) -> Result<Position, ApiError> {
+pub(crate) fn parse_position(field: &str, text: &str) -> Result<Position, ApiError> {
     let parsed = text
         .split_once('/')
         .and_then(|(t, s)| Some(Position::new(t.parse().ok()?, s.parse().ok()?)));

@@ -24,6 +24,8 @@
 //! | `GET /subscribers` | 200 every partition: owner, position, lag, parked |
 //! | `GET /subscribers/{id}/parked` | 200 the parked events |
 //! | `POST /subscribers/{id}/parked/replay?entityType=&entityId=` | 202 `{"replayRequested": n}` |
+//! | `POST /subscribers/{id}/parked/skip?position=<tx>/<seq>` | 200 `{"skipped"}`: the parked event dropped for good |
+//! | `GET /stomp` | STOMP over WebSocket ([`Server::stomp_over_websocket`], [`stomp::websocket`]) |
 //! | `GET /health` | 200 `{"head"}`, 503 when the store is unavailable |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document |
 //! | `GET /` | the status page: subscribers, lag chart, head and horizon, parked events ([`status`]) |
@@ -31,7 +33,8 @@
 //! | `GET /metrics` | the Prometheus metrics ([`install_prometheus`]) |
 //!
 //! The STOMP half ([`StompServer`], [`Server::stomp`]; see [`stomp`]) delivers events to
-//! durable, named subscriptions over STOMP 1.2 on its own listener.
+//! durable, named subscriptions over STOMP 1.2 on its own listener, and over WebSocket at
+//! `GET /stomp` ([`Server::stomp_over_websocket`]).
 //!
 //! Errors are described in [`error`]; idempotency in [`entities`]. `eventData` is any JSON
 //! value, stored as its JSON text and answered as JSON.
@@ -71,6 +74,8 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) running: Option<Arc<Running>>,
     pub(crate) extras: status::Extras,
+    /// STOMP over WebSocket (`GET /stomp`), and its subscribers in the operations routes.
+    pub(crate) stomp: Option<StompServer>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -106,6 +111,7 @@ impl Server {
                 store,
                 running: None,
                 extras: status::Extras::new(),
+                stomp: None,
             },
             options: ServerOptions::default(),
         }
@@ -126,6 +132,14 @@ impl Server {
         subscriptions: Arc<dyn eventuate_core::runtime::SubscriptionStore>,
     ) -> StompServer {
         StompServer::new(self.state.store.clone(), subscriptions)
+    }
+
+    /// Serves STOMP over WebSocket at `GET /stomp` with the sessions, subscriptions and
+    /// shutdown of `stomp` ([`stomp::websocket`]), and lists its subscribers in the
+    /// operations routes (`GET /subscribers`, parked events, replay, skip).
+    pub fn stomp_over_websocket(mut self, stomp: &StompServer) -> Self {
+        self.state.stomp = Some(stomp.clone());
+        self
     }
 
     /// Replaces the limits.
@@ -154,6 +168,8 @@ impl Server {
             .route("/subscribers", get(operations::subscribers))
             .route("/subscribers/{id}/parked", get(operations::parked))
             .route("/subscribers/{id}/parked/replay", post(operations::replay))
+            .route("/subscribers/{id}/parked/skip", post(operations::skip))
+            .route("/stomp", get(stomp::websocket::upgrade))
             .route("/health", get(health))
             .merge(status::routes())
             .route(

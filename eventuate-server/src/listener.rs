@@ -95,7 +95,10 @@ pub async fn serve(
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(idle)
-                .serve_connection(io, service);
+                .serve_connection(io, service)
+                // `GET /stomp` upgrades to a WebSocket; the upgraded connection leaves this
+                // loop (and its permit: STOMP's own connection cap counts it).
+                .with_upgrades();
             tokio::pin!(connection);
             let mut closing = false;
             loop {

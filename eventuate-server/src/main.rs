@@ -163,6 +163,7 @@ async fn run(args: Args, server: &mut Option<ThrowawayPostgres>) -> Result<(), B
         .postgres_admin(store.clone())
         .options(args.options);
     let stomp = http.stomp(Arc::new(store.clone()));
+    let http = http.stomp_over_websocket(&stomp);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let stomp_listener = tokio::net::TcpListener::bind(args.stomp_listen).await?;
     println!(

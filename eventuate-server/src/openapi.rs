@@ -12,6 +12,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/subscribers"),
     ("get", "/subscribers/{subscriberId}/parked"),
     ("post", "/subscribers/{subscriberId}/parked/replay"),
+    ("post", "/subscribers/{subscriberId}/parked/skip"),
+    ("get", "/stomp"),
     ("get", "/health"),
     ("get", "/openapi.json"),
     ("get", "/"),
@@ -165,6 +167,31 @@ pub fn document() -> Value {
                         "202": { "description": "Replay requested: `{\"replayRequested\": n}`", "content": { "application/json": { "schema": { "type": "object" } } } },
                         "400": error_response("invalid_input"),
                         "404": error_response("not_found")
+                    }
+                }
+            },
+            "/subscribers/{subscriberId}/parked/skip": {
+                "post": {
+                    "summary": "Drop one parked event for good: it is never offered to the subscriber again, and its entity flows again (the consumer of its partition is fenced off and re-reads the parked events)",
+                    "parameters": [
+                        subscriber_id,
+                        { "name": "position", "in": "query", "required": true,
+                          "description": "The parked event's stream position `transaction/sequence`, as the parked list shows it.",
+                          "schema": { "type": "string" } }
+                    ],
+                    "responses": {
+                        "200": { "description": "Skipped: `{\"subscriberId\", \"skipped\": position}`", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "400": error_response("invalid_input"),
+                        "404": error_response("not_found (no such subscriber, or nothing parked at that position)")
+                    }
+                }
+            },
+            "/stomp": {
+                "get": {
+                    "summary": "STOMP over WebSocket: upgrades to a WebSocket speaking STOMP 1.0-1.2 (subprotocols `v12.stomp`, `v11.stomp`, `v10.stomp`), the same sessions and subscriptions as the STOMP TCP listener",
+                    "responses": {
+                        "101": { "description": "Switching protocols to a WebSocket" },
+                        "404": error_response("not_found (this server serves no STOMP over WebSocket)")
                     }
                 }
             },

@@ -577,6 +577,67 @@ async fn runtime(store: &PostgresEventStore) -> Arc<Running> {
     )
 }
 
+/// Skipping a parked event over `POST /subscribers/{id}/parked/skip` on the in-memory store:
+/// the record is gone and, the consumer fenced off, the entity's next event is delivered
+/// instead of being parked behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipping_a_parked_event_lets_its_entity_flow_again() {
+    let store = eventuate_core::InMemoryEventStore::new();
+    let running = Arc::new(
+        Eventuate::new(store.clone())
+            .options(RuntimeOptions {
+                poll_interval: Duration::from_millis(50),
+                lease_ttl: Duration::from_secs(2),
+                ..RuntimeOptions::default()
+            })
+            .known_entity_type("Account")
+            .subscriber(Picky)
+            .start()
+            .expect("start"),
+    );
+    let app = Server::new(Arc::new(store.clone()))
+        .operations(running.clone())
+        .router();
+    let body = json!({ "entityId": "p-1", "events": [event("Poison", json!({}))] });
+    let created = post(&app, "/entities/Account", &body.to_string(), &[]).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let caught_up = running
+        .wait_caught_up(Duration::from_secs(20))
+        .await
+        .expect("caught up");
+    assert_eq!(caught_up.parked, [("picky".to_owned(), 1)]);
+    let parked = get(&app, "/subscribers/picky/parked").await;
+    let position = parked.body["parked"][0]["event"]["position"]
+        .as_str()
+        .expect("position")
+        .to_owned();
+    let skip = format!("/subscribers/picky/parked/skip?position={position}");
+    let skipped = post(&app, &skip, "", &[]).await;
+    assert_eq!(skipped.status, StatusCode::OK, "{}", skipped.body);
+    assert_eq!(skipped.body["skipped"], position);
+    assert_error(
+        &post(&app, &skip, "", &[]).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    let body = json!({ "expectedVersion": 1, "events": [event("Opened", json!({}))] });
+    let appended = post(&app, "/entities/Account/p-1", &body.to_string(), &[]).await;
+    assert_eq!(appended.status, StatusCode::OK, "{}", appended.body);
+    running
+        .wait_caught_up(Duration::from_secs(20))
+        .await
+        .expect("caught up")
+        .nothing_parked()
+        .expect("the entity's next event is not parked behind the skipped one");
+    drop(app);
+    Arc::try_unwrap(running)
+        .expect("only owner")
+        .shutdown()
+        .await
+        .expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_status_parked_events_and_replay() {
     let db = test_database().await;

@@ -1134,6 +1134,9 @@ mod deaf {
         ) -> BoxFuture<'a, R<()>> {
             self.inner.replayed(lease, at, failure)
         }
+        fn skip_parked<'a>(&'a self, id: &'a str, at: Position) -> BoxFuture<'a, R<bool>> {
+            self.inner.skip_parked(id, at)
+        }
         fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
             self.silent.subscribe()
         }

@@ -388,6 +388,26 @@ impl SubscriptionStore for InMemoryEventStore {
         ready(Ok(count))
     }
 
+    fn skip_parked<'a>(
+        &'a self,
+        subscriber_id: &'a str,
+        position: Position,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let mut state = self.lock();
+        let subs = &mut state.subscriptions;
+        let removed = subs.parked.remove(&(subscriber_id.to_owned(), position));
+        if let Some(record) = &removed {
+            if let Some(p) = subs
+                .partitions
+                .get_mut(&(subscriber_id.to_owned(), record.partition))
+            {
+                p.epoch += 1;
+            }
+        }
+        drop(state);
+        ready(Ok(removed.is_some()))
+    }
+
     fn replayed<'a>(
         &'a self,
         lease: &'a Lease,

@@ -827,6 +827,16 @@ impl Running {
             .await
     }
 
+    /// Drops a subscriber's parked event at `position` for good (see
+    /// [`SubscriptionStore::skip_parked`]: fenced, its entity flows again); `false` when no
+    /// such event is parked.
+    pub async fn skip_parked(&self, subscriber_id: &str, position: Position) -> Result<bool> {
+        self.shared
+            .subscriptions
+            .skip_parked(subscriber_id, position)
+            .await
+    }
+
     /// Makes this node's shape of a registered subscriber the stored one: the explicit step a
     /// change of partition count needs. Consumers of the old shape (here or in other
     /// processes) are fenced off at once and stop; once their leases are released or expired,

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::StompOptions;
 use super::frame::{Decoded, Frame, decode};
 use super::subscriptions::{AckMode, Delivery, Member, Outcome, Registry, parse_destination};
+use super::transport::{Incoming, Outgoing};
 
 const SUPPORTED: [&str; 3] = ["1.0", "1.1", "1.2"];
 /// How much later than negotiated a client's heart-beat may arrive.
@@ -72,18 +71,21 @@ struct Session {
     /// Whether writes count as activity (no heart-beats negotiated: the idle limit).
     idle_counts_writes: bool,
     heart_beat_out: Option<Duration>,
+    implied_version: Option<&'static str>,
 }
 
 /// Serves one connection until it closes, the client errs, or `stop` turns true.
+/// `implied_version`: the STOMP version a WebSocket subprotocol named (`v12.stomp`), taken as
+/// the `accept-version` of a CONNECT that has none.
 pub(crate) async fn run(
-    stream: TcpStream,
+    mut incoming: impl Incoming,
+    mut outgoing: impl Outgoing,
     serial: u64,
     options: Arc<StompOptions>,
     registry: Arc<Registry>,
     mut stop: watch::Receiver<bool>,
+    implied_version: Option<&'static str>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
     let (out, mut out_rx) = mpsc::unbounded_channel::<Out>();
     let (deliveries, mut deliveries_rx) = mpsc::unbounded_channel::<Delivery>();
     let clock = Instant::now();
@@ -116,7 +118,7 @@ pub(crate) async fn run(
             let Some(Out { bytes, written }) = next else {
                 break;
             };
-            match tokio::time::timeout(write_timeout, writer.write_all(&bytes)).await {
+            match tokio::time::timeout(write_timeout, outgoing.write(bytes)).await {
                 Ok(Ok(())) => {}
                 _ => return,
             }
@@ -126,7 +128,7 @@ pub(crate) async fn run(
                 let _ = written.send(Outcome::Acked);
             }
         }
-        let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
+        let _ = tokio::time::timeout(write_timeout, outgoing.close()).await;
     });
     let mut session = Session {
         serial,
@@ -142,12 +144,24 @@ pub(crate) async fn run(
         subscriptions: HashMap::new(),
         pending: BTreeMap::new(),
         next_message: 1,
+        implied_version,
     };
+    if *stop.borrow_and_update() {
+        session.error(
+            fatal(
+                "the server is shutting down",
+                "reconnect to another server or later",
+            ),
+            None,
+        );
+    }
     let mut buffer = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 << 10];
     let mut last_read = Instant::now();
     let mut writer_done = false;
     'connection: loop {
+        if *stop.borrow() {
+            break 'connection;
+        }
         let mut last_activity = last_read;
         if session.idle_counts_writes {
             let written = clock + Duration::from_millis(last_write.load(Ordering::Relaxed));
@@ -155,13 +169,12 @@ pub(crate) async fn run(
         }
         let deadline = last_activity + session.read_allowance;
         tokio::select! {
-            read = reader.read(&mut chunk) => {
-                let n = match read {
-                    Ok(0) | Err(_) => break 'connection,
-                    Ok(n) => n,
+            read = incoming.next() => {
+                let Some(bytes) = read else {
+                    break 'connection;
                 };
                 last_read = Instant::now();
-                buffer.extend_from_slice(&chunk[..n]);
+                buffer.extend_from_slice(&bytes);
                 loop {
                     match decode(&buffer, &session.options.limits) {
                         Ok(Decoded::Incomplete) => break,
@@ -309,7 +322,7 @@ impl Session {
     }
 
     fn connect(&mut self, frame: &Frame) -> Result<Next, Fatal> {
-        let version = match frame.get("accept-version") {
+        let version = match frame.get("accept-version").or(self.implied_version) {
             None => "1.0",
             Some(accepted) => {
                 let accepted: Vec<&str> = accepted.split(',').map(str::trim).collect();
@@ -398,6 +411,20 @@ impl Session {
                     )
                 })?,
         };
+        let max_prefetch = self.options.max_prefetch.max(1);
+        let prefetch = match frame.get("prefetch-count") {
+            None => 1,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max_prefetch).contains(n))
+                .ok_or_else(|| {
+                    fatal(
+                        format!("prefetch-count `{text}` is not a number from 1 to {max_prefetch}"),
+                        "prefetch-count is how many unacknowledged messages a partition may have out",
+                    )
+                })?,
+        };
         let subscriber_id = wanted
             .subscriber_id
             .clone()
@@ -417,7 +444,7 @@ impl Session {
         );
         if let Err(e) = self
             .registry
-            .join(&subscriber_id, &wanted, partitions, member)
+            .join(&subscriber_id, &wanted, partitions, prefetch, member)
             .await
         {
             self.subscriptions.remove(&id);
@@ -481,6 +508,11 @@ impl Session {
         };
         let number = self.next_message;
         self.next_message += 1;
+        // Messages whose run was settled without them (a NACK before them): nobody waits for
+        // their outcome any more, and an ACK of them is taken as a repeated one.
+        if number % 256 == 0 {
+            self.pending.retain(|_, p| !p.done.is_closed());
+        }
         let message_id = format!("{}-{number}", self.name);
         let body = crate::entities::event_json(&delivery.event).to_string();
         let mut frame = Frame::new("MESSAGE")

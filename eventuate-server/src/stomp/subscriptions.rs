@@ -12,16 +12,27 @@
 //! handler fails and the runtime is shut down, so the checkpoint stays before the message and
 //! it is delivered again to the next client.
 //!
-//! A consumer delivers one event at a time per partition and waits for its completion, so at
-//! most one message per partition is unacknowledged (the window), and per-entity order holds.
+//! The window: with `prefetch-count: 1` (the default) a partition delivers one event and waits
+//! for its completion. With `n > 1` the subscription's `batch` is `n`: the runtime hands the
+//! forwarder runs of up to `n` consecutive first deliveries of a partition
+//! ([`Subscriber::handle_batch`]); the forwarder sends them all, in stream order, to the
+//! partition's client, then waits for their outcomes in order, and reports how many from the
+//! first were acknowledged. So at most `n` messages per partition are unacknowledged, the
+//! checkpoint moves only over the contiguous acknowledged prefix of a run (and only once the
+//! run is settled), and per-entity delivery order holds. A message after a NACKed (or
+//! unacknowledged, when its client leaves) one is delivered again even if it was acknowledged
+//! (at least once): the runtime retries the refused event alone and then offers the rest again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventuate_core::runtime::{Running, RuntimeOptions};
-use eventuate_core::subscriber::{RetryPolicy, StartFrom};
+use eventuate_core::runtime::{
+    LAG_COUNT_LIMIT, PartitionStatus, Running, RuntimeOptions, ShapeView,
+};
+use eventuate_core::store::{Partition, StreamFilter};
+use eventuate_core::subscriber::{BatchOutcome, RetryPolicy, StartFrom};
 use eventuate_core::subscription_store::SubscriptionStore;
 use eventuate_core::{
     EventContext, EventEnvelope, EventStore, Eventuate, HandlerError, Subscriber, Subscription,
@@ -55,6 +66,7 @@ impl Wanted {
         &self,
         id: &str,
         partitions: u32,
+        prefetch: usize,
         retry: RetryPolicy,
     ) -> Subscription {
         let all = self.types.values().any(BTreeSet::is_empty);
@@ -68,6 +80,7 @@ impl Wanted {
             .start_from(self.start)
             .partitions(partitions)
             .retry(retry)
+            .batch(prefetch)
     }
 }
 
@@ -250,10 +263,11 @@ pub(crate) struct Group {
     id: String,
     wanted: Wanted,
     partitions: u32,
+    prefetch: usize,
     members: Mutex<Vec<Member>>,
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
-    running: Mutex<Option<Running>>,
+    running: tokio::sync::Mutex<Option<Running>>,
 }
 
 impl Group {
@@ -282,47 +296,118 @@ impl Subscriber for Forwarder {
     }
 
     async fn handle(&self, ctx: &EventContext) -> Result<(), HandlerError> {
-        let event = ctx.event();
-        if !self
-            .group
-            .wanted
-            .wants(&event.entity_type, &event.event_type)
-        {
+        if !self.wants(ctx.event()) {
             return Ok(());
         }
+        self.deliver(ctx.event()).await
+    }
+
+    async fn handle_batch(&self, contexts: &[EventContext]) -> BatchOutcome {
+        // Send the run at once, in stream order, as long as a client is there to take it; an
+        // event that finds none (and every one after it, to keep the order) is delivered
+        // alone below, when its turn comes.
+        let mut offered = Vec::with_capacity(contexts.len());
+        let mut sending = true;
+        for ctx in contexts {
+            let event = ctx.event();
+            if !self.wants(event) {
+                offered.push(Offered::Unwanted);
+                continue;
+            }
+            let sent = if sending { self.offer(event) } else { None };
+            sending = sent.is_some();
+            offered.push(sent.map_or(Offered::Later, Offered::Sent));
+        }
+        for (handled, (ctx, offered)) in contexts.iter().zip(offered).enumerate() {
+            let outcome = match offered {
+                Offered::Unwanted => Ok(()),
+                Offered::Sent((subscription, outcome)) => match outcome.await {
+                    Ok(Outcome::Acked) => Ok(()),
+                    Ok(Outcome::Nacked) => Err(nacked(&subscription)),
+                    // The client left or unsubscribed first: another one gets it.
+                    Err(_) => self.deliver(ctx.event()).await,
+                },
+                Offered::Later => self.deliver(ctx.event()).await,
+            };
+            if let Err(error) = outcome {
+                return BatchOutcome {
+                    handled,
+                    error: Some(error),
+                };
+            }
+        }
+        BatchOutcome {
+            handled: contexts.len(),
+            error: None,
+        }
+    }
+}
+
+/// What became of an event of a run when it was offered.
+enum Offered {
+    /// The client does not want it: handled.
+    Unwanted,
+    /// Sent on this client subscription; the outcome comes.
+    Sent((String, oneshot::Receiver<Outcome>)),
+    /// No client took it: delivered alone in its turn.
+    Later,
+}
+
+fn nacked(subscription: &str) -> HandlerError {
+    HandlerError::msg(format!(
+        "the STOMP client refused the event (NACK) on subscription `{subscription}`"
+    ))
+}
+
+impl Forwarder {
+    fn wants(&self, event: &EventEnvelope) -> bool {
+        self.group
+            .wanted
+            .wants(&event.entity_type, &event.event_type)
+    }
+
+    /// Sends `event` to its partition's client without waiting; `None` when there is none.
+    fn offer(&self, event: &EventEnvelope) -> Option<(String, oneshot::Receiver<Outcome>)> {
         let partition = eventuate_core::name::partition_of(&event.entity_id, self.group.partitions);
+        let member = self.group.pick(partition)?;
+        let (done, outcome) = oneshot::channel();
+        let delivery = Delivery {
+            subscription: member.subscription.clone(),
+            event: event.clone(),
+            done,
+        };
+        member.tx.send(delivery).ok()?;
+        Some((member.subscription, outcome))
+    }
+
+    /// Delivers one event to a client of the group and waits for its outcome, waiting for a
+    /// client while there is none (unless the group is stopping).
+    async fn deliver(&self, event: &EventEnvelope) -> Result<(), HandlerError> {
         let mut changes = self.group.changed.subscribe();
         loop {
-            let Some(member) = self.group.pick(partition) else {
+            changes.borrow_and_update();
+            let Some((subscription, outcome)) = self.offer(event) else {
                 if self.group.stopping.load(Ordering::Acquire) {
                     return Err(HandlerError::msg(format!(
                         "no STOMP client is subscribed as `{}` any more; delivered again when one subscribes",
                         self.group.id
                     )));
                 }
-                if changes.changed().await.is_err() {
-                    return Err(HandlerError::msg("the subscription is stopping"));
+                if self.group.pick(0).is_none() {
+                    if changes.changed().await.is_err() {
+                        return Err(HandlerError::msg("the subscription is stopping"));
+                    }
+                } else {
+                    // A client whose session is closing: it leaves the group soon.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 continue;
             };
-            let (done, outcome) = oneshot::channel();
-            let delivery = Delivery {
-                subscription: member.subscription.clone(),
-                event: event.clone(),
-                done,
-            };
-            if member.tx.send(delivery).is_ok() {
-                match outcome.await {
-                    Ok(Outcome::Acked) => return Ok(()),
-                    Ok(Outcome::Nacked) => {
-                        return Err(HandlerError::msg(format!(
-                            "the STOMP client refused the event (NACK) on subscription `{}`",
-                            member.subscription
-                        )));
-                    }
-                    // The client left or unsubscribed first: another one gets it.
-                    Err(_) => {}
-                }
+            match outcome.await {
+                Ok(Outcome::Acked) => return Ok(()),
+                Ok(Outcome::Nacked) => return Err(nacked(&subscription)),
+                // The client left or unsubscribed first: another one gets it.
+                Err(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -337,6 +422,17 @@ pub(crate) struct Registry {
     retry: RetryPolicy,
     groups: tokio::sync::Mutex<HashMap<String, Arc<Group>>>,
     stopping: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// The durable subscriptions subscribed in this process since it started, by id (the
+    /// operations routes list them, with or without a client now).
+    seen: Mutex<BTreeMap<String, Subscription>>,
+}
+
+/// A STOMP subscriber as the operations routes show it.
+pub(crate) struct Listed {
+    /// Its runtime's status while a client is subscribed here, else its stored partitions.
+    pub(crate) partitions: Vec<PartitionStatus>,
+    /// Clients subscribed in this process now.
+    pub(crate) clients: usize,
 }
 
 impl Registry {
@@ -353,7 +449,95 @@ impl Registry {
             retry,
             groups: tokio::sync::Mutex::new(HashMap::new()),
             stopping: Mutex::new(HashMap::new()),
+            seen: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The subscription store the subscribers' state is kept in.
+    pub(crate) fn subscription_store(&self) -> &Arc<dyn SubscriptionStore> {
+        &self.subscriptions
+    }
+
+    /// Whether `id` is a durable subscriber subscribed in this process since it started.
+    pub(crate) fn knows(&self, id: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    /// Every durable subscriber subscribed in this process since it started: with a client
+    /// now, its runtime's status; without, its stored partitions (checkpoint, lease holder,
+    /// lag up to [`LAG_COUNT_LIMIT`]).
+    pub(crate) async fn list(&self) -> eventuate_core::Result<BTreeMap<String, Listed>> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let groups: HashMap<String, Arc<Group>> = self.groups.lock().await.clone();
+        let mut out = BTreeMap::new();
+        for (id, subscription) in seen {
+            if let Some(group) = groups.get(&id) {
+                let clients = group
+                    .members
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len();
+                let running = group.running.lock().await;
+                if let Some(running) = running.as_ref() {
+                    let partitions = running.status().await?;
+                    out.insert(
+                        id,
+                        Listed {
+                            partitions,
+                            clients,
+                        },
+                    );
+                    continue;
+                }
+            }
+            let state = self.subscriptions.subscriber(&id).await?;
+            let shape = match &state.shape {
+                None => ShapeView::Unknown,
+                Some(_) if state.migration_pending => ShapeView::Reshaping,
+                Some(stored) => ShapeView::Agreed {
+                    generation: stored.generation,
+                },
+            };
+            let mut partitions = Vec::new();
+            for lease in &state.partitions {
+                let filter = StreamFilter {
+                    entity_types: subscription.entity_types.clone(),
+                    partition: (subscription.partitions > 1).then_some(Partition {
+                        index: lease.partition,
+                        count: subscription.partitions,
+                    }),
+                };
+                let lag = self
+                    .store
+                    .count_after(lease.checkpoint, &filter, LAG_COUNT_LIMIT)
+                    .await?;
+                partitions.push(PartitionStatus {
+                    subscriber_id: id.clone(),
+                    partition: lease.partition,
+                    owned: false,
+                    owner: lease.owner.map(|(_, node)| node),
+                    unowned_for: lease.unowned_for,
+                    shape: shape.clone(),
+                    position: lease.checkpoint,
+                    lag,
+                    delivered: 0,
+                    retried: 0,
+                    parked: 0,
+                    unknown_entity_types: Vec::new(),
+                });
+            }
+            out.insert(
+                id,
+                Listed {
+                    partitions,
+                    clients: 0,
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// Adds a client to the group of `id`, starting the group's runtime if it is the first.
@@ -362,16 +546,20 @@ impl Registry {
         id: &str,
         wanted: &Wanted,
         partitions: u32,
+        prefetch: usize,
         member: Member,
     ) -> Result<(), String> {
         let mut groups = self.groups.lock().await;
         if let Some(group) = groups.get(id) {
-            if group.wanted.types != wanted.types || group.partitions != partitions {
+            if group.wanted.types != wanted.types
+                || group.partitions != partitions
+                || group.prefetch != prefetch
+            {
                 return Err(format!(
-                    "subscriber `{id}` is already subscribed in this server with other types or \
-                     partitions ({:?}, {} partition(s)); every client of one subscriber id must \
-                     ask for the same",
-                    group.wanted.types, group.partitions
+                    "subscriber `{id}` is already subscribed in this server with other types, \
+                     partitions or prefetch-count ({:?}, {} partition(s), prefetch-count {}); \
+                     every client of one subscriber id must ask for the same",
+                    group.wanted.types, group.partitions, group.prefetch
                 ));
             }
             group
@@ -391,7 +579,7 @@ impl Registry {
         if let Some(previous) = previous {
             let _ = previous.await;
         }
-        let subscription = wanted.subscription(id, partitions, self.retry);
+        let subscription = wanted.subscription(id, partitions, prefetch, self.retry);
         subscription.validate().map_err(|e| e.to_string())?;
         let stored = self
             .subscriptions
@@ -410,20 +598,27 @@ impl Registry {
             id: id.to_owned(),
             wanted: wanted.clone(),
             partitions,
+            prefetch,
             members: Mutex::new(vec![member]),
             changed,
             stopping: AtomicBool::new(false),
-            running: Mutex::new(None),
+            running: tokio::sync::Mutex::new(None),
         });
         let running = Eventuate::from_parts(self.store.clone(), self.subscriptions.clone())
             .options(self.runtime.clone())
             .subscriber(Forwarder {
                 group: group.clone(),
-                subscription,
+                subscription: subscription.clone(),
             })
             .start()
             .map_err(|e| e.to_string())?;
-        *group.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        *group.running.lock().await = Some(running);
+        if wanted.subscriber_id.is_some() {
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_owned(), subscription);
+        }
         groups.insert(id.to_owned(), group);
         drop(groups);
         self.wait_stored(id, partitions).await;
@@ -464,11 +659,7 @@ impl Registry {
         groups.remove(id);
         group.stopping.store(true, Ordering::Release);
         group.notify();
-        let running = group
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let running = group.running.lock().await.take();
         let id_owned = id.to_owned();
         let task = tokio::spawn(async move {
             if let Some(running) = running {
@@ -538,7 +729,7 @@ mod tests {
         assert!(w.wants("Order", "OrderCreated"));
         assert!(!w.wants("Order", "OrderShipped"));
         assert!(w.wants("Customer", "CustomerCreated"));
-        let sub = w.subscription("s", 1, RetryPolicy::default());
+        let sub = w.subscription("s", 1, 1, RetryPolicy::default());
         assert!(
             sub.event_types.is_empty(),
             "Customer wants all, so the runtime reads all"
