@@ -153,8 +153,9 @@ pub struct RelayOptions {
     /// The most events published before waiting for their acknowledgements (the subscription's
     /// [`Subscription::batch`]). 64 by default.
     pub batch: usize,
-    /// Retries of unacknowledged events. By default: no attempt limit (a broker outage never
-    /// parks; see the crate documentation), backoff from 100 ms doubling to 5 s.
+    /// Retries of unacknowledged events. By default 5 attempts, backoff from 100 ms doubling
+    /// to 5 s; a broker outage is not an attempt, so it never parks (see the crate
+    /// documentation).
     pub retry: RetryPolicy,
 }
 

@@ -1,21 +1,31 @@
 //! The relay against `rdkafka::mocking::MockCluster` (an in-process cluster speaking the real
-//! protocol on loopback ports), read back with a real consumer. Feature `kafka`:
-//! `cargo test -p eventuate-relay --features kafka --test kafka`.
+//! protocol on loopback ports), read back with a real consumer: the layout of what is
+//! produced, and the faults (all brokers down mid-stream, a relay that dies between the
+//! broker's acknowledgement and its checkpoint, a message refused for good by the producer or
+//! the broker). Feature `kafka`: `cargo test -p eventuate-relay --features kafka --test kafka`.
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventuate_core::runtime::RuntimeOptions;
 use eventuate_core::store::{AppendOutcome, AppendRequest, ExpectedVersion};
-use eventuate_core::{EventEnvelope, EventStore, Eventuate, NewEvent};
+use eventuate_core::subscription_store::SubscriptionStore;
+use eventuate_core::{BatchOutcome, EventEnvelope, EventStore, Eventuate, NewEvent, RetryPolicy};
 use eventuate_postgres::PostgresEventStore;
-use eventuate_relay::{Relay, RelayOptions, Topics, headers};
-use rdkafka::ClientConfig;
+use eventuate_relay::kafka::{KafkaBroker, producer_config};
+use eventuate_relay::{Broker, Message, Relay, RelayOptions, Topics, headers};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message as _};
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::Notify;
+use uuid::Uuid;
 
 const PARTITIONS: i32 = 3;
 
@@ -208,5 +218,526 @@ async fn every_event_is_produced_once_keyed_by_entity_on_the_java_clients_partit
         *last = event.entity_version;
     }
     assert_eq!(seen.len(), 160);
+    running.shutdown().await.unwrap();
+}
+
+const TOPICS: [&str; 2] = ["events.Order", "events.Customer"];
+
+/// A mock cluster of 3 brokers with the two topics, `PARTITIONS` partitions each.
+fn cluster() -> MockCluster<'static, DefaultProducerContext> {
+    let mock = MockCluster::new(3).expect("mock cluster");
+    for topic in TOPICS {
+        mock.create_topic(topic, PARTITIONS, 1).unwrap();
+    }
+    mock
+}
+
+async fn store(url: &str) -> PostgresEventStore {
+    PostgresEventStore::builder()
+        .migrate_on_connect(true)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+fn runtime_options() -> RuntimeOptions {
+    RuntimeOptions {
+        poll_interval: Duration::from_millis(200),
+        lease_ttl: Duration::from_millis(900),
+        ..RuntimeOptions::default()
+    }
+}
+
+fn relay_options() -> RelayOptions {
+    RelayOptions::new(
+        "relay",
+        ["Order", "Customer"],
+        Topics::per_entity_type("events."),
+    )
+}
+
+fn entities(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .flat_map(|i| {
+            [
+                ("Order".to_owned(), format!("order-{i}")),
+                ("Customer".to_owned(), format!("customer-{i}")),
+            ]
+        })
+        .collect()
+}
+
+async fn append_rounds(
+    store: &PostgresEventStore,
+    entities: &[(String, String)],
+    from: u64,
+    rounds: u64,
+) {
+    for v in from..from + rounds {
+        for (t, id) in entities {
+            append(store, t, id, v).await;
+        }
+    }
+}
+
+/// Every stored event of these entities, in stream order.
+async fn stored(store: &PostgresEventStore, entities: &[(String, String)]) -> Vec<EventEnvelope> {
+    let mut all = Vec::new();
+    for (t, id) in entities {
+        all.extend(store.load(t, id, 0).await.unwrap());
+    }
+    all.sort_by_key(|e| e.position);
+    all
+}
+
+/// One message read back.
+#[derive(Clone, Debug)]
+struct Produced {
+    event_id: Uuid,
+    entity: (String, String),
+    version: u64,
+}
+
+fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    m.headers()
+        .and_then(|h| h.iter().find(|h| h.key == name))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8(v.to_vec()).unwrap())
+}
+
+/// Every message on the topics, each partition from its start up to its high watermark, in
+/// partition order (an entity's messages are on one partition: in the order produced).
+async fn read_all(bootstrap: &str) -> Vec<Produced> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "read-all")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut expected = 0;
+    let mut assignment = TopicPartitionList::new();
+    for topic in TOPICS {
+        for p in 0..PARTITIONS {
+            let (low, high) = tokio::task::block_in_place(|| {
+                consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
+            })
+            .unwrap();
+            expected += high - low;
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.len() as i64) < expected {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {expected} messages",
+            out.len()
+        );
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else {
+            continue;
+        };
+        out.push(Produced {
+            event_id: header(&m, headers::EVENT_ID).unwrap().parse().unwrap(),
+            entity: (
+                header(&m, headers::ENTITY_TYPE).unwrap(),
+                header(&m, headers::ENTITY_ID).unwrap(),
+            ),
+            version: header(&m, headers::ENTITY_VERSION)
+                .unwrap()
+                .parse()
+                .unwrap(),
+        });
+    }
+    out
+}
+
+/// At least once, in entity order: every event is there, nothing else is, and for each
+/// entity a consumer that keeps the first copy of each event id, or the last, sees versions
+/// 1, 2, 3, ... Returns how many copies of each event were read.
+fn check_at_least_once_in_order(
+    read: &[Produced],
+    events: &[EventEnvelope],
+) -> HashMap<Uuid, usize> {
+    let by_id: HashMap<Uuid, &EventEnvelope> = events.iter().map(|e| (e.event_id, e)).collect();
+    let mut copies: HashMap<Uuid, usize> = HashMap::new();
+    let mut per_entity: HashMap<(String, String), Vec<&Produced>> = HashMap::new();
+    for p in read {
+        let event = by_id
+            .get(&p.event_id)
+            .unwrap_or_else(|| panic!("unknown event {}", p.event_id));
+        assert_eq!(
+            (&p.entity.0, &p.entity.1, p.version),
+            (&event.entity_type, &event.entity_id, event.entity_version)
+        );
+        *copies.entry(p.event_id).or_default() += 1;
+        per_entity.entry(p.entity.clone()).or_default().push(p);
+    }
+    for e in events {
+        assert!(
+            copies.contains_key(&e.event_id),
+            "event {} lost",
+            e.event_id
+        );
+    }
+    for (entity, messages) in per_entity {
+        let count = events
+            .iter()
+            .filter(|e| (&e.entity_type, &e.entity_id) == (&entity.0, &entity.1))
+            .count() as u64;
+        let in_order: Vec<u64> = (1..=count).collect();
+        let mut seen = HashSet::new();
+        let first: Vec<u64> = messages
+            .iter()
+            .filter(|m| seen.insert(m.event_id))
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(first, in_order, "{entity:?}, first copies");
+        seen.clear();
+        let mut last: Vec<u64> = messages
+            .iter()
+            .rev()
+            .filter(|m| seen.insert(m.event_id))
+            .map(|m| m.version)
+            .collect();
+        last.reverse();
+        assert_eq!(last, in_order, "{entity:?}, last copies");
+    }
+    copies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_brokers_down_mid_stream_parks_nothing_counts_no_attempt_and_the_relay_resumes_unaided()
+{
+    let mock = cluster();
+    let db = eventuate_postgres::embedded::test_database().await;
+    let store = store(&db.url).await;
+    let entities = entities(3);
+    // An undelivered message fails after 1 s, so the outage reaches the relay; reconnects
+    // are tried at least every 500 ms once the brokers are back.
+    let producer: FutureProducer = producer_config(&mock.bootstrap_servers())
+        .set("message.timeout.ms", "1000")
+        .set("reconnect.backoff.max.ms", "500")
+        .create()
+        .unwrap();
+    let mut relay = relay_options();
+    // One attempt: an outage counted as attempts would park the first event it fails.
+    relay.retry = RetryPolicy {
+        max_attempts: 1,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(300),
+    };
+    let running = Eventuate::new(store.clone())
+        .options(runtime_options())
+        .subscriber(Relay::kafka(producer, relay))
+        .start()
+        .unwrap();
+    let writer = {
+        let (store, entities) = (store.clone(), entities.clone());
+        tokio::spawn(async move {
+            for v in 0..40 {
+                append_rounds(&store, &entities, v, 1).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // Take every broker down once part of the stream is through, while events keep coming.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running
+        .status()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.delivered)
+        .sum::<u64>()
+        < 30
+    {
+        assert!(Instant::now() < deadline, "nothing produced");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    mock.broker_down(-1).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let retried_during_outage: u64 = running
+        .status()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.retried)
+        .sum();
+    mock.broker_up(-1).unwrap();
+    writer.await.unwrap();
+    running
+        .wait_caught_up(Duration::from_secs(60))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    assert!(
+        retried_during_outage > 0,
+        "the outage was seen and retried (a failure counted as the one attempt would have parked)"
+    );
+    let events = stored(&store, &entities).await;
+    assert_eq!(events.len(), 240);
+    let copies = check_at_least_once_in_order(&read_all(&mock.bootstrap_servers()).await, &events);
+    let duplicates: usize = copies.values().map(|n| n - 1).sum();
+    // Messages in flight when the brokers went down may have been stored without their
+    // acknowledgement: the relay produces them again (a new message to the idempotent
+    // producer, which deduplicates only its own retries).
+    eprintln!(
+        "duplicates after the outage: {duplicates} of {} events",
+        events.len()
+    );
+    running.shutdown().await.unwrap();
+}
+
+/// Records what it produced; blocks forever after producing once `block` is set, as a
+/// process that dies between the broker's acknowledgement and its checkpoint.
+#[derive(Clone)]
+struct Recording {
+    inner: Arc<KafkaBroker>,
+    published: Arc<Mutex<Vec<Uuid>>>,
+    block: Arc<AtomicBool>,
+    blocked: Arc<Notify>,
+}
+
+impl Recording {
+    fn new(bootstrap: &str) -> Self {
+        Recording {
+            inner: Arc::new(KafkaBroker::new(
+                producer_config(bootstrap).create().unwrap(),
+            )),
+            published: Arc::default(),
+            block: Arc::default(),
+            blocked: Arc::default(),
+        }
+    }
+}
+
+impl Broker for Recording {
+    async fn publish(&self, messages: &[Message]) -> BatchOutcome {
+        let outcome = self.inner.publish(messages).await;
+        self.published
+            .lock()
+            .unwrap()
+            .extend(messages[..outcome.handled].iter().map(|m| m.event_id));
+        if self.block.load(Ordering::SeqCst) {
+            self.blocked.notify_one();
+            std::future::pending::<()>().await;
+        }
+        outcome
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_dropped_before_its_checkpoint_produces_again_only_what_was_not_checkpointed() {
+    let mock = cluster();
+    let db = eventuate_postgres::embedded::test_database().await;
+    let store = store(&db.url).await;
+    let entities = entities(4);
+    let options_of = || {
+        let mut o = relay_options();
+        o.batch = 16;
+        o
+    };
+    let first = Recording::new(&mock.bootstrap_servers());
+    append_rounds(&store, &entities, 0, 5).await;
+    let running = Eventuate::new(store.clone())
+        .options(runtime_options())
+        .subscriber(Relay::new(first.clone(), options_of()))
+        .start()
+        .unwrap();
+    running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    // From now on the first relay produces, then never checkpoints: it is dropped (a crash)
+    // while blocked after the broker's acknowledgement.
+    first.block.store(true, Ordering::SeqCst);
+    append_rounds(&store, &entities, 5, 5).await;
+    tokio::time::timeout(Duration::from_secs(30), first.blocked.notified())
+        .await
+        .expect("the first relay produced a run after the checkpoint");
+    drop(running);
+    let events = stored(&store, &entities).await;
+    assert_eq!(events.len(), 80);
+    let checkpoint = store.subscriber("relay").await.unwrap().partitions[0].checkpoint;
+    assert!(
+        checkpoint >= events[39].position && checkpoint < events[40].position,
+        "checkpointed up to the first 40: {checkpoint}"
+    );
+    let not_checkpointed: HashSet<Uuid> = events[40..].iter().map(|e| e.event_id).collect();
+    let produced_unchecked: HashSet<Uuid> = first
+        .published
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|id| not_checkpointed.contains(id))
+        .collect();
+    assert!(
+        !produced_unchecked.is_empty(),
+        "the first relay produced events it did not checkpoint"
+    );
+
+    let second = Recording::new(&mock.bootstrap_servers());
+    let running = Eventuate::new(store.clone())
+        .options(runtime_options())
+        .subscriber(Relay::new(second.clone(), options_of()))
+        .start()
+        .unwrap();
+    // `wait_caught_up` counts a partition another node holds as caught up: first wait for
+    // the dropped runtime's lease to expire and this one to take the partition.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running.status().await.unwrap().iter().all(|s| s.owned) {
+        assert!(Instant::now() < deadline, "the partition was taken over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    let reproduced: HashSet<Uuid> = second.published.lock().unwrap().iter().copied().collect();
+    assert_eq!(
+        reproduced, not_checkpointed,
+        "the second relay produces exactly what was not checkpointed"
+    );
+    // Kafka keeps both copies: the duplicates are exactly what the first relay produced after
+    // its last checkpoint, so at most the events after that checkpoint.
+    let copies = check_at_least_once_in_order(&read_all(&mock.bootstrap_servers()).await, &events);
+    let duplicated: HashSet<Uuid> = copies
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(copies.values().all(|n| *n <= 2), "at most two copies");
+    assert_eq!(duplicated, produced_unchecked);
+    assert!(duplicated.len() <= not_checkpointed.len());
+    eprintln!(
+        "duplicates after the crash: {} (events after the last checkpoint: {})",
+        duplicated.len(),
+        not_checkpointed.len()
+    );
+    running.shutdown().await.unwrap();
+}
+
+/// An event store with an `Order` whose first event is 4 KiB, between events of another
+/// order.
+async fn too_large_setup(store: &PostgresEventStore) {
+    append(store, "Order", "small", 0).await;
+    let big = NewEvent::new(
+        "OrderChanged",
+        format!("{{\"blob\":\"{}\"}}", "x".repeat(4096)),
+    );
+    let request = AppendRequest {
+        entity_type: "Order".into(),
+        entity_id: "big".into(),
+        expected: ExpectedVersion::New,
+        events: vec![big],
+        idempotency: None,
+    };
+    store.append(request).await.unwrap();
+    append(store, "Order", "small", 1).await;
+}
+
+fn entity_ids(read: &[Produced]) -> Vec<String> {
+    read.iter().map(|p| p.entity.1.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_producer_takes_is_parked_at_once_and_the_rest_flows() {
+    let mock = cluster();
+    let db = eventuate_postgres::embedded::test_database().await;
+    let store = store(&db.url).await;
+    too_large_setup(&store).await;
+    let producer: FutureProducer = producer_config(&mock.bootstrap_servers())
+        .set("message.max.bytes", "2048")
+        .create()
+        .unwrap();
+    let running = Eventuate::new(store.clone())
+        .options(runtime_options())
+        .subscriber(Relay::kafka(producer, relay_options()))
+        .start()
+        .unwrap();
+    let caught_up = running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(caught_up.parked, vec![("relay".to_owned(), 1)]);
+    let parked = running.parked("relay").await.unwrap();
+    assert_eq!(parked[0].event.entity_id, "big");
+    assert_eq!(parked[0].event.entity_version, 1);
+    assert!(
+        parked[0].error.contains("Message size too large"),
+        "the producer's error: {}",
+        parked[0].error
+    );
+    assert_eq!(parked[0].attempts, 1, "parked at once");
+    // The entity's next event waits behind it; others flow.
+    append(&store, "Order", "big", 1).await;
+    append(&store, "Order", "small", 2).await;
+    let caught_up = running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(caught_up.parked, vec![("relay".to_owned(), 2)]);
+    assert_eq!(
+        entity_ids(&read_all(&mock.bootstrap_servers()).await),
+        ["small", "small", "small"]
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_refuses_as_too_large_is_parked_with_the_brokers_error() {
+    let mock = cluster();
+    let db = eventuate_postgres::embedded::test_database().await;
+    let store = store(&db.url).await;
+    append(&store, "Order", "small", 0).await;
+    let running = Eventuate::new(store.clone())
+        .options(runtime_options())
+        .subscriber(Relay::kafka_at(&mock.bootstrap_servers(), relay_options()).unwrap())
+        .start()
+        .unwrap();
+    running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    // The broker answers the next produce request with MESSAGE_TOO_LARGE.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    append(&store, "Order", "big", 0).await;
+    let caught_up = running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(caught_up.parked, vec![("relay".to_owned(), 1)]);
+    let parked = running.parked("relay").await.unwrap();
+    assert_eq!(parked[0].event.entity_id, "big");
+    assert!(
+        parked[0].error.contains("Broker: Message size too large"),
+        "the broker's error: {}",
+        parked[0].error
+    );
+    assert_eq!(parked[0].attempts, 1, "parked at once");
+    append(&store, "Order", "small", 1).await;
+    running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        entity_ids(&read_all(&mock.bootstrap_servers()).await),
+        ["small", "small"]
+    );
     running.shutdown().await.unwrap();
 }

@@ -86,13 +86,13 @@ fn idempotency_source(
         },
     };
     let token = opt_string(body, "triggeringEventToken")?;
-    if let Some(token) = &token {
-        if token.is_empty() || token.len() > 200 || token.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "triggeringEventToken",
-                "`triggeringEventToken` must be 1 to 200 characters without control characters",
-            ));
-        }
+    if let Some(token) = &token
+        && (token.is_empty() || token.len() > 200 || token.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "triggeringEventToken",
+            "`triggeringEventToken` must be 1 to 200 characters without control characters",
+        ));
     }
     match (header, token) {
         (Some(_), Some(_)) => Err(ApiError::invalid(

@@ -1,4 +1,7 @@
-//! `eventuate-server`: serves the REST API on `DATABASE_URL`, or on a throwaway PostgreSQL.
+//! `eventuate-server`: serves the REST API on `DATABASE_URL`, or on a throwaway PostgreSQL,
+//! and with `--relay` relays the stream to a broker (see `relay`).
+
+mod relay;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -9,10 +12,13 @@ use eventuate_core::{BoxError, Eventuate};
 use eventuate_postgres::PostgresEventStore;
 use eventuate_postgres::embedded::{Options, ThrowawayPostgres};
 use eventuate_server::{Server, ServerOptions};
+use relay::{RelayArgs, RelayConfig};
 
 const USAGE: &str = "\
 usage: eventuate-server [--listen ADDR] [--stomp-listen ADDR] [--schema NAME] [--max-connections N]
                         [--body-limit BYTES] [--request-timeout-ms MS] [--idle-timeout-ms MS]
+                        [--relay URL --relay-types T1,T2 [--relay-prefix P | --relay-topic NAME]
+                         [--relay-id ID]]
 
 Serves the event store's REST API (GET /openapi.json describes it) and its STOMP
 subscriptions until Ctrl-C, on the PostgreSQL at DATABASE_URL, or else on a throwaway
@@ -22,7 +28,21 @@ PostgreSQL removed at exit.
   --stomp-listen ADDR  STOMP address (default 127.0.0.1:61614; env EVENTUATE_STOMP_LISTEN)
   --schema NAME        schema of the store (default public; env EVENTUATE_SCHEMA)
 
-environment: DATABASE_URL, EVENTUATE_LISTEN, EVENTUATE_STOMP_LISTEN, EVENTUATE_SCHEMA";
+Relay (a durable subscriber publishing each event, at least once, in entity order):
+  --relay URL          nats://host:port (NATS JetStream; the stream capturing the subjects
+                       must exist) or kafka://host:port[,host:port] (a server built with
+                       --features kafka) (env EVENTUATE_RELAY)
+  --relay-types LIST   entity types to relay, comma-separated; required with --relay
+                       (env EVENTUATE_RELAY_TYPES)
+  --relay-prefix P     one subject or topic per entity type, P<entity type> (default
+                       `events.`; env EVENTUATE_RELAY_PREFIX)
+  --relay-topic NAME   one subject or topic for every event instead (env EVENTUATE_RELAY_TOPIC)
+  --relay-id ID        the relay's subscriber id: its checkpoint, parked events and status
+                       (default relay; env EVENTUATE_RELAY_ID)
+
+environment: DATABASE_URL, EVENTUATE_LISTEN, EVENTUATE_STOMP_LISTEN, EVENTUATE_SCHEMA,
+EVENTUATE_RELAY, EVENTUATE_RELAY_TYPES, EVENTUATE_RELAY_PREFIX, EVENTUATE_RELAY_TOPIC,
+EVENTUATE_RELAY_ID";
 
 #[derive(Debug)]
 struct Args {
@@ -30,6 +50,7 @@ struct Args {
     stomp_listen: SocketAddr,
     schema: String,
     options: ServerOptions,
+    relay: Option<RelayConfig>,
 }
 
 fn parse(args: &[String]) -> Result<Option<Args>, String> {
@@ -39,6 +60,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         std::env::var("EVENTUATE_STOMP_LISTEN").unwrap_or_else(|_| "127.0.0.1:61614".into());
     let mut schema = std::env::var("EVENTUATE_SCHEMA").unwrap_or_else(|_| "public".into());
     let mut options = ServerOptions::default();
+    let mut relay = RelayArgs::from_env();
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         let mut value = |name: &str| {
@@ -55,6 +77,11 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
             "--listen" => listen = value("--listen")?,
             "--stomp-listen" => stomp_listen = value("--stomp-listen")?,
             "--schema" => schema = value("--schema")?,
+            "--relay" => relay.url = Some(value("--relay")?),
+            "--relay-types" => relay.types = Some(value("--relay-types")?),
+            "--relay-prefix" => relay.prefix = Some(value("--relay-prefix")?),
+            "--relay-topic" => relay.topic = Some(value("--relay-topic")?),
+            "--relay-id" => relay.id = Some(value("--relay-id")?),
             "--max-connections" => {
                 let n = number("--max-connections", value("--max-connections")?)?;
                 options.max_connections = usize::try_from(n).unwrap_or(usize::MAX).max(1);
@@ -85,6 +112,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         stomp_listen,
         schema,
         options,
+        relay: relay.check()?,
     }))
 }
 
@@ -151,13 +179,19 @@ async fn run(args: Args, server: &mut Option<ThrowawayPostgres>) -> Result<(), B
         .migrate_on_connect(true)
         .connect(&url)
         .await?;
-    // No subscribers of its own: the runtime serves the operations routes (a process that
-    // registers subscribers embeds the server with its own runtime instead).
+    // No subscribers of its own but the relay, if any: the runtime serves the operations
+    // routes (a process that registers subscribers embeds the server with its own runtime
+    // instead).
     // The recorder before the runtime, whose lease manager takes partitions at once.
     if let Err(e) = eventuate_server::install_prometheus() {
         eprintln!("GET /metrics is not served: {e}");
     }
-    let running = Arc::new(Eventuate::new(store.clone()).start()?);
+    let mut eventuate = Eventuate::new(store.clone());
+    if let Some(relay) = args.relay {
+        println!("{}", relay.describe());
+        eventuate = relay.register(eventuate).await?;
+    }
+    let running = Arc::new(eventuate.start()?);
     let http = Server::new(Arc::new(store.clone()))
         .operations(running.clone())
         .postgres_admin(store.clone())

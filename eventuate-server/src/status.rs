@@ -150,10 +150,10 @@ async fn prometheus(State(state): State<AppState>) -> Result<Response, ApiError>
              or pass its handle with eventuate_server::Server::prometheus",
         )
     })?;
-    if let Some(running) = &state.running {
-        if let Err(e) = running.status().await {
-            tracing::warn!(error = %e, "lag gauges not refreshed");
-        }
+    if let Some(running) = &state.running
+        && let Err(e) = running.status().await
+    {
+        tracing::warn!(error = %e, "lag gauges not refreshed");
     }
     handle.run_upkeep();
     Ok((

@@ -662,10 +662,10 @@ impl Registry {
         let running = group.running.lock().await.take();
         let id_owned = id.to_owned();
         let task = tokio::spawn(async move {
-            if let Some(running) = running {
-                if let Err(e) = running.shutdown().await {
-                    tracing::warn!(subscriber = %id_owned, error = %e, "STOMP subscriber runtime did not shut down cleanly");
-                }
+            if let Some(running) = running
+                && let Err(e) = running.shutdown().await
+            {
+                tracing::warn!(subscriber = %id_owned, error = %e, "STOMP subscriber runtime did not shut down cleanly");
             }
         });
         self.stopping
