@@ -159,20 +159,19 @@ async fn owner<'a>(state: &'a AppState, id: &str) -> Result<Owner<'a>, ApiError>
     if state.running.is_none() && state.stomp.is_none() {
         return Err(ApiError::not_found(NOTHING_RUNS));
     }
-    if let Some(running) = &state.running {
-        if running
+    if let Some(running) = &state.running
+        && running
             .status()
             .await?
             .iter()
             .any(|p| p.subscriber_id == id)
-        {
-            return Ok(Owner::Runtime(running));
-        }
+    {
+        return Ok(Owner::Runtime(running));
     }
-    if let Some(stomp) = &state.stomp {
-        if stomp.registry().knows(id) {
-            return Ok(Owner::Stomp(stomp));
-        }
+    if let Some(stomp) = &state.stomp
+        && stomp.registry().knows(id)
+    {
+        return Ok(Owner::Stomp(stomp));
     }
     Err(ApiError::not_found(format!(
         "no subscriber `{id}` runs here (GET /subscribers lists them)"

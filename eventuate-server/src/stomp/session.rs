@@ -510,7 +510,7 @@ impl Session {
         self.next_message += 1;
         // Messages whose run was settled without them (a NACK before them): nobody waits for
         // their outcome any more, and an ACK of them is taken as a repeated one.
-        if number % 256 == 0 {
+        if number.is_multiple_of(256) {
             self.pending.retain(|_, p| !p.done.is_closed());
         }
         let message_id = format!("{}-{number}", self.name);
