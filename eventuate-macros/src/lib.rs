@@ -8,6 +8,7 @@
 mod ast;
 mod attr;
 mod check;
+mod dispatch;
 mod entry;
 mod expand;
 
