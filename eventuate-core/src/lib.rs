@@ -65,12 +65,12 @@ pub mod __private {
     pub use crate::envelope::EventEnvelope;
     #[cfg(feature = "schemas")]
     pub use crate::schema_hooks::probe::{SchemaFallback, SchemaProbe, SchemaViaJsonSchema};
+    pub use crate::subscriber::{EventContext, HandlerError, StartFrom, Subscriber, Subscription};
     pub use crate::{
         __eventuate_command_schemas as command_schemas, __eventuate_event_schemas as event_schemas,
     };
     #[cfg(feature = "schemas")]
     pub use schemars;
-    pub use crate::subscriber::{EventContext, HandlerError, StartFrom, Subscriber, Subscription};
     pub use serde_json;
     pub use std::boxed::Box;
     pub use std::string::String;

@@ -97,8 +97,10 @@ pub mod probe {
     /// Picked when `T: JsonSchema`: a reference to its schema in the generator's definitions.
     pub trait SchemaViaJsonSchema {
         /// The schema.
-        fn json_schema(&self, generator: &mut schemars::SchemaGenerator)
-        -> Option<schemars::Schema>;
+        fn json_schema(
+            &self,
+            generator: &mut schemars::SchemaGenerator,
+        ) -> Option<schemars::Schema>;
     }
 
     impl<T: ?Sized + schemars::JsonSchema> SchemaViaJsonSchema for SchemaProbe<T> {
@@ -113,8 +115,10 @@ pub mod probe {
     /// Picked when `T` is not `JsonSchema`: no schema.
     pub trait SchemaFallback {
         /// Nothing.
-        fn json_schema(&self, generator: &mut schemars::SchemaGenerator)
-        -> Option<schemars::Schema>;
+        fn json_schema(
+            &self,
+            generator: &mut schemars::SchemaGenerator,
+        ) -> Option<schemars::Schema>;
     }
 
     impl<T: ?Sized> SchemaFallback for &SchemaProbe<T> {
