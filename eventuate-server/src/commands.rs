@@ -326,17 +326,14 @@ pub(crate) async fn create(
     query.only(&[])?;
     let endpoint = state.aggregates.get(&entity_type)?.clone();
     let key = idempotency_header(&headers)?;
-    let entity_id = match &key {
-        None => None,
-        // As `POST /entities/{entityType}` does: the retry finds the entity it created.
-        Some(k) => Some(
-            Uuid::new_v5(
-                &ENTITY_NAMESPACE,
-                format!("{entity_type}\nkey\n{k}").as_bytes(),
-            )
-            .to_string(),
-        ),
-    };
+    // As `POST /entities/{entityType}` does: the retry finds the entity it created.
+    let entity_id = key.as_ref().map(|k| {
+        Uuid::new_v5(
+            &ENTITY_NAMESPACE,
+            format!("{entity_type}\nkey\n{k}").as_bytes(),
+        )
+        .to_string()
+    });
     run(
         &state,
         &*endpoint,

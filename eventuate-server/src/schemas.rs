@@ -151,7 +151,9 @@ impl Schemas {
 
 #[cfg(not(feature = "schemas"))]
 impl Schemas {
-    /// Without the feature: no document, no validators.
+    /// Without the feature: no document, no validators. (Generic like the real one, so the
+    /// registration reads the same either way.)
+    #[allow(clippy::extra_unused_type_parameters)]
     pub(crate) fn of<A: CommandSet>() -> Self {
         Schemas {}
     }
