@@ -5,6 +5,10 @@
 //! Opt-in, per impl block, because dispatching needs `Deserialize` on every command of the
 //! block: commands that cannot be decoded from JSON stay in blocks without `dispatch`. A
 //! command of a `dispatch` block that is not `Deserialize` is reported at its type.
+//!
+//! The argument's parsing, its checks and its expansion sit together here rather than in
+//! `attr.rs`, `check.rs` and `expand.rs`: they concern one argument, and the command block's
+//! own pipeline (`check::command_impl`, `expand::command_impl`) stays unchanged beside it.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};

@@ -325,6 +325,13 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     query.only(&[])?;
     let endpoint = state.aggregates.get(&entity_type)?.clone();
+    if headers.contains_key(header::IF_MATCH) {
+        return Err(ApiError::invalid(
+            "If-Match",
+            "`If-Match` names the version of an existing entity; this route creates one (send \
+             the command to /aggregates/{entityType}/{entityId}/commands/{commandType})",
+        ));
+    }
     let key = idempotency_header(&headers)?;
     // As `POST /entities/{entityType}` does: the retry finds the entity it created.
     let entity_id = key.as_ref().map(|k| {

@@ -389,6 +389,21 @@ async fn create_update_and_preconditions(store: Arc<dyn EventStore>) {
     assert_eq!(upserted.status, StatusCode::OK, "{}", upserted.body);
     assert_eq!(upserted.body["entityVersion"], 2);
 
+    // A create names no version.
+    let versioned = post(
+        &app,
+        "/aggregates/Ticket/commands/OpenTicket",
+        open,
+        &[("if-match", "1")],
+    )
+    .await;
+    assert_error(
+        &versioned,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        Some("If-Match"),
+    );
+
     // Two preconditions at once are refused.
     let both = post(
         &app,
