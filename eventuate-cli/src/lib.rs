@@ -5,8 +5,13 @@
 //! delivery back, and pruning old idempotency keys. A thin layer: the operations are
 //! [`eventuate_postgres::admin`]'s and the [`SubscriptionStore`]'s; this crate parses
 //! arguments and prints. [`run`] is the whole program, callable in-process (the tests do).
+//!
+//! `eventuate schemas export --server URL` needs no database: it fetches the aggregates' JSON
+//! Schema documents from a running event store server ([`schemas`]).
 
 #![warn(missing_docs)]
+
+pub mod schemas;
 
 use std::io::Write;
 use std::time::Duration;
@@ -32,9 +37,9 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
     about = "Operate an eventuate-rs PostgreSQL event store"
 )]
 pub struct Cli {
-    /// PostgreSQL connection URL.
+    /// PostgreSQL connection URL (every command but `schemas`).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub url: String,
+    pub url: Option<String>,
     /// Schema holding the store's tables.
     #[arg(long, env = "EVENTUATE_SCHEMA", default_value = "public")]
     pub schema: String,
@@ -128,6 +133,31 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration)]
         older_than: Duration,
     },
+    /// The JSON Schema documents of the aggregates an event store server has registered.
+    Schemas {
+        /// What to do.
+        #[command(subcommand)]
+        action: SchemasAction,
+    },
+}
+
+/// `eventuate schemas ...`.
+#[derive(Debug, Subcommand)]
+pub enum SchemasAction {
+    /// Fetch the documents from a running event store server (`GET /schemas/{entityType}`)
+    /// and print them as one JSON object by entity type, or write one file per aggregate.
+    Export {
+        /// The server, `http://host:port`.
+        #[arg(long, env = "EVENTUATE_SERVER")]
+        server: String,
+        /// Write `<DIR>/<entityType>.schema.json` files (created if missing) instead of
+        /// printing.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Only these aggregates (comma-separated entity types).
+        #[arg(long, value_delimiter = ',')]
+        entity_type: Vec<String>,
+    },
 }
 
 /// `eventuate parked ...`.
@@ -193,10 +223,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Connects to the store (two connections, no migration) and runs the command, printing to
 /// `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
+    if let Command::Schemas {
+        action:
+            SchemasAction::Export {
+                server,
+                dir,
+                entity_type,
+            },
+    } = cli.command
+    {
+        return schemas::export(&server, dir, &entity_type, out).await;
+    }
+    let url = cli
+        .url
+        .ok_or("no database: pass --url or set DATABASE_URL (PostgreSQL connection URL)")?;
     let store = PostgresEventStore::builder()
         .schema(&cli.schema)
         .max_connections(2)
-        .connect(&cli.url)
+        .connect(&url)
         .await?;
     let result = execute(&store, cli.command, out).await;
     store.close().await;
@@ -209,6 +253,8 @@ async fn execute(
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     match command {
+        // Handled by `run` without a store.
+        Command::Schemas { action } => Err(format!("`schemas {action:?}` needs no store").into()),
         Command::Status { json } => status(store, json, out).await,
         Command::Parked { action } => parked(store, action, out).await,
         Command::Reset { subscriber, to } => {

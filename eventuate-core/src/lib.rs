@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod commands;
 pub mod envelope;
 pub mod error;
 pub mod fixture;
@@ -9,6 +10,9 @@ pub mod memory;
 pub mod name;
 pub mod repository;
 pub mod runtime;
+mod schema_hooks;
+#[cfg(feature = "schemas")]
+pub mod schemas;
 pub mod store;
 pub mod subscriber;
 pub mod subscriber_fixture;
@@ -21,6 +25,7 @@ pub use aggregate::{
     Aggregate, Apply, ApplyAll, Command, DecodeError, EventOf, EventSchema, EventSet,
     HandleCommand, Upcaster,
 };
+pub use commands::CommandSet;
 pub use envelope::{EventEnvelope, EventMetadata, NewEvent, Position};
 pub use error::{BoxError, Error, Result};
 pub use fixture::AggregateFixture;
@@ -56,8 +61,16 @@ pub mod __private {
         Aggregate, Apply, ApplyAll, DecodeError, EventOf, EventSchema, EventSet, HandleCommand,
         InitialState, Upcaster,
     };
+    pub use crate::commands::{CommandDecodeError, CommandSet, CommandVisitor};
     pub use crate::envelope::EventEnvelope;
+    #[cfg(feature = "schemas")]
+    pub use crate::schema_hooks::probe::{SchemaFallback, SchemaProbe, SchemaViaJsonSchema};
     pub use crate::subscriber::{EventContext, HandlerError, StartFrom, Subscriber, Subscription};
+    pub use crate::{
+        __eventuate_command_schemas as command_schemas, __eventuate_event_schemas as event_schemas,
+    };
+    #[cfg(feature = "schemas")]
+    pub use schemars;
     pub use serde_json;
     pub use std::boxed::Box;
     pub use std::string::String;
@@ -152,6 +165,56 @@ pub mod __private {
 
     impl<T> CacheFallback<T> for &CacheProbe<'_, T> {
         fn cache_clone(&self) -> Option<T> {
+            None
+        }
+    }
+
+    /// A command of a `#[command_handler(dispatch)]` block, decoded from JSON by its type
+    /// name: it must implement `Deserialize`.
+    #[diagnostic::on_unimplemented(
+        message = "command `{Self}` is dispatched by name (`#[command_handler(dispatch)]`), so \
+                   it must implement `Deserialize`",
+        label = "`{Self}` cannot be decoded from JSON",
+        note = "derive it: `#[derive(serde::Deserialize)]`, or move this handler to a \
+                `#[command_handler]` block without `dispatch`"
+    )]
+    pub trait DispatchCommand: Sized {
+        /// Decodes the command, naming the field at fault.
+        fn decode_command(payload: &str) -> Result<Self, crate::commands::CommandDecodeError>;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::de::DeserializeOwned> DispatchCommand for T {
+        fn decode_command(payload: &str) -> Result<Self, crate::commands::CommandDecodeError> {
+            crate::commands::decode_json(payload)
+        }
+    }
+
+    /// Autoref specialization for `CommandSet::rejection_json`: `(&RejectionProbe(e))
+    /// .rejection_json()` is the error as JSON when it is `Serialize`, else `None`.
+    #[derive(Debug)]
+    pub struct RejectionProbe<'a, T>(pub &'a T);
+
+    /// Picked when the error is `Serialize`.
+    pub trait RejectionViaSerialize {
+        /// The error as JSON.
+        fn rejection_json(&self) -> Option<serde_json::Value>;
+    }
+
+    impl<T: serde::Serialize> RejectionViaSerialize for RejectionProbe<'_, T> {
+        fn rejection_json(&self) -> Option<serde_json::Value> {
+            serde_json::to_value(self.0).ok()
+        }
+    }
+
+    /// Picked when the error is not `Serialize`: nothing.
+    pub trait RejectionFallback {
+        /// Nothing.
+        fn rejection_json(&self) -> Option<serde_json::Value>;
+    }
+
+    impl<T> RejectionFallback for &RejectionProbe<'_, T> {
+        fn rejection_json(&self) -> Option<serde_json::Value> {
             None
         }
     }

@@ -404,10 +404,27 @@ impl Repository {
         expected_version: u64,
         command: impl Command<A>,
     ) -> Result<Committed<A>> {
+        self.update_expecting_with(
+            entity_id,
+            expected_version,
+            command,
+            CommandOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Repository::update_expecting`] with full control over ids and idempotency.
+    pub async fn update_expecting_with<A: Aggregate>(
+        &self,
+        entity_id: &str,
+        expected_version: u64,
+        command: impl Command<A>,
+        options: CommandOptions,
+    ) -> Result<Committed<A>> {
         self.execute(
             entity_id,
             command,
-            CommandOptions::default(),
+            options,
             Mode::Expecting(expected_version),
         )
         .await

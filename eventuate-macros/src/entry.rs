@@ -11,7 +11,7 @@ use crate::ast::{
     AggregateStruct, COMMAND_HELPERS, EVENT_HELPERS, EventsEnum, HandlerImpl, item_head,
 };
 use crate::check::{self, Ctxt};
-use crate::{attr, expand};
+use crate::{attr, dispatch, expand};
 
 pub(crate) fn derive_events(input: TokenStream) -> TokenStream {
     let input: DeriveInput = match syn::parse2(input) {
@@ -70,12 +70,7 @@ pub(crate) fn command_handler(args: TokenStream, input: TokenStream) -> TokenStr
         Err(e) => return with_error(input, e),
     };
     let cx = Ctxt::new();
-    if !args.is_empty() {
-        cx.error_spanned_by(
-            &args,
-            "`#[command_handler]` takes no arguments: the aggregate is the impl's type",
-        );
-    }
+    let args = dispatch::parse_args(&cx, args);
     let Item::Impl(imp) = &item else {
         cx.error_spanned_by(
             item_head(&item),
@@ -91,8 +86,13 @@ pub(crate) fn command_handler(args: TokenStream, input: TokenStream) -> TokenStr
     };
     let model = HandlerImpl::from_syn(&cx, imp, "command_handler");
     let plan = check::command_impl(&cx, &model);
-    let code = expand::command_impl(&imp.self_ty, &plan, false);
-    let stubs = expand::command_impl(&imp.self_ty, &plan, true);
+    let mut code = expand::command_impl(&imp.self_ty, &plan, false);
+    let mut stubs = expand::command_impl(&imp.self_ty, &plan, true);
+    if args.dispatch {
+        let named = dispatch::check(&cx, &plan);
+        code.extend(dispatch::expand(&imp.self_ty, &plan, &named, false));
+        stubs.extend(dispatch::expand(&imp.self_ty, &plan, &named, true));
+    }
     let item = strip_helpers(imp, COMMAND_HELPERS);
     finish(cx, item, code, stubs)
 }

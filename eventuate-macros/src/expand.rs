@@ -21,7 +21,7 @@ fn private() -> TokenStream {
 
 /// A span that shows at the user's `tokens` but resolves names, and is seen by lints, as the
 /// macro's own code (`Span::located_at`), so generated paths never trip user lints.
-fn at(tokens: &impl ToTokens) -> Span {
+pub(crate) fn at(tokens: &impl ToTokens) -> Span {
     let span = tokens
         .to_token_stream()
         .into_iter()
@@ -119,6 +119,9 @@ pub(crate) fn events(set: &EventsEnum<'_>) -> TokenStream {
                     _ => ::core::result::Result::Err(#p::DecodeError::UnknownType),
                 }
             }
+
+            // The JSON Schemas, with eventuate-core's `schemas` feature (else nothing).
+            #p::event_schemas! { #(#names => #types),* }
         }
 
         #[automatically_derived]

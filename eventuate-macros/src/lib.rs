@@ -8,6 +8,7 @@
 mod ast;
 mod attr;
 mod check;
+mod dispatch;
 mod entry;
 mod expand;
 
@@ -146,6 +147,15 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 ///   with `Into<Event>`), a `Vec` of events, or a tuple of events (in order). A command taken by
 ///   value must be `Clone`: the repository may run the handler again after a concurrency
 ///   conflict. `Error` must implement `std::error::Error + Send + Sync + 'static`.
+///
+/// **`#[command_handler(dispatch)]`** also implements `CommandSet`: the block's commands can
+/// be decoded from JSON by type name (the last segment of the command type's path) and run
+/// (`eventuate_core::commands::dispatch`, the event store server's command route). Every
+/// command of the block must implement `serde::Deserialize` (reported at the command type);
+/// commands that do not belong in a block without `dispatch`. One `dispatch` block per
+/// aggregate. With eventuate-core's `schemas` feature it also lists each command's JSON Schema
+/// (for types that derive `schemars::JsonSchema`). See the README's macro reference for the
+/// expansion.
 ///
 /// There is one handler per command type and one `#[apply]` per event type. Other items
 /// (constants, types) are left alone; put helper functions in another impl block (a method

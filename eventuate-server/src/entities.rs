@@ -48,9 +48,10 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// Namespaces of the UUID v5 ids derived from idempotency keys.
-const KEY_NAMESPACE: Uuid = Uuid::from_u128(0x7e3a_61c2_5b0d_4f41_8d7e_0c6f_5e72_0001);
+pub(crate) const KEY_NAMESPACE: Uuid = Uuid::from_u128(0x7e3a_61c2_5b0d_4f41_8d7e_0c6f_5e72_0001);
 const TOKEN_NAMESPACE: Uuid = Uuid::from_u128(0x7e3a_61c2_5b0d_4f41_8d7e_0c6f_5e72_0002);
-const ENTITY_NAMESPACE: Uuid = Uuid::from_u128(0x7e3a_61c2_5b0d_4f41_8d7e_0c6f_5e72_0003);
+pub(crate) const ENTITY_NAMESPACE: Uuid =
+    Uuid::from_u128(0x7e3a_61c2_5b0d_4f41_8d7e_0c6f_5e72_0003);
 const BODY_NAMESPACE: Uuid = Uuid::from_u128(0x7e3a_61c2_5b0d_4f41_8d7e_0c6f_5e72_0004);
 
 /// Most events an append may carry.
@@ -67,24 +68,27 @@ enum KeySource {
     Token(String),
 }
 
+/// The `Idempotency-Key` header, checked.
+pub(crate) fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(value) => match value.to_str() {
+            Ok(text) if !text.trim().is_empty() && text.len() <= 200 => {
+                Ok(Some(text.trim().to_owned()))
+            }
+            _ => Err(ApiError::invalid(
+                "Idempotency-Key",
+                "the `Idempotency-Key` header must be 1 to 200 visible ASCII characters",
+            )),
+        },
+    }
+}
+
 fn idempotency_source(
     headers: &HeaderMap,
     body: &Map<String, Value>,
 ) -> Result<Option<KeySource>, ApiError> {
-    let header = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(value) => match value.to_str() {
-            Ok(text) if !text.trim().is_empty() && text.len() <= 200 => {
-                Some(text.trim().to_owned())
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "Idempotency-Key",
-                    "the `Idempotency-Key` header must be 1 to 200 visible ASCII characters",
-                ));
-            }
-        },
-    };
+    let header = idempotency_header(headers)?;
     let token = opt_string(body, "triggeringEventToken")?;
     if let Some(token) = &token
         && (token.is_empty() || token.len() > 200 || token.chars().any(char::is_control))
@@ -208,7 +212,33 @@ fn parse_events(body: &Map<String, Value>) -> Result<Vec<NewEvent>, ApiError> {
     Ok(events)
 }
 
-fn request_id(headers: &HeaderMap) -> String {
+/// For an entity type registered with [`crate::Server::aggregate`]: every event must be one
+/// of the aggregate's, its `eventData` must match the event's schema ([`crate::schemas`]) and
+/// decode into the event; the event is recorded with its current schema version.
+fn check_registered(
+    state: &AppState,
+    entity_type: &str,
+    body: &Map<String, Value>,
+    events: &mut [NewEvent],
+) -> Result<(), ApiError> {
+    let Some(endpoint) = state.aggregates.find(entity_type) else {
+        return Ok(());
+    };
+    let list = body.get("events").and_then(Value::as_array);
+    for (i, event) in events.iter_mut().enumerate() {
+        let data = list
+            .and_then(|l| l.get(i))
+            .and_then(|e| e.get("eventData"))
+            .unwrap_or(&Value::Null);
+        let version =
+            endpoint.check_event(&format!("events[{i}].eventData"), &event.event_type, data)?;
+        // Version 1 is what an event without a recorded version reads as.
+        event.metadata.schema_version = Some(version).filter(|v| *v != 1);
+    }
+    Ok(())
+}
+
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -346,7 +376,7 @@ impl Write {
 }
 
 /// Percent-encodes a path segment (entity ids are free text).
-fn encode_segment(segment: &str) -> String {
+pub(crate) fn encode_segment(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
@@ -366,7 +396,8 @@ pub(crate) async fn create(
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
     eventuate_core::name::validate_entity_type(&entity_type)?;
-    let events = parse_events(&body)?;
+    let mut events = parse_events(&body)?;
+    check_registered(&state, &entity_type, &body, &mut events)?;
     let key = idempotency_source(&headers, &body)?;
     let entity_id = match (opt_string(&body, "entityId")?, &key) {
         (Some(id), _) => id,
@@ -433,7 +464,8 @@ pub(crate) async fn append(
             ));
         }
     };
-    let events = parse_events(&body)?;
+    let mut events = parse_events(&body)?;
+    check_registered(&state, &entity_type, &body, &mut events)?;
     let key = idempotency_source(&headers, &body)?;
     let fingerprint_input =
         json!({ "expectedVersion": expected, "events": body.get("events") }).to_string();

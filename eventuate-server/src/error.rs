@@ -13,6 +13,8 @@
 //! | 409 | `duplicate_event` | a client-chosen `eventId` is already stored |
 //! | 413 | `payload_too_large` | the body is over the listener's limit, or an event over the store's |
 //! | 422 | `idempotency_key_reused` | an idempotency key already used for a different request |
+//! | 422 | `rejected` | a command's handler refused it: `reason` (its `Display`), `rejection` (its JSON, when it is `Serialize`) |
+//! | 422 | `no_events` | a command that was to create an entity produced no events |
 //! | 500 | `internal_error` | a bug or stored data the server cannot read |
 //! | 503 | `store_unavailable` | the store failed; nothing was written; retry after `Retry-After` |
 //! | 503 | `outcome_unknown` | the store failed mid-append: retry with the same idempotency key |

@@ -21,6 +21,10 @@
 //! | `POST /entities/{entityType}/{entityId}` `{"expectedVersion", "events", "triggeringEventToken"?}` | 200 the same shape |
 //! | `GET /entities/{entityType}/{entityId}?fromVersion=&limit=&snapshotVersion=` | 200 `{"entityVersion", "events", "nextFromVersion", "snapshot"}` |
 //! | `GET /stream?after=<tx>/<seq>&types=A,B&limit=` | 200 `{"events", "next"}` |
+//! | `POST /aggregates/{entityType}/commands/{commandType}` the command | 201 `{"entityId", "entityVersion", "events", ..}` ([`commands`]) |
+//! | `POST /aggregates/{entityType}/{entityId}/commands/{commandType}` the command | 200 the same shape ([`commands`]) |
+//! | `GET /schemas` | 200 the registered aggregates ([`schemas`]) |
+//! | `GET /schemas/{entityType}` | 200 the aggregate's JSON Schema document |
 //! | `GET /subscribers` | 200 every partition: owner, position, lag, parked |
 //! | `GET /subscribers/{id}/parked` | 200 the parked events |
 //! | `POST /subscribers/{id}/parked/replay?entityType=&entityId=` | 202 `{"replayRequested": n}` |
@@ -41,12 +45,14 @@
 
 #![warn(missing_docs)]
 
+pub mod commands;
 pub mod entities;
 pub mod error;
 mod input;
 pub mod listener;
 pub mod openapi;
 mod operations;
+pub mod schemas;
 pub mod status;
 pub mod stomp;
 
@@ -59,8 +65,8 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use eventuate_core::EventStore;
 use eventuate_core::runtime::Running;
+use eventuate_core::{CommandSet, EventStore, Repository, RepositoryOptions};
 use serde_json::json;
 
 pub use error::ApiError;
@@ -72,6 +78,10 @@ pub use stomp::{StompOptions, StompServer};
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) store: Arc<dyn EventStore>,
+    /// The aggregates commands can be sent to ([`Server::aggregate`]), and the repository
+    /// that runs them over `store`.
+    pub(crate) aggregates: Arc<commands::Aggregates>,
+    pub(crate) repository: Repository,
     pub(crate) running: Option<Arc<Running>>,
     pub(crate) extras: status::Extras,
     /// STOMP over WebSocket (`GET /stomp`), and its subscribers in the operations routes.
@@ -108,6 +118,8 @@ impl Server {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
         Server {
             state: AppState {
+                repository: Repository::from_arc(store.clone()),
+                aggregates: Arc::default(),
                 store,
                 running: None,
                 extras: status::Extras::new(),
@@ -142,6 +154,25 @@ impl Server {
         self
     }
 
+    /// Registers an aggregate whose commands are dispatched by type name
+    /// (`#[command_handler(dispatch)]`): serves
+    /// `POST /aggregates/{entityType}[/{entityId}]/commands/{commandType}` for it
+    /// ([`commands`]) and its schema document at `GET /schemas/{entityType}` ([`schemas`]),
+    /// and validates the `eventData` of REST writes to its entity type. Registering an entity
+    /// type again replaces it.
+    pub fn aggregate<A: CommandSet>(mut self) -> Self {
+        Arc::make_mut(&mut self.state.aggregates).register::<A>();
+        self
+    }
+
+    /// Replaces the options of the repository that runs dispatched commands (how many times
+    /// a command is tried on concurrency conflicts; its cache).
+    pub fn repository_options(mut self, options: RepositoryOptions) -> Self {
+        self.state.repository =
+            Repository::from_arc(self.state.store.clone()).with_options(options);
+        self
+    }
+
     /// Replaces the limits.
     pub fn options(mut self, options: ServerOptions) -> Self {
         self.options = options;
@@ -165,6 +196,16 @@ impl Server {
                 post(entities::append).get(entities::get_entity),
             )
             .route("/stream", get(entities::stream))
+            .route(
+                "/aggregates/{entity_type}/commands/{command_type}",
+                post(commands::create),
+            )
+            .route(
+                "/aggregates/{entity_type}/{entity_id}/commands/{command_type}",
+                post(commands::send),
+            )
+            .route("/schemas", get(schemas::list))
+            .route("/schemas/{entity_type}", get(schemas::get))
             .route("/subscribers", get(operations::subscribers))
             .route("/subscribers/{id}/parked", get(operations::parked))
             .route("/subscribers/{id}/parked/replay", post(operations::replay))

@@ -9,6 +9,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/entities/{entityType}/{entityId}"),
     ("get", "/entities/{entityType}/{entityId}"),
     ("get", "/stream"),
+    ("post", "/aggregates/{entityType}/commands/{commandType}"),
+    (
+        "post",
+        "/aggregates/{entityType}/{entityId}/commands/{commandType}",
+    ),
+    ("get", "/schemas"),
+    ("get", "/schemas/{entityType}"),
     ("get", "/subscribers"),
     ("get", "/subscribers/{subscriberId}/parked"),
     ("post", "/subscribers/{subscriberId}/parked/replay"),
@@ -78,6 +85,37 @@ pub fn document() -> Value {
         "WriteResult",
     );
     append_responses["404"] = error_response("not_found: the entity has no events");
+    let command_type = path_param(
+        "commandType",
+        "The command's type name, e.g. `CreateOrder` (the aggregate's `knownCommandTypes`).",
+    );
+    let command_body = json!({ "required": false, "description": "The command as JSON \
+        (empty: `null`). Validated against the command's schema (GET /schemas/{entityType}).",
+        "content": { "application/json": { "schema": {} } } });
+    let command_errors = |ok_status: &str, ok_description: &str| {
+        json!({
+            ok_status: ok(ok_description, "CommandResult"),
+            "400": error_response("invalid_input: an unknown command type (`knownCommandTypes`), a body that is not JSON, does not match the command's schema (`errors`: JSON pointers) or does not decode (`field`)"),
+            "404": error_response("not_found: no aggregate registered under entityType (`registeredEntityTypes`), or no such entity"),
+            "409": error_response("optimistic_lock_error (after the retries, or at once with If-Match, with actualVersion), entity_exists"),
+            "422": error_response("rejected: the business error (`reason`, and `rejection` when it serializes), no_events, idempotency_key_reused"),
+            "503": error_response("store_unavailable, outcome_unknown or timeout; see Retry-After"),
+        })
+    };
+    let mut send_responses = command_errors(
+        "200",
+        "Processed (its events; none when nothing needed to happen)",
+    );
+    send_responses["201"] = ok(
+        "Created the entity (If-None-Match: *, or an upsert of a new entity)",
+        "CommandResult",
+    );
+    let if_match = json!({ "name": "If-Match", "in": "header", "required": false,
+        "description": "The entity version the command builds on (`3` or `\"3\"`): another version is 409, not retried.",
+        "schema": { "type": "string" } });
+    let if_none_match = json!({ "name": "If-None-Match", "in": "header", "required": false,
+        "description": "`*`: create the entity with this id (409 entity_exists if it has events).",
+        "schema": { "type": "string", "enum": ["*"] } });
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -118,6 +156,42 @@ pub fn document() -> Value {
                         "400": error_response("invalid_input"),
                         "404": error_response("not_found"),
                         "503": error_response("store_unavailable")
+                    }
+                }
+            },
+            "/aggregates/{entityType}/commands/{commandType}": {
+                "post": {
+                    "summary": "Send a command, by type name, that creates an entity with a fresh id (derived from the Idempotency-Key when there is one)",
+                    "parameters": [entity_type, command_type, idempotency_header()],
+                    "requestBody": command_body,
+                    "responses": command_errors("201", "Created")
+                }
+            },
+            "/aggregates/{entityType}/{entityId}/commands/{commandType}": {
+                "post": {
+                    "summary": "Send a command, by type name, to an entity (it must exist, unless If-None-Match: * or ?upsert=true)",
+                    "parameters": [entity_type, entity_id, command_type, idempotency_header(), if_match, if_none_match,
+                        query_param("upsert", "`true`: a missing entity starts from its initial state.", json!({"type": "boolean"}))],
+                    "requestBody": command_body,
+                    "responses": send_responses
+                }
+            },
+            "/schemas": {
+                "get": {
+                    "summary": "The registered aggregates: entity type, event and command type names, the path of the schema document",
+                    "responses": {
+                        "200": { "description": "`{\"aggregates\": [{\"entityType\", \"events\", \"commands\", \"schema\"}]}`", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "404": error_response("not_found: built without the `schemas` feature")
+                    }
+                }
+            },
+            "/schemas/{entityType}": {
+                "get": {
+                    "summary": "The aggregate's JSON Schema document (2020-12): its events (version, aliases, schema) and commands",
+                    "parameters": [entity_type],
+                    "responses": {
+                        "200": { "description": "The document", "content": { "application/schema+json": { "schema": { "type": "object" } } } },
+                        "404": error_response("not_found: no aggregate registered under entityType")
                     }
                 }
             },
@@ -242,7 +316,7 @@ pub fn document() -> Value {
                     "invalid_input", "not_found", "method_not_allowed", "optimistic_lock_error",
                     "entity_exists", "duplicate_event", "payload_too_large",
                     "idempotency_key_reused", "internal_error", "store_unavailable",
-                    "outcome_unknown", "timeout"] },
+                    "outcome_unknown", "timeout", "rejected", "no_events"] },
                 "explanation": { "type": "string" },
                 "field": { "type": "string", "description": "The request field at fault (400)." },
                 "actualVersion": { "type": "integer", "description": "The entity's version (409)." } } },
@@ -278,6 +352,13 @@ pub fn document() -> Value {
                 "events": { "type": "array", "items": { "$ref": "#/components/schemas/Event" } },
                 "nextFromVersion": { "type": ["integer", "null"] },
                 "snapshot": { "type": ["object", "null"] } } },
+            "CommandResult": { "type": "object", "required": ["entityType", "entityId", "entityVersion", "commandType", "events"], "properties": {
+                "entityType": { "type": "string" },
+                "entityId": { "type": "string" },
+                "entityVersion": { "type": "integer" },
+                "commandType": { "type": "string" },
+                "commandId": { "type": ["string", "null"], "format": "uuid" },
+                "events": { "type": "array", "items": { "$ref": "#/components/schemas/Event" } } } },
             "StreamPage": { "type": "object", "properties": {
                 "events": { "type": "array", "items": { "$ref": "#/components/schemas/Event" } },
                 "next": { "type": "string", "description": "The `after` of the next page." } } }

@@ -798,7 +798,8 @@ async fn openapi_lists_every_route_and_every_route_answers() {
         let uri = path
             .replace("{entityType}", "Account")
             .replace("{entityId}", "x")
-            .replace("{subscriberId}", "picky");
+            .replace("{subscriberId}", "picky")
+            .replace("{commandType}", "Open");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
         let reply = send(&app, method.clone(), &uri, Some("{}"), &[]).await;
         assert!(

@@ -160,6 +160,25 @@ impl App {
         crate::http::router(repository, self.tables.clone(), self.role)
     }
 
+    /// The event store server over this process's store, with the aggregates of its role
+    /// registered: their commands can be posted by type name
+    /// (`POST /aggregates/Order/{id}/commands/ApproveOrder`), their schemas are served
+    /// (`GET /schemas/Order`), and REST writes to them are validated against those schemas.
+    pub fn event_store(&self) -> eventuate_server::Server {
+        let store: std::sync::Arc<dyn eventuate_core::EventStore> = match &self.store {
+            Store::Postgres(store) => std::sync::Arc::new(store.clone()),
+            Store::Memory(store) => std::sync::Arc::new(store.clone()),
+        };
+        let mut server = eventuate_server::Server::new(store);
+        if self.role.customers() {
+            server = server.aggregate::<crate::customer::Customer>();
+        }
+        if self.role.orders() {
+            server = server.aggregate::<crate::order::Order>();
+        }
+        server
+    }
+
     /// Starts the dispatcher and builds the HTTP API over its repository.
     pub fn start(&self) -> Result<Started, BoxError> {
         let running = self.runtime().start()?;

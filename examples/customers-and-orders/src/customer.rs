@@ -3,16 +3,19 @@
 //! Reservations are kept per order, and the orders whose reservation was refused too, so a
 //! `ReserveCredit` for an order already decided changes nothing (the saga's re-delivery is
 //! also de-duplicated by the runtime; this makes the aggregate idempotent on its own).
+//!
+//! Like `Order`, its commands are dispatched by type name and its types derive `JsonSchema`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use eventuate_core::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::money::Money;
 
 /// A customer was registered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerCreated {
     /// Display name.
     pub name: String,
@@ -21,7 +24,7 @@ pub struct CustomerCreated {
 }
 
 /// Credit was reserved for an order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CreditReserved {
     /// The order the credit is for.
     pub order_id: String,
@@ -30,7 +33,7 @@ pub struct CreditReserved {
 }
 
 /// An order did not fit in the customer's available credit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerCreditLimitExceeded {
     /// The refused order.
     pub order_id: String,
@@ -52,7 +55,7 @@ pub enum CustomerEvent {
 }
 
 /// Registers a customer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct CreateCustomer {
     /// Display name (not empty).
     pub name: String,
@@ -61,7 +64,7 @@ pub struct CreateCustomer {
 }
 
 /// Reserves credit for an order, or records that it does not fit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct ReserveCredit {
     /// The order.
     pub order_id: String,
@@ -70,7 +73,7 @@ pub struct ReserveCredit {
 }
 
 /// Why a customer refused a command.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 pub enum CustomerError {
     /// `CreateCustomer` on an existing customer.
     #[error("the customer already exists")]
@@ -98,7 +101,7 @@ pub struct Customer {
     refused: BTreeSet<String>,
 }
 
-#[command_handler]
+#[command_handler(dispatch)]
 impl Customer {
     fn create(&self, command: &CreateCustomer) -> Result<CustomerCreated, CustomerError> {
         if !self.name.is_empty() {

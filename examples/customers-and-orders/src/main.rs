@@ -16,8 +16,11 @@ usage:
       Play the scripted scenario through the HTTP API, print what happened, exit 0 if the
       outcome is as expected. Uses DATABASE_URL, or else starts a throwaway PostgreSQL (or,
       without PostgreSQL binaries, the in-memory store).
-  customers-and-orders serve [--role all|customers|orders] [--listen ADDR] [--in-memory]
-      Serve the HTTP API (default 127.0.0.1:8080) and run the subscribers until Ctrl-C.
+  customers-and-orders serve [--role all|customers|orders] [--listen ADDR] [--store-listen ADDR]
+                             [--in-memory]
+      Serve the HTTP API (default 127.0.0.1:8080) and the event store server over the same
+      store (default 127.0.0.1:8081: commands by type name, schemas, the status page), and
+      run the subscribers until Ctrl-C.
       `customers` and `orders` are the two halves of the application: run one process of each
       with the same DATABASE_URL.
   customers-and-orders db
@@ -37,6 +40,7 @@ enum Command {
 struct ServeArgs {
     role: Role,
     listen: SocketAddr,
+    store_listen: SocketAddr,
     in_memory: bool,
 }
 
@@ -52,6 +56,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let mut serve = ServeArgs {
         role: Role::All,
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        store_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
         in_memory: false,
     };
     let mut rest = rest.iter();
@@ -68,6 +73,12 @@ fn parse(args: &[String]) -> Result<Command, String> {
                 let addr = value("--listen")?;
                 serve.listen = addr.parse().map_err(|e| {
                     format!("--listen `{addr}`: {e} (expected e.g. 127.0.0.1:8080)")
+                })?;
+            }
+            ("serve", "--store-listen") => {
+                let addr = value("--store-listen")?;
+                serve.store_listen = addr.parse().map_err(|e| {
+                    format!("--store-listen `{addr}`: {e} (expected e.g. 127.0.0.1:8081)")
                 })?;
             }
             (_, other) => return Err(format!("unexpected argument `{other}` for `{command}`")),
@@ -219,14 +230,40 @@ async fn serve(
     let app = open(args.role, args.in_memory, server).await?;
     let started = app.start()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let store_listener = tokio::net::TcpListener::bind(args.store_listen).await?;
     println!(
-        "serving role `{}` on http://{} (Ctrl-C to stop)",
+        "serving role `{}` on http://{}, its event store server on http://{} (Ctrl-C to stop)",
         args.role,
-        listener.local_addr()?
+        listener.local_addr()?,
+        store_listener.local_addr()?
     );
-    let served = axum::serve(listener, started.router.clone())
-        .with_graceful_shutdown(eventuate_core::runtime::shutdown_signal())
-        .await;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stop = std::sync::Arc::new(stop);
+    let until_stopped = move || {
+        let mut stopping = stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    };
+    let event_store = app.event_store();
+    let (served, store_served) = tokio::join!(
+        async {
+            let served = axum::serve(listener, started.router.clone())
+                .with_graceful_shutdown({
+                    let stop = stop.clone();
+                    async move {
+                        eventuate_core::runtime::shutdown_signal().await;
+                        let _ = stop.send(true);
+                    }
+                })
+                .await;
+            // Whatever ended the API (a signal or an error) ends the event store server too.
+            let _ = stop.send(true);
+            served
+        },
+        event_store.serve(store_listener, until_stopped()),
+    );
+    store_served?;
     println!("stopping: finishing in-flight events, saving checkpoints");
     // Bounded by the runtime's shutdown timeout: a hung handler is aborted after it.
     let stopped = started.running.shutdown().await;

@@ -1,14 +1,20 @@
 //! The `Order` aggregate: a customer, a total, and a state that the saga moves from `Pending`
 //! to `Approved` or `Rejected`. Approving an approved order (or rejecting a rejected one)
 //! changes nothing; approving a rejected order is refused.
+//!
+//! Its commands are dispatched by type name (`#[command_handler(dispatch)]`: they derive
+//! `Deserialize`), so the event store server can take them as JSON
+//! (`POST /aggregates/Order/{id}/commands/ApproveOrder`), and the events and commands derive
+//! `JsonSchema` for the schema document it serves (`GET /schemas/Order`).
 
 use eventuate_core::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::money::Money;
 
 /// An order was placed; the customer's credit is not checked yet.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCreated {
     /// The customer who placed it.
     pub customer_id: String,
@@ -17,7 +23,7 @@ pub struct OrderCreated {
 }
 
 /// The customer's credit was reserved: the order stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderApproved {
     /// The customer (for the confirmation gateway, which needs no other lookup).
     pub customer_id: String,
@@ -26,7 +32,7 @@ pub struct OrderApproved {
 }
 
 /// The customer's credit did not allow the order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderRejected {
     /// The customer.
     pub customer_id: String,
@@ -46,7 +52,7 @@ pub enum OrderEvent {
 }
 
 /// Where an order is in the saga.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum OrderState {
     /// Waiting for the customer's credit check.
     #[default]
@@ -76,7 +82,7 @@ impl OrderState {
 }
 
 /// Places an order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct CreateOrder {
     /// The customer.
     pub customer_id: String,
@@ -84,19 +90,19 @@ pub struct CreateOrder {
     pub total: Money,
 }
 
-/// Approves a pending order.
-#[derive(Debug, Clone)]
+/// Approves a pending order (a unit struct: its JSON is `null`, or an empty body).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct ApproveOrder;
 
 /// Rejects a pending order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct RejectOrder {
     /// Why.
     pub reason: String,
 }
 
-/// Why an order refused a command.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an order refused a command (`Serialize`: the server answers it as JSON too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 pub enum OrderError {
     /// `CreateOrder` on an existing order.
     #[error("the order already exists")]
@@ -119,7 +125,7 @@ pub struct Order {
     rejection_reason: Option<String>,
 }
 
-#[command_handler]
+#[command_handler(dispatch)]
 impl Order {
     fn create(&self, command: &CreateOrder) -> Result<OrderCreated, OrderError> {
         if !self.customer_id.is_empty() {

@@ -1,0 +1,45 @@
+// One `#[command_handler(dispatch)]` block per aggregate: it implements `CommandSet`, the
+// aggregate's list of dispatchable commands. A second one is a conflicting impl.
+use eventuate_core::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Opened {}
+
+#[derive(Debug, Clone, Events)]
+pub enum AccountEvent {
+    Opened(Opened),
+}
+
+#[aggregate(events = AccountEvent)]
+#[derive(Debug, Default)]
+pub struct Account {}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Open {}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Close {}
+
+#[derive(Debug, thiserror::Error)]
+#[error("refused")]
+pub struct Refused;
+
+#[command_handler(dispatch)]
+impl Account {
+    fn open(&self, _: &Open) -> Result<Opened, Refused> {
+        Ok(Opened {})
+    }
+
+    #[apply]
+    fn on_opened(&mut self, _: &Opened) {}
+}
+
+#[command_handler(dispatch)]
+impl Account {
+    fn close(&self, _: &Close) -> Result<Vec<Opened>, Refused> {
+        Ok(Vec::new())
+    }
+}
+
+fn main() {}
