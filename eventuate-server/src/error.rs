@@ -10,6 +10,7 @@
 //! | 405 | `method_not_allowed` | a known path with another method |
 //! | 409 | `optimistic_lock_error` | `expectedVersion` is not the entity's version (`actualVersion`) |
 //! | 409 | `entity_exists` | a create names an entity that has events (`actualVersion`) |
+//! | 409 | `entity_under_several_types` | the entity has events under two of its aggregate's names (an entity type alias): keep one history (`storedUnder`) |
 //! | 409 | `duplicate_event` | a client-chosen `eventId` is already stored |
 //! | 413 | `payload_too_large` | the body is over the listener's limit, or an event over the store's |
 //! | 422 | `idempotency_key_reused` | an idempotency key already used for a different request |
@@ -121,6 +122,12 @@ impl From<Error> for ApiError {
                     .with("eventId", event_id.to_string())
             }
             Error::EntityNotFound { .. } => Self::not_found(explanation),
+            Error::EntityUnderSeveralTypes { stored_under, .. } => Self::new(
+                StatusCode::CONFLICT,
+                "entity_under_several_types",
+                explanation,
+            )
+            .with("storedUnder", stored_under),
             Error::EmptyAppend { .. } => Self::invalid("events", explanation),
             Error::InvalidName { kind, .. } => Self::invalid(field_of(kind), explanation),
             Error::InvalidPayload { .. } => Self::invalid("eventData", explanation),
@@ -178,5 +185,25 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entity_stored_under_two_names_is_a_conflict_that_names_them() {
+        let error = ApiError::from(Error::EntityUnderSeveralTypes {
+            entity_type: "Order".into(),
+            entity_id: "o-1".into(),
+            stored_under: vec!["Order".into(), "PurchaseOrder".into()],
+        });
+        assert_eq!(error.status, StatusCode::CONFLICT);
+        assert_eq!(error.code, "entity_under_several_types");
+        assert_eq!(
+            error.extra.get("storedUnder"),
+            Some(&json!(["Order", "PurchaseOrder"]))
+        );
     }
 }
