@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::page::PageSize;
 use super::{Counters, Registered, Shared, filter_for};
 use crate::store::{EventStore, StreamBatch, StreamFilter, StreamItem};
 use crate::subscriber::{EventContext, HandlerError};
@@ -70,6 +71,8 @@ impl From<Error> for Interrupt {
 /// The read of the batch after `after`, started while the batch before it is delivered.
 struct Prefetch {
     after: Position,
+    /// The most events it asked for: whether its batch reached the head is judged by it.
+    limit: usize,
     task: tokio::task::JoinHandle<Result<StreamBatch>>,
 }
 
@@ -82,6 +85,7 @@ impl Prefetch {
     ) -> Self {
         Prefetch {
             after,
+            limit,
             task: tokio::spawn(async move { store.read_batch(after, &filter, limit).await }),
         }
     }
@@ -238,6 +242,12 @@ impl Consumer {
         let mut next_save = Instant::now() + poll;
         // While a full batch is delivered, the next one is already being read.
         let mut prefetch: Option<Prefetch> = None;
+        // Far behind, batches grow; at the head they are `batch_size` again.
+        let pages = PageSize::new(
+            self.shared.options.batch_size,
+            self.shared.options.max_batch_size,
+        );
+        let mut next_limit = pages.first();
         if let Err(e) = self.replay_parked(stop).await {
             return e;
         }
@@ -258,26 +268,32 @@ impl Consumer {
                     }
                     next_replay_check = Instant::now() + poll;
                 }
-                let limit = self.shared.options.batch_size;
-                let batch = match prefetch.take() {
-                    Some(next) if next.after == self.checkpoint => next.result().await?,
+                let (batch, limit) = match prefetch.take() {
+                    Some(next) if next.after == self.checkpoint => {
+                        let limit = next.limit;
+                        (next.result().await?, limit)
+                    }
                     _ => {
-                        self.shared
+                        let limit = next_limit;
+                        let batch = self
+                            .shared
                             .store
                             .read_batch(self.checkpoint, &self.filter, limit)
-                            .await?
+                            .await?;
+                        (batch, limit)
                     }
                 };
-                // A short batch reached the head: wait instead of reading again. Safe, since
-                // the wake-up signal was borrowed before the read, so an append that landed
-                // meanwhile still wakes us at once.
-                let at_head = batch.items.len() < limit;
+                // A short batch (judged by the limit it was read with) reached the head: wait
+                // instead of reading again. Safe, since the wake-up signal was borrowed before
+                // the read, so an append that landed meanwhile still wakes us at once.
+                let at_head = PageSize::at_head(&batch, limit);
+                next_limit = pages.next(&batch, limit);
                 if !at_head {
                     prefetch = Some(Prefetch::start(
                         self.shared.store.clone(),
                         self.filter.clone(),
                         batch.scanned_to,
-                        limit,
+                        next_limit,
                     ));
                 }
                 let delivered_any = !batch.items.is_empty();
