@@ -149,11 +149,14 @@ impl PostgresEventStore {
         let query = sqlx::query_with(self.inner.sql.batch.of(filter), args);
         let mut items = Vec::with_capacity(limit.min(4096));
         let mut horizon = 0i64;
+        // The horizon's row and the event rows, in whatever order the server sends them (the
+        // events keep theirs).
         each_row(query, &self.inner.pool, &context, |row| {
-            horizon = get(&row, 0, &context)?;
             let sequence: Option<i64> = get(&row, 2, &context)?;
             if sequence.is_some() {
                 items.push(stream_item(&row, 1, &context)?);
+            } else {
+                horizon = get(&row, 0, &context)?;
             }
             Ok(())
         })
