@@ -31,7 +31,7 @@ pub use repository::{
 pub use runtime::Eventuate;
 pub use store::{
     AppendOutcome, AppendRequest, CommandFingerprint, EventStore, ExpectedVersion, IdempotencyKey,
-    Partition, Snapshot, StoredEvent, StreamBatch, StreamFilter, StreamItem,
+    Partition, Snapshot, StoredEvent, StoredEventRef, StreamBatch, StreamFilter, StreamItem,
 };
 pub use subscriber::{
     BatchOutcome, EventContext, HandlerError, RetryPolicy, StartFrom, Subscriber, Subscription,

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::aggregate::{Aggregate, Command, DecodeError, EventSet};
 use crate::store::{
     AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, StoredEvent,
-    duplicate_or_mismatch,
+    StoredEventRef, duplicate_or_mismatch,
 };
 use crate::{Error, EventEnvelope, EventMetadata, NewEvent, Position, Result, Snapshot};
 
@@ -742,11 +742,11 @@ impl Repository {
                 .load_with_snapshot(A::ENTITY_TYPE, entity_id, A::SNAPSHOT_VERSION)
                 .await?;
             match snapshot.map(|s| (A::from_snapshot(&s.payload), s.entity_version)) {
-                None | Some((None, _)) => after_snapshot,
+                None | Some((None, _)) => Some(after_snapshot),
                 Some((Some(Ok(restored)), at)) => {
                     state = restored;
                     version = at;
-                    after_snapshot
+                    Some(after_snapshot)
                 }
                 // An unreadable snapshot costs a full replay, never a wrong state.
                 Some((Some(Err(e)), at)) => {
@@ -757,20 +757,30 @@ impl Repository {
                         error = %e,
                         "ignoring snapshot that does not decode"
                     );
-                    self.store
-                        .load_for_fold(A::ENTITY_TYPE, entity_id, 0)
-                        .await?
+                    None
                 }
             }
         } else {
-            self.store
-                .load_for_fold(A::ENTITY_TYPE, entity_id, 0)
-                .await?
+            None
         };
-        for event in &stored {
-            let decoded = decode_stored::<A::Event>(A::ENTITY_TYPE, entity_id, event)?;
+        let mut apply = |event: StoredEventRef<'_>| {
+            let decoded = decode_ref::<A::Event>(A::ENTITY_TYPE, entity_id, event)?;
             state.apply(&decoded);
             version = event.entity_version;
+            Ok(())
+        };
+        match stored {
+            Some(after_snapshot) => {
+                for event in &after_snapshot {
+                    apply(event.into())?;
+                }
+            }
+            // Every event: decoded and applied as the store reads it.
+            None => {
+                self.store
+                    .fold_events(A::ENTITY_TYPE, entity_id, 0, &mut apply)
+                    .await?
+            }
         }
         Ok((version > 0).then(|| Loaded {
             entity_id: entity_id.to_owned(),
@@ -800,13 +810,22 @@ pub fn decode_stored<E: EventSet>(
     entity_id: &str,
     event: &StoredEvent,
 ) -> Result<E> {
+    decode_ref(entity_type, entity_id, event.into())
+}
+
+/// [`decode_stored`] for a [`StoredEventRef`].
+pub fn decode_ref<E: EventSet>(
+    entity_type: &str,
+    entity_id: &str,
+    event: StoredEventRef<'_>,
+) -> Result<E> {
     decode_parts(
         entity_type,
         entity_id,
         event.entity_version,
-        &event.event_type,
+        event.event_type,
         event.schema_version,
-        &event.payload,
+        event.payload,
     )
 }
 

@@ -395,6 +395,16 @@ impl EventStore for PostgresEventStore {
         Box::pin(self.load_fold(entity_type, entity_id, after_version))
     }
 
+    fn fold_events<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        after_version: u64,
+        apply: &'a mut eventuate_core::store::FoldFn<'_>,
+    ) -> BoxFuture<'a, CoreResult<()>> {
+        Box::pin(self.fold(entity_type, entity_id, after_version, apply))
+    }
+
     fn load_with_snapshot<'a>(
         &'a self,
         entity_type: &'a str,

@@ -62,6 +62,33 @@ impl PostgresEventStore {
         Ok(events)
     }
 
+    /// [`Self::load_fold`]'s rows handed to `apply` as they arrive, borrowed from the row.
+    pub(super) async fn fold(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        after_version: u64,
+        apply: &mut eventuate_core::store::FoldFn<'_>,
+    ) -> CoreResult<()> {
+        eventuate_core::name::validate_entity_type(entity_type)?;
+        eventuate_core::name::validate_entity_id(entity_id)?;
+        let context = || format!("load {entity_type} `{entity_id}`");
+        let query = sqlx::query(&self.inner.sql.load_fold)
+            .bind(entity_type)
+            .bind(entity_id)
+            .bind(i64::try_from(after_version).unwrap_or(i64::MAX));
+        each_row(query, &self.inner.pool, &context, |row| {
+            let version: i64 = get(&row, 0, &context)?;
+            apply(eventuate_core::StoredEventRef {
+                entity_version: to_u64(version),
+                event_type: get(&row, 1, &context)?,
+                payload: get(&row, 2, &context)?,
+                schema_version: schema_version(get(&row, 3, &context)?),
+            })
+        })
+        .await
+    }
+
     /// The snapshot and the events after it in one statement (one round trip, one view of
     /// the data): the first row, if `kind` is 0, is the snapshot.
     pub(super) async fn load_snapshot_and_fold(
