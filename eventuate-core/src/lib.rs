@@ -36,7 +36,8 @@ pub use repository::{
 pub use runtime::Eventuate;
 pub use store::{
     AppendOutcome, AppendRequest, CommandFingerprint, EventStore, ExpectedVersion, IdempotencyKey,
-    Partition, Snapshot, StoredEvent, StreamBatch, StreamFilter, StreamItem, TypedHistory,
+    Partition, Snapshot, StoredEvent, StoredEventRef, StreamBatch, StreamFilter, StreamItem,
+    TypedHistory,
 };
 pub use subscriber::{
     BatchOutcome, EventContext, HandlerError, RetryPolicy, StartFrom, Subscriber, Subscription,

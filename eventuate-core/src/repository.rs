@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::aggregate::{Aggregate, Command, DecodeError, EventSet};
 use crate::store::{
     AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyKey, StoredEvent,
-    duplicate_or_mismatch,
+    StoredEventRef, duplicate_or_mismatch,
 };
 use crate::{Error, EventEnvelope, EventMetadata, NewEvent, Position, Result, Snapshot};
 
@@ -811,53 +811,68 @@ impl Repository {
     pub async fn find<A: Aggregate>(&self, entity_id: &str) -> Result<Option<Loaded<A>>> {
         crate::name::validate_entity_id(entity_id)?;
         let snapshot_version = A::SNAPSHOT_EVERY.is_some().then_some(A::SNAPSHOT_VERSION);
-        let (stored_as, snapshot, stored) = if A::ENTITY_TYPE_ALIASES.is_empty() {
+        // `loaded`: a snapshot and the events after it; `None`: every event is folded as the
+        // store reads it (the fast path: no alias, no snapshot).
+        let (stored_as, loaded) = if A::ENTITY_TYPE_ALIASES.is_empty() {
             match snapshot_version {
                 Some(v) => {
                     let (snapshot, events) = self
                         .store
                         .load_with_snapshot(A::ENTITY_TYPE, entity_id, v)
                         .await?;
-                    (A::ENTITY_TYPE, snapshot, events)
+                    (A::ENTITY_TYPE, Some((snapshot, events)))
                 }
-                None => (
-                    A::ENTITY_TYPE,
-                    None,
-                    self.store
-                        .load_for_fold(A::ENTITY_TYPE, entity_id, 0)
-                        .await?,
-                ),
+                None => (A::ENTITY_TYPE, None),
             }
         } else {
             match self.load_renamed::<A>(entity_id, snapshot_version).await? {
-                Some(found) => found,
+                Some((stored_as, snapshot, events)) => (stored_as, Some((snapshot, events))),
                 None => return Ok(None),
             }
         };
         let (mut state, mut version) = (A::initial(), 0);
-        let stored = match snapshot.map(|s| (A::from_snapshot(&s.payload), s.entity_version)) {
-            None | Some((None, _)) => stored,
-            Some((Some(Ok(restored)), at)) => {
-                state = restored;
-                version = at;
-                stored
-            }
-            // An unreadable snapshot costs a full replay, never a wrong state.
-            Some((Some(Err(e)), at)) => {
-                tracing::warn!(
-                    entity_type = stored_as,
-                    entity_id,
-                    version = at,
-                    error = %e,
-                    "ignoring snapshot that does not decode"
-                );
-                self.store.load_for_fold(stored_as, entity_id, 0).await?
+        let stored = match loaded {
+            None => None,
+            Some((snapshot, events)) => {
+                match snapshot.map(|s| (A::from_snapshot(&s.payload), s.entity_version)) {
+                    None | Some((None, _)) => Some(events),
+                    Some((Some(Ok(restored)), at)) => {
+                        state = restored;
+                        version = at;
+                        Some(events)
+                    }
+                    // An unreadable snapshot costs a full replay, never a wrong state.
+                    Some((Some(Err(e)), at)) => {
+                        tracing::warn!(
+                            entity_type = stored_as,
+                            entity_id,
+                            version = at,
+                            error = %e,
+                            "ignoring snapshot that does not decode"
+                        );
+                        None
+                    }
+                }
             }
         };
-        for event in &stored {
-            let decoded = decode_stored::<A::Event>(stored_as, entity_id, event)?;
+        let mut apply = |event: StoredEventRef<'_>| {
+            let decoded = decode_ref::<A::Event>(stored_as, entity_id, event)?;
             state.apply(&decoded);
             version = event.entity_version;
+            Ok(())
+        };
+        match stored {
+            Some(after_snapshot) => {
+                for event in &after_snapshot {
+                    apply(event.into())?;
+                }
+            }
+            // Every event: decoded and applied as the store reads it.
+            None => {
+                self.store
+                    .fold_events(stored_as, entity_id, 0, &mut apply)
+                    .await?
+            }
         }
         Ok((version > 0).then(|| Loaded {
             entity_id: entity_id.to_owned(),
@@ -933,13 +948,22 @@ pub fn decode_stored<E: EventSet>(
     entity_id: &str,
     event: &StoredEvent,
 ) -> Result<E> {
+    decode_ref(entity_type, entity_id, event.into())
+}
+
+/// [`decode_stored`] for a [`StoredEventRef`].
+pub fn decode_ref<E: EventSet>(
+    entity_type: &str,
+    entity_id: &str,
+    event: StoredEventRef<'_>,
+) -> Result<E> {
     decode_parts(
         entity_type,
         entity_id,
         event.entity_version,
-        &event.event_type,
+        event.event_type,
         event.schema_version,
-        &event.payload,
+        event.payload,
     )
 }
 

@@ -252,6 +252,33 @@ pub struct TypedHistory {
     pub events: Vec<StoredEvent>,
 }
 
+/// A [`StoredEvent`] borrowed from the row a store is reading ([`EventStore::fold_events`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredEventRef<'a> {
+    /// The entity's version after this event.
+    pub entity_version: u64,
+    /// Type name.
+    pub event_type: &'a str,
+    /// The payload as JSON text.
+    pub payload: &'a str,
+    /// The payload's schema version, from the metadata (`None`: stored without one).
+    pub schema_version: Option<u32>,
+}
+
+impl<'a> From<&'a StoredEvent> for StoredEventRef<'a> {
+    fn from(event: &'a StoredEvent) -> Self {
+        StoredEventRef {
+            entity_version: event.entity_version,
+            event_type: &event.event_type,
+            payload: &event.payload,
+            schema_version: event.schema_version,
+        }
+    }
+}
+
+/// What [`EventStore::fold_events`] calls for each event; an error stops the read.
+pub type FoldFn<'a> = dyn FnMut(StoredEventRef<'_>) -> Result<()> + Send + 'a;
+
 /// An event store. See the module docs for why the futures are boxed.
 ///
 /// Guarantees every implementation gives, checked by the shared behaviour suite
@@ -300,6 +327,28 @@ pub trait EventStore: Send + Sync + 'static {
                     schema_version: e.metadata.schema_version,
                 })
                 .collect())
+        })
+    }
+
+    /// Hands each event [`EventStore::load_for_fold`] would return to `apply`, in order, as it
+    /// is read: a load then decodes and applies each event while the next ones arrive, and
+    /// keeps no copy of them. Stops at the first error `apply` returns. The default calls
+    /// `load_for_fold`; stores override it to stream.
+    fn fold_events<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        after_version: u64,
+        apply: &'a mut FoldFn<'_>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for event in &self
+                .load_for_fold(entity_type, entity_id, after_version)
+                .await?
+            {
+                apply(event.into())?;
+            }
+            Ok(())
         })
     }
 
@@ -475,6 +524,15 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
         after_version: u64,
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>>> {
         (**self).load_for_fold(entity_type, entity_id, after_version)
+    }
+    fn fold_events<'a>(
+        &'a self,
+        entity_type: &'a str,
+        entity_id: &'a str,
+        after_version: u64,
+        apply: &'a mut FoldFn<'_>,
+    ) -> BoxFuture<'a, Result<()>> {
+        (**self).fold_events(entity_type, entity_id, after_version, apply)
     }
     fn load_with_snapshot<'a>(
         &'a self,

@@ -395,10 +395,20 @@ impl EventContext {
     /// A context for delivering `event` to `subscriber_id`. The runtime builds these; tests of
     /// a single subscriber can too.
     pub fn new(repository: Repository, subscriber_id: &str, event: EventEnvelope) -> Self {
+        Self::for_subscriber(repository, Arc::from(subscriber_id), event)
+    }
+
+    /// [`EventContext::new`] with the subscriber id shared: what the runtime builds for each
+    /// delivery (no copy of the id per event).
+    pub(crate) fn for_subscriber(
+        repository: Repository,
+        subscriber_id: Arc<str>,
+        event: EventEnvelope,
+    ) -> Self {
         EventContext {
             event,
             current_entity_type: None,
-            subscriber_id: Arc::from(subscriber_id),
+            subscriber_id,
             repository,
             commands_sent: AtomicU32::new(0),
             attempt: 1,
@@ -443,6 +453,12 @@ impl EventContext {
 
     pub(crate) fn take_transaction(&mut self) -> Option<Box<dyn CheckpointTransaction>> {
         self.transaction.get_mut().take()
+    }
+
+    /// The event back, once the attempt is over: the runtime moves an event into each
+    /// attempt's context and takes it back, instead of copying it per attempt.
+    pub(crate) fn into_event(self) -> EventEnvelope {
+        self.event
     }
 
     /// The event being delivered.

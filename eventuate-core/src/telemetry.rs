@@ -2,7 +2,9 @@
 //! recorder each call is a few atomic loads and records nothing. `eventuate-server` installs a
 //! Prometheus recorder and serves it at `GET /metrics`; an application without the server
 //! installs any recorder once at start, before the runtime (what is recorded before a
-//! recorder is installed is lost), e.g. with `metrics-exporter-prometheus`:
+//! recorder is installed is lost, and a consumer registers its delivery counter and latency
+//! histogram once, when it takes its partition: one started before the recorder records its
+//! deliveries nowhere), e.g. with `metrics-exporter-prometheus`:
 //!
 //! ```text
 //! let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
@@ -74,13 +76,27 @@ pub(crate) async fn command<T>(
     result
 }
 
-/// An event handled successfully: counted, and its commit-to-handler latency recorded.
-pub(crate) fn delivered(subscriber: &str, event: &EventEnvelope) {
-    metrics::counter!("eventuate_deliveries_total", "subscriber" => subscriber.to_owned())
-        .increment(1);
-    if let Ok(latency) = SystemTime::now().duration_since(event.metadata.timestamp) {
-        metrics::histogram!("eventuate_delivery_latency_seconds", "subscriber" => subscriber.to_owned())
-            .record(latency.as_secs_f64());
+/// A subscriber's delivery counter and latency histogram, registered once (by each consumer,
+/// when it starts) rather than looked up by name and label for every event.
+pub(crate) struct Deliveries {
+    count: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl Deliveries {
+    pub(crate) fn of(subscriber: &str) -> Self {
+        Deliveries {
+            count: metrics::counter!("eventuate_deliveries_total", "subscriber" => subscriber.to_owned()),
+            latency: metrics::histogram!("eventuate_delivery_latency_seconds", "subscriber" => subscriber.to_owned()),
+        }
+    }
+
+    /// An event handled successfully: counted, and its commit-to-handler latency recorded.
+    pub(crate) fn delivered(&self, event: &EventEnvelope) {
+        self.count.increment(1);
+        if let Ok(latency) = SystemTime::now().duration_since(event.metadata.timestamp) {
+            self.latency.record(latency.as_secs_f64());
+        }
     }
 }
 

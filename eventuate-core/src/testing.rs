@@ -1141,7 +1141,8 @@ pub async fn duplicate_event_ids_are_rejected(store: &dyn EventStore) {
 }
 
 /// `load_with_snapshot`: the requested snapshot format's latest snapshot and only the events
-/// after it; all events when there is none; `load_for_fold` agrees with `load`.
+/// after it; all events when there is none; `load_for_fold` agrees with `load`, and
+/// `fold_events` with `load_for_fold`.
 pub async fn load_with_snapshot(store: &dyn EventStore) {
     let id = unique("s");
     let events: Vec<NewEvent> = (1..=5).map(|n| event("A", n)).collect();
@@ -1162,6 +1163,48 @@ pub async fn load_with_snapshot(store: &dyn EventStore) {
     assert_eq!(
         versions(&store.load_for_fold("Order", &id, 3).await.expect("fold")),
         vec![4, 5]
+    );
+    // `fold_events` hands over what `load_for_fold` returns, in order, and stops at the
+    // first error of its callback.
+    for after in [0, 3, 5] {
+        let expected = store
+            .load_for_fold("Order", &id, after)
+            .await
+            .expect("fold");
+        let mut seen = Vec::new();
+        store
+            .fold_events("Order", &id, after, &mut |e| {
+                seen.push(crate::StoredEvent {
+                    entity_version: e.entity_version,
+                    event_type: e.event_type.to_owned(),
+                    payload: e.payload.to_owned(),
+                    schema_version: e.schema_version,
+                });
+                Ok(())
+            })
+            .await
+            .expect("fold_events");
+        assert_eq!(seen, expected, "fold_events after version {after}");
+    }
+    let mut calls = 0;
+    let stopped = store
+        .fold_events("Order", &id, 0, &mut |e| {
+            calls += 1;
+            if e.entity_version == 2 {
+                return Err(crate::Error::Config("stop here".into()));
+            }
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(&stopped, Err(crate::Error::Config(m)) if m == "stop here"),
+        "{stopped:?}"
+    );
+    assert_eq!(calls, 2, "no event after the error");
+    // The connection the stopped read used serves the next read.
+    assert_eq!(
+        versions(&store.load_for_fold("Order", &id, 0).await.expect("fold")),
+        vec![1, 2, 3, 4, 5]
     );
     store
         .save_snapshot(Snapshot {

@@ -1692,3 +1692,120 @@ async fn partitions_nobody_holds_are_taken_above_the_fair_share() {
     keep_alive.abort();
     a.shutdown().await.unwrap();
 }
+
+/// The in-memory event store, recording the limit of every batch read.
+struct Paging {
+    inner: InMemoryEventStore,
+    limits: Arc<Mutex<Vec<usize>>>,
+}
+
+mod paging {
+    use super::Paging;
+    use eventuate_core::{
+        AppendOutcome, AppendRequest, CommandFingerprint, EventEnvelope, EventStore,
+        IdempotencyKey, Position, Snapshot, StreamBatch, StreamFilter,
+    };
+    use futures_util::future::BoxFuture;
+
+    type R<T> = eventuate_core::Result<T>;
+
+    impl EventStore for Paging {
+        fn append(&self, request: AppendRequest) -> BoxFuture<'_, R<AppendOutcome>> {
+            self.inner.append(request)
+        }
+        fn load<'a>(
+            &'a self,
+            t: &'a str,
+            id: &'a str,
+            after: u64,
+        ) -> BoxFuture<'a, R<Vec<EventEnvelope>>> {
+            self.inner.load(t, id, after)
+        }
+        fn read_stream<'a>(
+            &'a self,
+            after: Position,
+            filter: &'a StreamFilter,
+            limit: usize,
+        ) -> BoxFuture<'a, R<Vec<EventEnvelope>>> {
+            self.inner.read_stream(after, filter, limit)
+        }
+        fn read_batch<'a>(
+            &'a self,
+            after: Position,
+            filter: &'a StreamFilter,
+            limit: usize,
+        ) -> BoxFuture<'a, R<StreamBatch>> {
+            self.limits.lock().unwrap().push(limit);
+            self.inner.read_batch(after, filter, limit)
+        }
+        fn head(&self) -> BoxFuture<'_, R<Position>> {
+            self.inner.head()
+        }
+        fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, R<()>> {
+            self.inner.save_snapshot(snapshot)
+        }
+        fn load_snapshot<'a>(
+            &'a self,
+            t: &'a str,
+            id: &'a str,
+            version: u32,
+        ) -> BoxFuture<'a, R<Option<Snapshot>>> {
+            self.inner.load_snapshot(t, id, version)
+        }
+        fn recorded_command<'a>(
+            &'a self,
+            key: &'a IdempotencyKey,
+        ) -> BoxFuture<'a, R<Option<Option<CommandFingerprint>>>> {
+            self.inner.recorded_command(key)
+        }
+    }
+}
+
+/// Far behind, a consumer reads larger batches (4, 16, 64), and back at the head it reads
+/// `batch_size` again. Whether a batch reached the head is judged by the limit it was read
+/// with: judged by a larger one, a full batch would look short and the consumer would wait
+/// for the poll interval (a minute here, with no wake-up to come for the events stored before
+/// the start) instead of reading on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_grow_while_far_behind_and_shrink_at_the_head() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::new(store.clone());
+    for amount in 1..=200 {
+        deposit(&repo, "a", amount).await;
+    }
+    let limits = Arc::new(Mutex::new(Vec::new()));
+    let paging = Paging {
+        inner: store.clone(),
+        limits: limits.clone(),
+    };
+    let recorder = Recorder::new("paging");
+    let runtime = Eventuate::from_parts(Arc::new(paging), Arc::new(store.clone()))
+        .options(RuntimeOptions {
+            batch_size: 4,
+            max_batch_size: 64,
+            poll_interval: Duration::from_secs(60),
+            ..fast()
+        })
+        .subscriber(recorder.clone())
+        .start()
+        .unwrap();
+    eventually("the catch-up delivered", || recorder.amounts().len() == 200).await;
+    let expected: Vec<(String, u64)> = (1..=200).map(|a| ("a".to_owned(), a)).collect();
+    assert_eq!(recorder.amounts(), expected, "every deposit once, in order");
+    let catch_up = limits.lock().unwrap().clone();
+    assert_eq!(
+        &catch_up[..3],
+        &[4, 16, 64],
+        "reads grow while full: {catch_up:?}"
+    );
+    assert!(catch_up.iter().all(|l| *l <= 64), "{catch_up:?}");
+    // A new event wakes the consumer, which is at the head: a `batch_size` read.
+    deposit(&repo, "a", 201).await;
+    eventually("the new deposit delivered", || {
+        recorder.amounts().len() == 201
+    })
+    .await;
+    let after_head = limits.lock().unwrap()[catch_up.len()..].to_vec();
+    assert_eq!(after_head.first(), Some(&4), "{after_head:?}");
+    runtime.shutdown().await.unwrap();
+}

@@ -48,6 +48,8 @@ fn options(node_id: Uuid) -> RuntimeOptions {
         poll_interval: Duration::from_millis(50),
         lease_ttl: TTL,
         batch_size: 8,
+        // Small, so that batches grow (8, 32, 64) and shrink within a scenario.
+        max_batch_size: 64,
         shutdown_timeout: Duration::from_secs(2),
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::page::PageSize;
 use super::{Counters, Registered, Shared, filter_for};
 use crate::store::{EventStore, StreamBatch, StreamFilter, StreamItem};
 use crate::subscriber::{EventContext, HandlerError};
@@ -70,6 +71,8 @@ impl From<Error> for Interrupt {
 /// The read of the batch after `after`, started while the batch before it is delivered.
 struct Prefetch {
     after: Position,
+    /// The most events it asked for: whether its batch reached the head is judged by it.
+    limit: usize,
     task: tokio::task::JoinHandle<Result<StreamBatch>>,
 }
 
@@ -82,6 +85,7 @@ impl Prefetch {
     ) -> Self {
         Prefetch {
             after,
+            limit,
             task: tokio::spawn(async move { store.read_batch(after, &filter, limit).await }),
         }
     }
@@ -147,6 +151,9 @@ pub(super) struct Consumer {
     /// Entities with parked events: later events of theirs are parked behind them.
     blocked: BTreeSet<(String, String)>,
     counters: Arc<Counters>,
+    /// The subscriber id, shared by every delivery's context.
+    subscriber: Arc<str>,
+    deliveries: crate::telemetry::Deliveries,
 }
 
 impl Consumer {
@@ -162,7 +169,10 @@ impl Consumer {
         } else {
             0
         };
+        let subscriber: Arc<str> = Arc::from(registered.subscription.id.as_str());
         Consumer {
+            deliveries: crate::telemetry::Deliveries::of(&subscriber),
+            subscriber,
             filter: filter_for(&registered.subscription, claim.lease.key.partition),
             shared,
             registered,
@@ -232,6 +242,12 @@ impl Consumer {
         let mut next_save = Instant::now() + poll;
         // While a full batch is delivered, the next one is already being read.
         let mut prefetch: Option<Prefetch> = None;
+        // Far behind, batches grow; at the head they are `batch_size` again.
+        let pages = PageSize::new(
+            self.shared.options.batch_size,
+            self.shared.options.max_batch_size,
+        );
+        let mut next_limit = pages.first();
         if let Err(e) = self.replay_parked(stop).await {
             return e;
         }
@@ -252,26 +268,32 @@ impl Consumer {
                     }
                     next_replay_check = Instant::now() + poll;
                 }
-                let limit = self.shared.options.batch_size;
-                let batch = match prefetch.take() {
-                    Some(next) if next.after == self.checkpoint => next.result().await?,
+                let (batch, limit) = match prefetch.take() {
+                    Some(next) if next.after == self.checkpoint => {
+                        let limit = next.limit;
+                        (next.result().await?, limit)
+                    }
                     _ => {
-                        self.shared
+                        let limit = next_limit;
+                        let batch = self
+                            .shared
                             .store
                             .read_batch(self.checkpoint, &self.filter, limit)
-                            .await?
+                            .await?;
+                        (batch, limit)
                     }
                 };
-                // A short batch reached the head: wait instead of reading again. Safe, since
-                // the wake-up signal was borrowed before the read, so an append that landed
-                // meanwhile still wakes us at once.
-                let at_head = batch.items.len() < limit;
+                // A short batch (judged by the limit it was read with) reached the head: wait
+                // instead of reading again. Safe, since the wake-up signal was borrowed before
+                // the read, so an append that landed meanwhile still wakes us at once.
+                let at_head = PageSize::at_head(&batch, limit);
+                next_limit = pages.next(&batch, limit);
                 if !at_head {
                     prefetch = Some(Prefetch::start(
                         self.shared.store.clone(),
                         self.filter.clone(),
                         batch.scanned_to,
-                        limit,
+                        next_limit,
                     ));
                 }
                 let delivered_any = !batch.items.is_empty();
@@ -360,7 +382,7 @@ impl Consumer {
 
     async fn deliver(
         &mut self,
-        event: EventEnvelope,
+        mut event: EventEnvelope,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), Interrupt> {
         let position = event.position;
@@ -400,10 +422,12 @@ impl Consumer {
                     .await?;
                 self.attempt = Some((position, attempts));
             }
-            match self.run_handler(&event).await? {
+            let (back, outcome) = self.run_handler(event).await;
+            event = back;
+            match outcome? {
                 Ok(()) => {
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    crate::telemetry::delivered(&self.lease.key.subscriber_id, &event);
+                    self.deliveries.delivered(&event);
                     self.advance(position);
                     if transactional {
                         // The handler's transaction committed the checkpoint.
@@ -529,44 +553,62 @@ impl Consumer {
     /// could be begun, the lease is gone): retried by the consume loop without counting an
     /// attempt. The inner one is the handler's failure (an error, a panic, or a view
     /// transaction that would not commit): it counts as an attempt.
-    async fn run_handler(&self, event: &EventEnvelope) -> Result<Result<(), Failure>, Interrupt> {
-        let mut ctx = self.context(event);
+    ///
+    /// The event is moved into the attempt's context and handed back with the outcome.
+    async fn run_handler(
+        &self,
+        event: EventEnvelope,
+    ) -> (EventEnvelope, Result<Result<(), Failure>, Interrupt>) {
+        let mut ctx = self.context_of(event);
         if self.registered.subscription.transactional {
-            let tx = self.shared.subscriptions.begin(&self.lease).await?;
-            ctx = ctx.with_transaction(tx);
+            match self.shared.subscriptions.begin(&self.lease).await {
+                Ok(tx) => ctx = ctx.with_transaction(tx),
+                Err(e) => return (ctx.into_event(), Err(e.into())),
+            }
         }
-        if let Err(failure) = self.invoke(&ctx).await {
-            return Ok(Err(failure));
-        }
-        Ok(match ctx.take_transaction() {
-            None => Ok(()),
-            Some(tx) => match tx.commit(event.position).await {
-                Ok(()) => Ok(()),
-                Err(Error::LeaseLost { .. }) => return Err(Interrupt::LeaseLost),
-                Err(e) => Err(self.failure(event, Box::new(e), false)),
+        let outcome = match self.invoke(&ctx).await {
+            Err(failure) => Ok(Err(failure)),
+            Ok(()) => match ctx.take_transaction() {
+                None => Ok(Ok(())),
+                Some(tx) => match tx.commit(ctx.event().position).await {
+                    Ok(()) => Ok(Ok(())),
+                    Err(Error::LeaseLost { .. }) => Err(Interrupt::LeaseLost),
+                    Err(e) => Ok(Err(self.failure(ctx.event(), Box::new(e), false))),
+                },
             },
-        })
+        };
+        (ctx.into_event(), outcome)
     }
 
     /// The context of an attempt at `event`, carrying its attempt number (1 unless an attempt
     /// count was persisted for it).
     fn context(&self, event: &EventEnvelope) -> EventContext {
-        let ctx = EventContext::new(
-            self.shared.repository.clone(),
-            &self.registered.subscription.id,
-            event.clone(),
-        );
+        self.context_of(event.clone())
+    }
+
+    /// [`Self::context`] taking the event itself.
+    fn context_of(&self, event: EventEnvelope) -> EventContext {
+        let attempt = self
+            .attempt
+            .filter(|(at, _)| *at == event.position)
+            .map_or(1, |(_, n)| n);
         // A row stored under an older name of a renamed entity type: handlers see the current
         // name, `ctx.event()` the stored row.
-        match self.registered.current_names.get(&event.entity_type) {
-            Some(current) => ctx.with_current_entity_type(current.clone()),
+        let current = self
+            .registered
+            .current_names
+            .get(&event.entity_type)
+            .cloned();
+        let ctx = EventContext::for_subscriber(
+            self.shared.repository.clone(),
+            self.subscriber.clone(),
+            event,
+        );
+        match current {
+            Some(current) => ctx.with_current_entity_type(current),
             None => ctx,
         }
-        .with_attempt(
-            self.attempt
-                .filter(|(at, _)| *at == event.position)
-                .map_or(1, |(_, n)| n),
-        )
+        .with_attempt(attempt)
     }
 
     /// Calls the subscriber's handler with `ctx`, in its span, a panic turned into a failure.
@@ -769,7 +811,7 @@ impl Consumer {
             };
             for event in pending.drain(..handled) {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::delivered(&self.lease.key.subscriber_id, &event);
+                self.deliveries.delivered(&event);
                 self.advance(event.position);
             }
             let Some(error) = error else {
@@ -858,16 +900,18 @@ impl Consumer {
             events.sort_by_key(|p| p.event.position);
             let mut cleared = true;
             let mut events = events.into_iter();
-            while let Some(p) = events.next() {
+            while let Some(mut p) = events.next() {
                 let position = p.event.position;
-                match self.run_handler(&p.event).await? {
+                let (event, outcome) = self.run_handler(p.event).await;
+                p.event = event;
+                match outcome? {
                     Ok(()) => {
                         self.shared
                             .subscriptions
                             .replayed(&self.lease, position, None)
                             .await?;
                         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                        crate::telemetry::delivered(&self.lease.key.subscriber_id, &p.event);
+                        self.deliveries.delivered(&p.event);
                     }
                     Err(Failure { error, .. }) => {
                         let failure = Some((p.attempts + 1, error.to_string()));

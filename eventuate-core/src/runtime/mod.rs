@@ -6,7 +6,7 @@
 //! checks each subscriber's stored shape, and takes a fair share of each subscriber's
 //! partitions among the members that run it; each held partition runs one consumer task
 //! (`consumer`), which reads the global stream after its checkpoint in batches (filtered by
-//! entity type and partition), delivers each event in order, parks what cannot be delivered,
+//! entity type and partition; larger while far behind, see `page`), delivers each event in order, parks what cannot be delivered,
 //! and moves the checkpoint, every write fenced by its lease.
 //!
 //! ## Delivery guarantees
@@ -69,6 +69,7 @@
 
 mod consumer;
 mod manager;
+mod page;
 mod renames;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -99,8 +100,12 @@ pub struct RuntimeOptions {
     /// (the default). Leases are held by the runtime's incarnation, which is fresh for every
     /// start, so a restart under the same node id is still recognised as a new holder.
     pub node_id: Uuid,
-    /// Events read per batch.
+    /// Events read per batch near the head of the stream.
     pub batch_size: usize,
+    /// The most events read per batch while a consumer is far behind: after each full batch
+    /// the next is four times larger, up to this and to about 8 MiB of events; a short batch
+    /// (the head) brings it back to `batch_size`. Set it to `batch_size` for fixed batches.
+    pub max_batch_size: usize,
     /// Fallback poll interval: how long a consumer waits for a wake-up before reading anyway.
     pub poll_interval: Duration,
     /// Lease duration; leases are renewed every third of it. A dead node's partitions are
@@ -116,6 +121,7 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             node_id: Uuid::new_v4(),
             batch_size: 256,
+            max_batch_size: 4096,
             poll_interval: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),

@@ -141,8 +141,11 @@ impl Env {
         let store = self.store(&format!("{name}_raw"), 1).await?;
         let table = format!("\"{}\".events", store.schema());
         store.close().await;
+        // No check before each acquisition: the floor gets the cheapest pool sqlx offers
+        // (the store checks only connections idle for a second or more).
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
+            .test_before_acquire(false)
             .connect(&self.url)
             .await?;
         Ok(Raw { pool, table })

@@ -20,14 +20,17 @@ impl PostgresEventStore {
         eventuate_core::name::validate_entity_type(entity_type)?;
         eventuate_core::name::validate_entity_id(entity_id)?;
         let context = || format!("load {entity_type} `{entity_id}`");
-        let rows = sqlx::query(&self.inner.sql.load)
+        let query = sqlx::query(&self.inner.sql.load)
             .bind(entity_type)
             .bind(entity_id)
-            .bind(i64::try_from(after_version).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| backend(context(), e))?;
-        rows.iter().map(|row| envelope(row, &context)).collect()
+            .bind(i64::try_from(after_version).unwrap_or(i64::MAX));
+        let mut events = Vec::new();
+        each_row(query, &self.inner.pool, &context, |row| {
+            events.push(envelope(&row, &context)?);
+            Ok(())
+        })
+        .await?;
+        Ok(events)
     }
 
     /// Three columns instead of the envelope's nine: rebuilding an aggregate needs neither
@@ -41,24 +44,50 @@ impl PostgresEventStore {
         eventuate_core::name::validate_entity_type(entity_type)?;
         eventuate_core::name::validate_entity_id(entity_id)?;
         let context = || format!("load {entity_type} `{entity_id}`");
-        let rows = sqlx::query(&self.inner.sql.load_fold)
+        let query = sqlx::query(&self.inner.sql.load_fold)
             .bind(entity_type)
             .bind(entity_id)
-            .bind(i64::try_from(after_version).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| backend(context(), e))?;
-        rows.iter()
-            .map(|row| {
-                let version: i64 = get(row, 0, &context)?;
-                Ok(eventuate_core::StoredEvent {
-                    entity_version: to_u64(version),
-                    event_type: get(row, 1, &context)?,
-                    payload: get(row, 2, &context)?,
-                    schema_version: schema_version(get(row, 3, &context)?),
-                })
+            .bind(i64::try_from(after_version).unwrap_or(i64::MAX));
+        let mut events = Vec::new();
+        each_row(query, &self.inner.pool, &context, |row| {
+            let version: i64 = get(&row, 0, &context)?;
+            events.push(eventuate_core::StoredEvent {
+                entity_version: to_u64(version),
+                event_type: get(&row, 1, &context)?,
+                payload: get(&row, 2, &context)?,
+                schema_version: schema_version(get(&row, 3, &context)?),
+            });
+            Ok(())
+        })
+        .await?;
+        Ok(events)
+    }
+
+    /// [`Self::load_fold`]'s rows handed to `apply` as they arrive, borrowed from the row.
+    pub(super) async fn fold(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        after_version: u64,
+        apply: &mut eventuate_core::store::FoldFn<'_>,
+    ) -> CoreResult<()> {
+        eventuate_core::name::validate_entity_type(entity_type)?;
+        eventuate_core::name::validate_entity_id(entity_id)?;
+        let context = || format!("load {entity_type} `{entity_id}`");
+        let query = sqlx::query(&self.inner.sql.load_fold)
+            .bind(entity_type)
+            .bind(entity_id)
+            .bind(i64::try_from(after_version).unwrap_or(i64::MAX));
+        each_row(query, &self.inner.pool, &context, |row| {
+            let version: i64 = get(&row, 0, &context)?;
+            apply(eventuate_core::StoredEventRef {
+                entity_version: to_u64(version),
+                event_type: get(&row, 1, &context)?,
+                payload: get(&row, 2, &context)?,
+                schema_version: schema_version(get(&row, 3, &context)?),
             })
-            .collect()
+        })
+        .await
     }
 
     /// The snapshot and the events after it in one statement (one round trip, one view of
@@ -72,16 +101,14 @@ impl PostgresEventStore {
         eventuate_core::name::validate_entity_type(entity_type)?;
         eventuate_core::name::validate_entity_id(entity_id)?;
         let context = || format!("load {entity_type} `{entity_id}` with its snapshot");
-        let rows = sqlx::query(&self.inner.sql.load_snapshot_and_fold)
+        let query = sqlx::query(&self.inner.sql.load_snapshot_and_fold)
             .bind(entity_type)
             .bind(entity_id)
-            .bind(i64::from(snapshot_version))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| backend(context(), e))?;
+            .bind(i64::from(snapshot_version));
         let mut snapshot = None;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
+        let mut events = Vec::new();
+        each_row(query, &self.inner.pool, &context, |row| {
+            let row = &row;
             let kind: i32 = get(row, 0, &context)?;
             let version: i64 = get(row, 1, &context)?;
             let payload: String = get(row, 3, &context)?;
@@ -101,7 +128,9 @@ impl PostgresEventStore {
                     schema_version: schema_version(get(row, 4, &context)?),
                 });
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok((snapshot, events))
     }
 
@@ -178,11 +207,13 @@ impl PostgresEventStore {
         let args = filtered_args(after, limit, filter)
             .map_err(|e| backend(context(), sqlx::Error::Encode(e)))?;
         let query = sqlx::query_with(self.inner.sql.read.of(filter), args);
-        let rows = query
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| backend(context(), e))?;
-        rows.iter().map(|row| envelope(row, &context)).collect()
+        let mut events = Vec::with_capacity(limit.min(4096));
+        each_row(query, &self.inner.pool, &context, |row| {
+            events.push(envelope(&row, &context)?);
+            Ok(())
+        })
+        .await?;
+        Ok(events)
     }
 
     /// A batch for a consumer: undecodable rows are handed over instead of failing the read,
@@ -204,20 +235,20 @@ impl PostgresEventStore {
         let args = filtered_args(after, limit, filter)
             .map_err(|e| backend(context(), sqlx::Error::Encode(e)))?;
         let query = sqlx::query_with(self.inner.sql.batch.of(filter), args);
-        let rows = query
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| backend(context(), e))?;
-        let mut items = Vec::with_capacity(rows.len());
+        let mut items = Vec::with_capacity(limit.min(4096));
         let mut horizon = 0i64;
-        for row in &rows {
-            horizon = get(row, 0, &context)?;
-            let sequence: Option<i64> = get(row, 2, &context)?;
-            if sequence.is_none() {
-                continue;
+        // The horizon's row and the event rows, in whatever order the server sends them (the
+        // events keep theirs).
+        each_row(query, &self.inner.pool, &context, |row| {
+            let sequence: Option<i64> = get(&row, 2, &context)?;
+            if sequence.is_some() {
+                items.push(stream_item(&row, 1, &context)?);
+            } else {
+                horizon = get(&row, 0, &context)?;
             }
-            items.push(stream_item(row, 1, &context)?);
-        }
+            Ok(())
+        })
+        .await?;
         let scanned_to = if items.len() < limit {
             // Everything below the horizon that passes the filter was read, and nothing can
             // be committed below it any more.
@@ -322,6 +353,24 @@ impl PostgresEventStore {
             payload,
         }))
     }
+}
+
+/// Runs `query` and hands each row to `decode` as it arrives. A row is dropped once decoded
+/// instead of all being collected first: the rows' bytes are slices of the connection's read
+/// buffer, and while any is alive the buffer cannot be reused, so collecting a long result
+/// makes the connection allocate fresh buffers as it reads.
+async fn each_row<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    pool: &sqlx::PgPool,
+    context: &(dyn Fn() -> String + Sync),
+    mut decode: impl FnMut(PgRow) -> CoreResult<()> + Send,
+) -> CoreResult<()> {
+    use futures_util::TryStreamExt;
+    let mut rows = query.fetch(pool);
+    while let Some(row) = rows.try_next().await.map_err(|e| backend(context(), e))? {
+        decode(row)?;
+    }
+    Ok(())
 }
 
 /// Decodes a row of the columns listed in [`EVENT_COLUMNS`]; a row whose metadata does not
