@@ -16,8 +16,9 @@
 //! isolation reports false conflicts between concurrent transactions on different accounts
 //! (predicate locks cover index pages, not just rows): the decision then fails with a
 //! concurrency error, which an application retries. [`DisintegrateSide::make`] does so, up to
-//! [`MAX_ATTEMPTS`] times (eventuate's repository retries its conflicts the same way, up to
-//! 10 attempts), and counts the retries for the report.
+//! [`MAX_ATTEMPTS`] times, after a random pause of up to one millisecond per failed attempt
+//! (so that the same transactions do not collide again at once), and counts the retries for
+//! the report. (eventuate's repository retries its own conflicts, without pause.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -207,7 +208,7 @@ pub async fn store(pool: PgPool) -> BoxResult<Store> {
 pub type Store = PgEventStore<AccountEvent, Json<AccountEvent>>;
 
 /// Attempts of one decision before a run of concurrency errors is given up.
-pub const MAX_ATTEMPTS: u32 = 20;
+pub const MAX_ATTEMPTS: u32 = 50;
 
 pub struct DisintegrateSide {
     pub pool: PgPool,
@@ -241,10 +242,15 @@ impl DisintegrateSide {
             match self.decision_maker.make(decision.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(error) if attempt < MAX_ATTEMPTS && is_concurrency(&error) => {
-                    attempt += 1;
                     self.retries.fetch_add(1, Ordering::Relaxed);
+                    let pause = rand::random_range(0..=u64::from(attempt) * 1_000);
+                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+                    attempt += 1;
                 }
-                Err(error) => return Err(error.into()),
+                Err(error) if is_concurrency(&error) => {
+                    return Err(format!("gave up after {attempt} attempts: {error}").into());
+                }
+                Err(error) => return Err(format!("not a concurrency error: {error:?}").into()),
             }
         }
     }
