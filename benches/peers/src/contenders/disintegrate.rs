@@ -16,9 +16,9 @@
 //! isolation reports false conflicts between concurrent transactions on different accounts
 //! (predicate locks cover index pages, not just rows): the decision then fails with a
 //! concurrency error, which an application retries. [`DisintegrateSide::make`] does so, up to
-//! [`MAX_ATTEMPTS`] times, after a random pause of up to one millisecond per failed attempt
-//! (so that the same transactions do not collide again at once), and counts the retries for
-//! the report. (eventuate's repository retries its own conflicts, without pause.)
+//! [`MAX_ATTEMPTS`] times, after a random pause of up to 2^attempts microseconds, at most
+//! [`MAX_PAUSE`] (exponential backoff with jitter, so that the same transactions do not
+//! collide again at once), and counts the retries for the report. (eventuate's repository retries its own conflicts, without pause.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -208,7 +208,10 @@ pub async fn store(pool: PgPool) -> BoxResult<Store> {
 pub type Store = PgEventStore<AccountEvent, Json<AccountEvent>>;
 
 /// Attempts of one decision before a run of concurrency errors is given up.
-pub const MAX_ATTEMPTS: u32 = 50;
+pub const MAX_ATTEMPTS: u32 = 1_000;
+
+/// Longest pause between two attempts.
+pub const MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub struct DisintegrateSide {
     pub pool: PgPool,
@@ -243,7 +246,8 @@ impl DisintegrateSide {
                 Ok(_) => return Ok(()),
                 Err(error) if attempt < MAX_ATTEMPTS && is_concurrency(&error) => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
-                    let pause = rand::random_range(0..=u64::from(attempt) * 1_000);
+                    let ceiling = (1u64 << attempt.min(20)).min(MAX_PAUSE.as_micros() as u64);
+                    let pause = rand::random_range(0..=ceiling);
                     tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
                     attempt += 1;
                 }
