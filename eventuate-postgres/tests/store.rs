@@ -872,3 +872,91 @@ async fn throwaway_server_restarts_and_cleans_up() {
     drop(server);
     assert!(!root.exists(), "{} is left behind", root.display());
 }
+
+/// Batches of every page size (small pages scan up to the horizon; large ones, from 1,024
+/// rows, read the page and cut it at the horizon) answer alike around an open transaction:
+/// the rows committed below it, how far they looked (never at or past it), and after its
+/// commit its rows and the later ones in order, a full page ending at its last row.
+#[tokio::test]
+async fn batches_of_every_page_size_stop_at_an_open_transaction() {
+    let store = store().await;
+    let before = positions(
+        store
+            .append(request("Order", "before", ExpectedVersion::New, 5))
+            .await
+            .expect("before"),
+    );
+    let mut tx_a = store.pool().begin().await.expect("begin");
+    let a = positions(
+        store
+            .append_in(&mut tx_a, request("Order", "a", ExpectedVersion::New, 2))
+            .await
+            .expect("a"),
+    );
+    // Far more rows after the open transaction than the largest page: a page read without
+    // the bound fills with them.
+    for chunk in 0..5 {
+        store
+            .append(request(
+                "Order",
+                &format!("b{chunk}"),
+                ExpectedVersion::New,
+                1000,
+            ))
+            .await
+            .expect("b");
+    }
+    let filters = [
+        StreamFilter::default(),
+        StreamFilter {
+            entity_types: vec!["Order".into()],
+            ..StreamFilter::default()
+        },
+    ];
+    for filter in &filters {
+        for limit in [3, 256, 1023, 1024, 4096] {
+            let batch = store
+                .read_batch(Position::START, filter, limit)
+                .await
+                .expect("read");
+            let got: Vec<Position> = batch.items.iter().map(|i| i.event().position).collect();
+            let want: Vec<Position> = before.iter().copied().take(limit).collect();
+            assert_eq!(
+                got, want,
+                "limit {limit}: only rows below the open transaction"
+            );
+            assert!(
+                batch.scanned_to < a[0],
+                "limit {limit}: looked at or past the open transaction ({} >= {})",
+                batch.scanned_to,
+                a[0]
+            );
+            if limit > before.len() {
+                assert!(batch.scanned_to >= before[4], "limit {limit}: a short read");
+            }
+        }
+    }
+    tx_a.commit().await.expect("commit a");
+    for filter in &filters {
+        for limit in [256, 4096] {
+            let batch = store
+                .read_batch(before[4], filter, limit)
+                .await
+                .expect("read");
+            assert_eq!(batch.items.len(), limit, "limit {limit}: a full page");
+            assert_eq!(batch.items[0].event().position, a[0]);
+            assert_eq!(batch.items[1].event().position, a[1]);
+            assert!(
+                batch
+                    .items
+                    .windows(2)
+                    .all(|w| w[0].event().position < w[1].event().position)
+            );
+            assert_eq!(
+                batch.scanned_to,
+                batch.items[limit - 1].event().position,
+                "a full page looked as far as its last row"
+            );
+        }
+    }
+}

@@ -234,7 +234,12 @@ impl PostgresEventStore {
         let context = || format!("read the event stream after position {after}");
         let args = filtered_args(after, limit, filter)
             .map_err(|e| backend(context(), sqlx::Error::Encode(e)))?;
-        let query = sqlx::query_with(self.inner.sql.batch.of(filter), args);
+        let statement = if limit >= super::sql::WINDOW_FROM {
+            &self.inner.sql.batch_window
+        } else {
+            &self.inner.sql.batch
+        };
+        let query = sqlx::query_with(statement.of(filter), args);
         let mut items = Vec::with_capacity(limit.min(4096));
         let mut horizon = 0i64;
         // The horizon's row and the event rows, in whatever order the server sends them (the
