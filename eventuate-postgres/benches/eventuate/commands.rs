@@ -1,5 +1,8 @@
 //! Workloads 1, 6 and 7: command throughput and latency at 1, 8 and 32 concurrent tasks, with
-//! and without the aggregate cache, against a raw floor of one autocommit INSERT per command;
+//! and without the aggregate cache, against raw floors: for commands without the cache, what a
+//! hand-written command does without one (SELECT the entity's events, decode them, INSERT the
+//! next); for commands with the cache, one autocommit INSERT per command (shown against the
+//! uncached commands too, as the reference of the runs before 2026-12-06);
 //! writer scaling (32 tasks / 8 tasks); and the wake-up kept out of the writers' commit path
 //! (a subscriber running during the commands; a raw floor with NOTIFY inside each INSERT's
 //! transaction).
@@ -30,6 +33,9 @@ use crate::{BoxResult, Mode};
 enum Variant {
     /// One autocommit INSERT per command.
     Raw,
+    /// A hand-written command without a cache: SELECT the entity's events (version, type,
+    /// payload), decode each payload, then the autocommit INSERT of the next version.
+    RawLoad,
     /// The same INSERT, with `pg_notify` in the same statement (so in its transaction).
     RawNotify,
     /// `repository.update` without the aggregate cache.
@@ -46,6 +52,7 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Variant::Raw => "raw",
+            Variant::RawLoad => "raw-load",
             Variant::RawNotify => "raw+notify",
             Variant::Framework => "framework",
             Variant::Cached => "framework+cache",
@@ -124,7 +131,12 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
     let mut notified: BTreeMap<Variant, (u64, u64)> = BTreeMap::new();
     let mut subscriber_delivered = (0u64, 0u64);
     for level in levels(mode) {
-        let mut variants = vec![Variant::Raw, Variant::Framework, Variant::Cached];
+        let mut variants = vec![
+            Variant::Raw,
+            Variant::RawLoad,
+            Variant::Framework,
+            Variant::Cached,
+        ];
         if level.tasks == 32 {
             variants.extend([Variant::RawNotify, Variant::Subscribed]);
         }
@@ -161,12 +173,25 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
     let get = |tasks: usize, variant: Variant| results.get(&(tasks, variant)).cloned();
     for level in levels(mode) {
         let tasks = level.tasks;
-        let raw = get(tasks, Variant::Raw).unwrap_or_default();
+        let insert_only = get(tasks, Variant::Raw).unwrap_or_default();
+        let load_insert = get(tasks, Variant::RawLoad).unwrap_or_default();
         for (variant, label, target) in [
             (Variant::Framework, "no cache", Target::RatioAtLeast(0.7)),
             (Variant::Cached, "cache", Target::RatioAtLeast(0.9)),
         ] {
             let fw = get(tasks, variant).unwrap_or_default();
+            let (raw, reference_is) = if variant == Variant::Framework {
+                (
+                    &load_insert,
+                    "a hand-written command without a cache: SELECT the entity's events, \
+                     decode them, INSERT the next (two statements, as the framework)",
+                )
+            } else {
+                (
+                    &insert_only,
+                    "one autocommit INSERT of an equivalent event row per command",
+                )
+            };
             let accounts = tasks * level.accounts_per_task;
             rows.push(
                 Row::new(
@@ -175,7 +200,14 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
                     fw.rate(),
                     raw.rate(),
                 )
-                .notes(latency_note(&fw), latency_note(&raw))
+                .notes(
+                    latency_note(&fw),
+                    if variant == Variant::Framework {
+                        format!("SELECT + INSERT: {}", latency_note(raw))
+                    } else {
+                        format!("INSERT: {}", latency_note(raw))
+                    },
+                )
                 .target(if tasks == 32 { target } else { Target::None })
                 .details(json!({
                     "tasks": tasks,
@@ -184,9 +216,27 @@ pub async fn run(env: &Env, mode: Mode, diag: Option<&Diagnosis>) -> BoxResult<V
                     "commands_per_run": accounts * DEPOSITS,
                     "rounds": rounds,
                     "framework": throughput_json(&fw),
-                    "reference": throughput_json(&raw),
-                    "reference_is": "one autocommit INSERT of an equivalent event row per command",
+                    "reference": throughput_json(raw),
+                    "reference_is": reference_is,
                 })),
+            );
+        }
+        if tasks == 32 {
+            let fw = get(tasks, Variant::Framework).unwrap_or_default();
+            rows.push(
+                Row::new(
+                    "1. commands/s, 32 tasks, no cache, against one INSERT per command",
+                    "cmd/s",
+                    fw.rate(),
+                    insert_only.rate(),
+                )
+                .notes(
+                    latency_note(&fw),
+                    format!(
+                        "INSERT only, no read of the entity (the earlier reference): {}",
+                        latency_note(&insert_only)
+                    ),
+                ),
             );
         }
     }
@@ -311,6 +361,13 @@ impl Bench<'_> {
             Variant::Raw | Variant::RawNotify => {
                 let token = diag::begin(self.diag).await?;
                 let outcome = timed_raw(&self.raw, ids, variant == Variant::RawNotify).await?;
+                self.observed(token, variant, level, &outcome).await?;
+                Ok(outcome)
+            }
+            Variant::RawLoad => {
+                open_raw(&self.raw, &ids).await?;
+                let token = diag::begin(self.diag).await?;
+                let outcome = timed_raw_load(&self.raw, ids).await?;
                 self.observed(token, variant, level, &outcome).await?;
                 Ok(outcome)
             }
@@ -469,6 +526,84 @@ async fn timed_raw(raw: &Raw, ids: Vec<Vec<String>>, notify: bool) -> BoxResult<
                         .bind(uuid::Uuid::new_v4())
                         .bind(id)
                         .bind(k as i64 + 2)
+                        .bind(deposited_json(1))
+                        .bind(&metadata.text)
+                        .bind(hash)
+                        .execute(&pool)
+                        .await?;
+                    latencies.push(t0.elapsed().as_nanos() as u64);
+                }
+            }
+            Ok::<_, sqlx::Error>(latencies)
+        }));
+    }
+    collect(start, tasks).await
+}
+
+/// The accounts' `Opened` rows for [`timed_raw_load`], untimed (as the framework's accounts
+/// are opened before its runs).
+async fn open_raw(raw: &Raw, ids: &[Vec<String>]) -> BoxResult<()> {
+    let insert = format!(
+        "INSERT INTO {} (event_id, entity_type, entity_id, entity_version, event_type, \
+         payload, metadata, partition_hash) \
+         VALUES ($1, 'Account', $2, 1, 'Opened', '{{\"owner\":\"bench\"}}'::json, $3::json, $4)",
+        raw.table
+    );
+    for id in ids.iter().flatten() {
+        sqlx::query(&insert)
+            .bind(uuid::Uuid::new_v4())
+            .bind(id)
+            .bind(&command_metadata().text)
+            .bind(eventuate_core::name::entity_hash(id) as i32)
+            .execute(&raw.pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A hand-written command without a cache, per deposit: read the account's events, decode
+/// each payload, and insert the next version (fails on a version that is not the next).
+async fn timed_raw_load(raw: &Raw, ids: Vec<Vec<String>>) -> BoxResult<Outcome> {
+    let load: Arc<str> = format!(
+        "SELECT entity_version, event_type, payload::text FROM {} \
+         WHERE entity_type = 'Account' AND entity_id = $1 ORDER BY entity_version",
+        raw.table
+    )
+    .into();
+    let insert: Arc<str> = format!(
+        "INSERT INTO {} (event_id, entity_type, entity_id, entity_version, event_type, \
+         payload, metadata, partition_hash) \
+         VALUES ($1, 'Account', $2, $3, 'Deposited', $4::json, $5::json, $6)",
+        raw.table
+    )
+    .into();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for task_ids in ids {
+        let (pool, load, insert) = (raw.pool.clone(), load.clone(), insert.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(task_ids.len() * DEPOSITS);
+            let hashes: Vec<i32> = task_ids
+                .iter()
+                .map(|id| eventuate_core::name::entity_hash(id) as i32)
+                .collect();
+            for _ in 0..DEPOSITS {
+                for (id, hash) in task_ids.iter().zip(&hashes) {
+                    let t0 = Instant::now();
+                    let rows: Vec<(i64, String, String)> =
+                        sqlx::query_as(&load).bind(id).fetch_all(&pool).await?;
+                    let mut version = 0i64;
+                    for (v, event_type, payload) in &rows {
+                        let decoded: serde_json::Value = serde_json::from_str(payload)
+                            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                        std::hint::black_box((event_type, decoded));
+                        version = *v;
+                    }
+                    let metadata = command_metadata();
+                    sqlx::query(&insert)
+                        .bind(uuid::Uuid::new_v4())
+                        .bind(id)
+                        .bind(version + 1)
                         .bind(deposited_json(1))
                         .bind(&metadata.text)
                         .bind(hash)
