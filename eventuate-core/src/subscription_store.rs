@@ -251,6 +251,23 @@ pub trait SubscriptionStore: Send + Sync + 'static {
     /// another holder took it.
     fn renew<'a>(&'a self, lease: &'a Lease, ttl: Duration) -> BoxFuture<'a, Result<bool>>;
 
+    /// [`Self::renew`] for several leases: one answer per lease, in their order. The runtime
+    /// renews all of its leases with one call per round; stores override it to do that in one
+    /// statement (the default renews them one by one).
+    fn renew_all<'a>(
+        &'a self,
+        leases: &'a [Lease],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(async move {
+            let mut held = Vec::with_capacity(leases.len());
+            for lease in leases {
+                held.push(self.renew(lease, ttl).await?);
+            }
+            Ok(held)
+        })
+    }
+
     /// Gives the lease up cleanly (after the checkpoint is saved), if its holder still holds
     /// it.
     fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<()>>;

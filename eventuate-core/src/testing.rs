@@ -1702,3 +1702,75 @@ pub async fn external_command_ids_are_applied_once<S: EventStore + Clone>(store:
         5
     );
 }
+
+/// [`crate::runtime::SubscriptionStore::renew_all`] answers per lease, in order: `true` and
+/// the lease extended for the leases their holder still holds, `false` for one another member
+/// holds; no leases, no answers.
+pub async fn renewing_several_leases<S>(store: &S)
+where
+    S: crate::runtime::SubscriptionStore,
+{
+    use std::time::Duration;
+
+    use crate::subscription_store::{Member, PartitionKey, Shape};
+
+    let id = unique("renew-all");
+    let generation = store
+        .reshape(
+            &id,
+            &Shape::new(3, &["Thing".to_owned()], &[]),
+            Position::START,
+        )
+        .await
+        .expect("reshape")
+        .generation;
+    let member = |name: &str| Member {
+        incarnation: Uuid::new_v4(),
+        node: Uuid::new_v4(),
+        subscribers: vec![name.to_owned()],
+    };
+    let (a, b) = (member(&id), member(&id));
+    let key = |partition| PartitionKey {
+        subscriber_id: id.clone(),
+        partition,
+        partitions: 3,
+    };
+    let short = Duration::from_millis(400);
+    let mut leases = Vec::new();
+    for (partition, holder) in [(0, &a), (1, &b), (2, &a)] {
+        leases.push(
+            store
+                .try_acquire(&key(partition), holder, generation, short)
+                .await
+                .expect("try_acquire")
+                .expect("a free partition")
+                .lease,
+        );
+    }
+    // A lease A does not hold: partition 1 is B's.
+    let mut asked = leases.clone();
+    asked[1].holder = a.incarnation;
+    let held = store
+        .renew_all(&asked, Duration::from_secs(60))
+        .await
+        .expect("renew_all");
+    assert_eq!(held, vec![true, false, true]);
+    assert!(
+        store
+            .renew_all(&[], Duration::from_secs(60))
+            .await
+            .expect("renew nothing")
+            .is_empty()
+    );
+    // Past the short TTL: the renewed leases are still A's, B's (not renewed) has expired.
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
+    let owners: Vec<Option<Uuid>> = store
+        .subscriber(&id)
+        .await
+        .expect("subscriber")
+        .partitions
+        .iter()
+        .map(|p| p.owner.map(|(holder, _)| holder))
+        .collect();
+    assert_eq!(owners, vec![Some(a.incarnation), None, Some(a.incarnation)]);
+}

@@ -72,6 +72,7 @@ pub(crate) struct SubscriptionSql {
     subscriber: String,
     acquire: String,
     renew: String,
+    renew_all: String,
     release: String,
     save_checkpoint: String,
     save_checkpoint_in_tx: String,
@@ -188,6 +189,17 @@ impl SubscriptionSql {
             renew: format!(
                 "UPDATE {parts} SET lease_expires_at = now() + make_interval(secs => $4) \
                  FROM ({RELAXED}) AS relaxed WHERE {held}"
+            ),
+            // Every lease of a runtime in one statement: $1 subscribers, $2 partitions, $3
+            // holders (arrays, one element per lease), $4 the TTL; returns the leases still
+            // held.
+            renew_all: format!(
+                "UPDATE {parts} p SET lease_expires_at = now() + make_interval(secs => $4) \
+                 FROM ({RELAXED}) AS relaxed, \
+                   UNNEST($1::text[], $2::int[], $3::uuid[]) AS k(subscriber_id, partition, holder) \
+                 WHERE p.subscriber_id = k.subscriber_id AND p.partition = k.partition \
+                   AND p.owner = k.holder \
+                 RETURNING p.subscriber_id, p.partition, p.owner"
             ),
             release: format!(
                 "UPDATE {parts} SET owner = NULL, owner_node = NULL, lease_expires_at = NULL, \
@@ -709,6 +721,43 @@ impl SubscriptionStore for PostgresEventStore {
                 .await
                 .map_err(db("renew the subscription lease"))?;
             Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn renew_all<'a>(
+        &'a self,
+        leases: &'a [Lease],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(async move {
+            if leases.is_empty() {
+                return Ok(Vec::new());
+            }
+            let subscribers: Vec<&str> = leases
+                .iter()
+                .map(|l| l.key.subscriber_id.as_str())
+                .collect();
+            let partitions: Vec<i32> = leases.iter().map(|l| count(l.key.partition)).collect();
+            let holders: Vec<Uuid> = leases.iter().map(|l| l.holder).collect();
+            let rows: Vec<(String, i32, Uuid)> = sqlx::query_as(&self.subscription_sql().renew_all)
+                .bind(&subscribers)
+                .bind(&partitions)
+                .bind(&holders)
+                .bind(ttl.as_secs_f64())
+                .fetch_all(self.pool())
+                .await
+                .map_err(db("renew the subscription leases"))?;
+            let still: std::collections::HashSet<(String, i32, Uuid)> = rows.into_iter().collect();
+            Ok(leases
+                .iter()
+                .map(|l| {
+                    still.contains(&(
+                        l.key.subscriber_id.clone(),
+                        count(l.key.partition),
+                        l.holder,
+                    ))
+                })
+                .collect())
         })
     }
 

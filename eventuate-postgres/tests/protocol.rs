@@ -876,3 +876,10 @@ async fn rows_left_by_the_previous_version_are_adopted() {
     }
     runtime.shutdown().await.unwrap();
 }
+
+/// The runtime's leases renewed in one statement: per lease, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_leases_are_renewed_in_one_statement() {
+    let db = test_database().await;
+    eventuate_core::testing::renewing_several_leases(&store(&db.url).await).await;
+}

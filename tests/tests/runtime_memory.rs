@@ -1809,3 +1809,9 @@ async fn batches_grow_while_far_behind_and_shrink_at_the_head() {
     assert_eq!(after_head.first(), Some(&4), "{after_head:?}");
     runtime.shutdown().await.unwrap();
 }
+
+/// The in-memory store's `renew_all` (the trait's default: one renewal per lease).
+#[tokio::test]
+async fn several_leases_are_renewed_per_lease_in_memory() {
+    eventuate_core::testing::renewing_several_leases(&InMemoryEventStore::new()).await;
+}

@@ -1,5 +1,6 @@
 //! The lease manager: one task per runtime that, every third of the lease TTL, renews the
-//! leases of its consumers (stopping ones included, until they have exited), heartbeats its
+//! leases of its consumers (stopping ones included, until they have exited; all of them in one
+//! call, [`crate::subscription_store::SubscriptionStore::renew_all`]), heartbeats its
 //! membership, checks each subscriber's stored shape, and takes or gives back partitions.
 //!
 //! - **Fair share per subscriber.** Only members that run a subscriber (with the stored shape)
@@ -22,7 +23,7 @@ use tracing::Instrument;
 use super::consumer::{Consumer, Validity};
 use super::{ConsumerHandle, Registered, ShapeView, Shared};
 use crate::subscriber::StartFrom;
-use crate::subscription_store::{Member, PartitionKey, SubscriberState};
+use crate::subscription_store::{Lease, Member, PartitionKey, SubscriberState};
 use crate::{Position, Result};
 
 pub(super) async fn manage(shared: Arc<Shared>) {
@@ -191,32 +192,47 @@ pub(super) async fn balance(shared: &Arc<Shared>) -> Result<()> {
 /// lease another member took. A failed renewal is logged and left to the next round: the
 /// consumer's validity runs out meanwhile, so it starts no handler on a lease it may have lost.
 async fn renew(shared: &Shared, consumers: &mut HashMap<(String, u32), ConsumerHandle>) {
+    if consumers.is_empty() {
+        return;
+    }
     let ttl = shared.options.lease_ttl;
-    for handle in consumers.values_mut() {
-        let sent = Instant::now();
-        let key = &handle.lease.key;
-        let span = tracing::debug_span!("lease_renew", subscriber = %key.subscriber_id, partition = key.partition);
-        match shared
-            .subscriptions
-            .renew(&handle.lease, ttl)
-            .instrument(span)
-            .await
-        {
-            Ok(true) => handle.validity.extend_to(sent + ttl),
-            Ok(false) => {
-                if !handle.stopping {
-                    let key = &handle.lease.key;
-                    crate::telemetry::lease_lost(&key.subscriber_id);
-                    tracing::warn!(subscriber = %key.subscriber_id, partition = key.partition, "lease taken by another member; stopping consumer");
-                    handle.stop();
-                }
-                handle.validity.end();
-            }
-            Err(e) => {
-                let key = &handle.lease.key;
-                tracing::warn!(subscriber = %key.subscriber_id, partition = key.partition, error = %e, "lease not renewed; retrying");
-            }
+    let mut handles: Vec<&mut ConsumerHandle> = consumers.values_mut().collect();
+    let leases: Vec<Lease> = handles.iter().map(|h| h.lease.clone()).collect();
+    // Taken before the statement: a lease is trusted for at most the TTL from here.
+    let sent = Instant::now();
+    let span = tracing::debug_span!("lease_renew", leases = leases.len());
+    let held = match shared
+        .subscriptions
+        .renew_all(&leases, ttl)
+        .instrument(span)
+        .await
+    {
+        Ok(held) if held.len() == leases.len() => held,
+        Ok(held) => {
+            tracing::warn!(
+                asked = leases.len(),
+                answered = held.len(),
+                "the subscription store answered a lease renewal for another number of leases; retrying"
+            );
+            return;
         }
+        Err(e) => {
+            tracing::warn!(leases = leases.len(), error = %e, "leases not renewed; retrying");
+            return;
+        }
+    };
+    for (handle, held) in handles.iter_mut().zip(held) {
+        if held {
+            handle.validity.extend_to(sent + ttl);
+            continue;
+        }
+        if !handle.stopping {
+            let key = &handle.lease.key;
+            crate::telemetry::lease_lost(&key.subscriber_id);
+            tracing::warn!(subscriber = %key.subscriber_id, partition = key.partition, "lease taken by another member; stopping consumer");
+            handle.stop();
+        }
+        handle.validity.end();
     }
 }
 
