@@ -960,3 +960,49 @@ async fn batches_of_every_page_size_stop_at_an_open_transaction() {
         }
     }
 }
+
+/// A short batch claims to have looked only as far as the newest event's transaction, not up
+/// to the horizon: transaction ids handed out after it (here by transactions that write no
+/// event) need not be in the WAL, and after a crash PostgreSQL hands them out again, so a
+/// claim past the newest event could skip an event committed after the crash
+/// (`server_restart.rs` saw exactly that before the claim was narrowed).
+#[tokio::test]
+async fn a_short_batch_claims_no_further_than_the_newest_event() {
+    let store = store().await;
+    let last = *positions(
+        store
+            .append(request("Order", "o", ExpectedVersion::New, 2))
+            .await
+            .expect("append"),
+    )
+    .last()
+    .expect("a position");
+    // Transaction ids consumed after the newest event, by transactions without events.
+    for _ in 0..5 {
+        let mut tx = store.pool().begin().await.expect("begin");
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *tx)
+            .await
+            .expect("take an id");
+        tx.commit().await.expect("commit");
+    }
+    for limit in [256, 4096] {
+        let batch = store
+            .read_batch(Position::START, &StreamFilter::default(), limit)
+            .await
+            .expect("read");
+        assert_eq!(batch.items.len(), 2);
+        assert_eq!(
+            batch.scanned_to,
+            Position::new(last.transaction, i64::MAX as u64),
+            "limit {limit}: the claim ends at the newest event's transaction"
+        );
+        // Nothing after it: a read from there claims no more and moves nowhere.
+        let again = store
+            .read_batch(batch.scanned_to, &StreamFilter::default(), limit)
+            .await
+            .expect("read");
+        assert!(again.items.is_empty());
+        assert_eq!(again.scanned_to, batch.scanned_to);
+    }
+}

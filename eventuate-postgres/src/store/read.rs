@@ -241,7 +241,8 @@ impl PostgresEventStore {
         };
         let query = sqlx::query_with(statement.of(filter), args);
         let mut items = Vec::with_capacity(limit.min(4096));
-        let mut horizon = 0i64;
+        // The newest event's transaction below the horizon (none: no event below it).
+        let mut newest_final: Option<i64> = None;
         // The horizon's row and the event rows, in whatever order the server sends them (the
         // events keep theirs).
         each_row(query, &self.inner.pool, &context, |row| {
@@ -249,15 +250,19 @@ impl PostgresEventStore {
             if sequence.is_some() {
                 items.push(stream_item(&row, 1, &context)?);
             } else {
-                horizon = get(&row, 0, &context)?;
+                newest_final = get(&row, 1, &context)?;
             }
             Ok(())
         })
         .await?;
         let scanned_to = if items.len() < limit {
             // Everything below the horizon that passes the filter was read, and nothing can
-            // be committed below it any more.
-            Position::new(to_u64(horizon.saturating_sub(1)), i64::MAX as u64).max(after)
+            // be committed below it any more; the claim stops at the newest event's
+            // transaction, whose commit is durable (see the statement in `sql.rs`: ids above
+            // it may be handed out again after a crash).
+            newest_final.map_or(after, |tx| {
+                Position::new(to_u64(tx), i64::MAX as u64).max(after)
+            })
         } else {
             items.last().map_or(after, |i| i.event().position)
         };

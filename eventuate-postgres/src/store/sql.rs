@@ -161,14 +161,23 @@ impl Sql {
             )
         };
         // Batches: the same rows as a read, plus one row that carries the horizon in the
-        // first column (NULL in the event rows; its other columns NULL), so that a short read
-        // tells how far it looked. A UNION ALL rather than the events LEFT JOIN LATERAL'd to
+        // first column and the newest event's transaction below it in the second (NULL in the
+        // event rows; its other columns NULL), so that a short read tells how far it looked.
+        // A short read claims only up to that newest event, not up to the horizon: the
+        // transaction ids between them were handed out but need not be in the WAL, and after
+        // a crash PostgreSQL hands out again the ids its WAL never recorded, so a transaction
+        // after the crash can commit an event with an id below a horizon seen before it
+        // (`tests/server_restart.rs` lost the first event after an immediate restart about
+        // one run in ten). The newest event's commit is in the WAL (appends commit
+        // synchronously), so no id up to it is handed out again. A UNION ALL rather than the events LEFT JOIN LATERAL'd to
         // the horizon: the join passed every row through a nested loop, which cost the server
         // about as much again as reading it.
         let batch = |filters: &str| {
             format!(
                 "WITH h AS MATERIALIZED (SELECT {horizon} AS horizon) \
-                 SELECT horizon, NULL::bigint, NULL::bigint, NULL::uuid, NULL::text, NULL::text, \
+                 SELECT horizon, (SELECT max(transaction_id) FROM {s}.events \
+                     WHERE transaction_id < (SELECT horizon FROM h)), \
+                   NULL::bigint, NULL::uuid, NULL::text, NULL::text, \
                    NULL::bigint, NULL::text, NULL::text, NULL::text FROM h \
                  UNION ALL (\
                    SELECT NULL, {EVENT_COLUMNS} FROM {s}.events \
@@ -192,7 +201,9 @@ impl Sql {
         let batch_window = |filters: &str| {
             format!(
                 "WITH h AS MATERIALIZED (SELECT {horizon} AS horizon) \
-                 SELECT horizon, NULL::bigint, NULL::bigint, NULL::uuid, NULL::text, NULL::text, \
+                 SELECT horizon, (SELECT max(transaction_id) FROM {s}.events \
+                     WHERE transaction_id < (SELECT horizon FROM h)), \
+                   NULL::bigint, NULL::uuid, NULL::text, NULL::text, \
                    NULL::bigint, NULL::text, NULL::text, NULL::text FROM h \
                  UNION ALL (\
                    SELECT NULL, w.* FROM (SELECT {EVENT_COLUMNS} FROM {s}.events \
