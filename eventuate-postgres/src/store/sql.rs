@@ -169,22 +169,27 @@ impl Sql {
         // after the crash can commit an event with an id below a horizon seen before it
         // (`tests/server_restart.rs` lost the first event after an immediate restart about
         // one run in ten). The newest event's commit is in the WAL (appends commit
-        // synchronously), so no id up to it is handed out again. A UNION ALL rather than the events LEFT JOIN LATERAL'd to
-        // the horizon: the join passed every row through a nested loop, which cost the server
+        // synchronously), so no id up to it is handed out again. A UNION ALL rather than the
+        // events LEFT JOIN LATERAL'd to the horizon: the join passed every row through a nested loop, which cost the server
         // about as much again as reading it.
-        let batch = |filters: &str| {
+        // The horizon's row, then the events (one of the two forms below).
+        let with_horizon_row = |events: String| {
             format!(
                 "WITH h AS MATERIALIZED (SELECT {horizon} AS horizon) \
                  SELECT horizon, (SELECT max(transaction_id) FROM {s}.events \
                      WHERE transaction_id < (SELECT horizon FROM h)), \
                    NULL::bigint, NULL::uuid, NULL::text, NULL::text, \
                    NULL::bigint, NULL::text, NULL::text, NULL::text FROM h \
-                 UNION ALL (\
-                   SELECT NULL, {EVENT_COLUMNS} FROM {s}.events \
-                   WHERE (transaction_id, sequence) > ($1, $2) \
-                     AND transaction_id < (SELECT horizon FROM h){filters} \
-                   ORDER BY transaction_id, sequence LIMIT $3)"
+                 UNION ALL ({events})"
             )
+        };
+        let batch = |filters: &str| {
+            with_horizon_row(format!(
+                "SELECT NULL, {EVENT_COLUMNS} FROM {s}.events \
+                 WHERE (transaction_id, sequence) > ($1, $2) \
+                   AND transaction_id < (SELECT horizon FROM h){filters} \
+                 ORDER BY transaction_id, sequence LIMIT $3"
+            ))
         };
         // Large pages: the page is read without the horizon, then cut at it. The horizon is
         // unknown when the statement is planned, so as a condition of the scan the planner
@@ -199,19 +204,13 @@ impl Sql {
         // row committed after it that the filter drops, on every wake-up, where the bounded
         // scan stops at once; a large page is only asked for far behind the head, once.
         let batch_window = |filters: &str| {
-            format!(
-                "WITH h AS MATERIALIZED (SELECT {horizon} AS horizon) \
-                 SELECT horizon, (SELECT max(transaction_id) FROM {s}.events \
-                     WHERE transaction_id < (SELECT horizon FROM h)), \
-                   NULL::bigint, NULL::uuid, NULL::text, NULL::text, \
-                   NULL::bigint, NULL::text, NULL::text, NULL::text FROM h \
-                 UNION ALL (\
-                   SELECT NULL, w.* FROM (SELECT {EVENT_COLUMNS} FROM {s}.events \
-                     WHERE (transaction_id, sequence) > ($1, $2){filters} \
-                     ORDER BY transaction_id, sequence LIMIT $3) AS w \
-                   WHERE w.transaction_id < (SELECT horizon FROM h) \
-                   ORDER BY w.transaction_id, w.sequence)"
-            )
+            with_horizon_row(format!(
+                "SELECT NULL, w.* FROM (SELECT {EVENT_COLUMNS} FROM {s}.events \
+                   WHERE (transaction_id, sequence) > ($1, $2){filters} \
+                   ORDER BY transaction_id, sequence LIMIT $3) AS w \
+                 WHERE w.transaction_id < (SELECT horizon FROM h) \
+                 ORDER BY w.transaction_id, w.sequence"
+            ))
         };
         // Counts stop at the limit ($3): a lag costs at most that many rows, however far behind.
         let count = |filters: &str| {
