@@ -512,6 +512,18 @@ where
     row.try_get(index).map_err(|e| backend(context(), e))
 }
 
+/// [`get`] without sqlx's per-value check that the column's type is compatible with `T`: for
+/// the hot stream and load paths, whose statements (`sql.rs`) fix each column's type. A value
+/// of another type still fails to decode (a length or format error), it is only not named as
+/// a type mismatch.
+fn get_unchecked<'r, T>(row: &'r PgRow, index: usize, context: &dyn Fn() -> String) -> CoreResult<T>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres>,
+{
+    row.try_get_unchecked(index)
+        .map_err(|e| backend(context(), e))
+}
+
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }

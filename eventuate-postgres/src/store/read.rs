@@ -8,7 +8,7 @@ use eventuate_core::{
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-use super::{CoreResult, PostgresEventStore, backend, get, to_u64};
+use super::{CoreResult, PostgresEventStore, backend, get, get_unchecked, to_u64};
 
 impl PostgresEventStore {
     pub(super) async fn load_events(
@@ -50,12 +50,12 @@ impl PostgresEventStore {
             .bind(i64::try_from(after_version).unwrap_or(i64::MAX));
         let mut events = Vec::new();
         each_row(query, &self.inner.pool, &context, |row| {
-            let version: i64 = get(&row, 0, &context)?;
+            let version: i64 = get_unchecked(&row, 0, &context)?;
             events.push(eventuate_core::StoredEvent {
                 entity_version: to_u64(version),
-                event_type: get(&row, 1, &context)?,
-                payload: get(&row, 2, &context)?,
-                schema_version: schema_version(get(&row, 3, &context)?),
+                event_type: get_unchecked(&row, 1, &context)?,
+                payload: get_unchecked(&row, 2, &context)?,
+                schema_version: schema_version(get_unchecked(&row, 3, &context)?),
             });
             Ok(())
         })
@@ -79,12 +79,12 @@ impl PostgresEventStore {
             .bind(entity_id)
             .bind(i64::try_from(after_version).unwrap_or(i64::MAX));
         each_row(query, &self.inner.pool, &context, |row| {
-            let version: i64 = get(&row, 0, &context)?;
+            let version: i64 = get_unchecked(&row, 0, &context)?;
             apply(eventuate_core::StoredEventRef {
                 entity_version: to_u64(version),
-                event_type: get(&row, 1, &context)?,
-                payload: get(&row, 2, &context)?,
-                schema_version: schema_version(get(&row, 3, &context)?),
+                event_type: get_unchecked(&row, 1, &context)?,
+                payload: get_unchecked(&row, 2, &context)?,
+                schema_version: schema_version(get_unchecked(&row, 3, &context)?),
             })
         })
         .await
@@ -246,11 +246,11 @@ impl PostgresEventStore {
         // The horizon's row and the event rows, in whatever order the server sends them (the
         // events keep theirs).
         each_row(query, &self.inner.pool, &context, |row| {
-            let sequence: Option<i64> = get(&row, 2, &context)?;
+            let sequence: Option<i64> = get_unchecked(&row, 2, &context)?;
             if sequence.is_some() {
                 items.push(stream_item(&row, 1, &context)?);
             } else {
-                newest_final = get(&row, 1, &context)?;
+                newest_final = get_unchecked(&row, 1, &context)?;
             }
             Ok(())
         })
@@ -387,8 +387,8 @@ async fn each_row<'q>(
 /// decode is a typed error naming it.
 fn envelope(row: &PgRow, context: &dyn Fn() -> String) -> CoreResult<EventEnvelope> {
     match decode_row(row, 0, context)? {
-        (event, Ok(metadata)) => Ok(EventEnvelope { metadata, ..event }),
-        (event, Err(source)) => Err(eventuate_core::Error::Decode {
+        Ok(event) => Ok(event),
+        Err((event, source)) => Err(eventuate_core::Error::Decode {
             entity_type: event.entity_type,
             entity_id: event.entity_id,
             version: event.entity_version,
@@ -403,9 +403,9 @@ fn envelope(row: &PgRow, context: &dyn Fn() -> String) -> CoreResult<EventEnvelo
 /// default metadata and the reason; the other columns are typed by the table.
 fn stream_item(row: &PgRow, first: usize, context: &dyn Fn() -> String) -> CoreResult<StreamItem> {
     Ok(match decode_row(row, first, context)? {
-        (event, Ok(metadata)) => StreamItem::Event(EventEnvelope { metadata, ..event }),
-        (event, Err(e)) => {
-            let text: &str = get(row, first + 8, context)?;
+        Ok(event) => StreamItem::Event(event),
+        Err((event, e)) => {
+            let text: &str = get_unchecked(row, first + 8, context)?;
             let shown: String = text.chars().take(200).collect();
             StreamItem::Undecodable {
                 error: format!("its metadata `{shown}` does not decode: {e}"),
@@ -415,27 +415,37 @@ fn stream_item(row: &PgRow, first: usize, context: &dyn Fn() -> String) -> CoreR
     })
 }
 
-/// The envelope with default metadata, and the stored metadata decoded separately.
+/// The envelope, or, when its stored metadata does not decode, the envelope with default
+/// metadata and the reason. The hot path of every stream read and load: the columns' types are
+/// fixed by the statements, so sqlx's per-value type check is skipped.
+#[allow(clippy::type_complexity)]
 fn decode_row(
     row: &PgRow,
     first: usize,
     context: &dyn Fn() -> String,
-) -> CoreResult<(EventEnvelope, Result<EventMetadata, serde_json::Error>)> {
-    let transaction: i64 = get(row, first, context)?;
-    let sequence: i64 = get(row, first + 1, context)?;
-    let version: i64 = get(row, first + 5, context)?;
-    let metadata: &str = get(row, first + 8, context)?;
+) -> CoreResult<Result<EventEnvelope, (EventEnvelope, serde_json::Error)>> {
+    let transaction: i64 = get_unchecked(row, first, context)?;
+    let sequence: i64 = get_unchecked(row, first + 1, context)?;
+    let version: i64 = get_unchecked(row, first + 5, context)?;
+    let metadata: &str = get_unchecked(row, first + 8, context)?;
+    let (metadata, error) = match serde_json::from_str(metadata) {
+        Ok(metadata) => (metadata, None),
+        Err(e) => (EventMetadata::default(), Some(e)),
+    };
     let event = EventEnvelope {
-        event_id: get::<Uuid>(row, first + 2, context)?,
-        entity_type: get(row, first + 3, context)?,
-        entity_id: get(row, first + 4, context)?,
+        event_id: get_unchecked::<Uuid>(row, first + 2, context)?,
+        entity_type: get_unchecked(row, first + 3, context)?,
+        entity_id: get_unchecked(row, first + 4, context)?,
         entity_version: to_u64(version),
-        event_type: get(row, first + 6, context)?,
-        payload: get(row, first + 7, context)?,
-        metadata: EventMetadata::default(),
+        event_type: get_unchecked(row, first + 6, context)?,
+        payload: get_unchecked(row, first + 7, context)?,
+        metadata,
         position: Position::new(to_u64(transaction), to_u64(sequence)),
     };
-    Ok((event, serde_json::from_str(metadata)))
+    Ok(match error {
+        None => Ok(event),
+        Some(e) => Err((event, e)),
+    })
 }
 
 /// The row's `schema_version` column (computed from its metadata when written, migration 6).
