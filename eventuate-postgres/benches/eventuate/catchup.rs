@@ -83,7 +83,8 @@ pub async fn run(
             .await?;
     }
     framework_catch_up(&store, "catchup-warm-up", events).await?;
-    let (mut fw, mut growing, mut envelope, mut narrow) = (
+    let (mut fw, mut growing, mut envelope, mut narrow, mut batches) = (
+        Throughput::default(),
         Throughput::default(),
         Throughput::default(),
         Throughput::default(),
@@ -94,8 +95,8 @@ pub async fn run(
     let mut starts: Vec<Duration> = Vec::new();
     for round in 0..rounds {
         // Rotate which side goes first.
-        for turn in 0..4 {
-            match (round + turn) % 4 {
+        for turn in 0..5 {
+            match (round + turn) % 5 {
                 0 => {
                     let token = diag::begin(diag).await?;
                     let (elapsed, first) =
@@ -103,6 +104,19 @@ pub async fn run(
                     diag::end(diag, token, "5. catch-up events, framework", events).await?;
                     starts.push(first);
                     fw.add(events, elapsed, Vec::new());
+                }
+                4 => {
+                    let token = diag::begin(diag).await?;
+                    let t0 = Instant::now();
+                    let n = store_batches(&store, batch_size, max_batch_size, events).await?;
+                    batches.add(n, t0.elapsed(), Vec::new());
+                    diag::end(
+                        diag,
+                        token,
+                        "5. catch-up events, the store's batch reads alone",
+                        n,
+                    )
+                    .await?;
                 }
                 n => {
                     let (reader, sink) = match n {
@@ -143,6 +157,7 @@ pub async fn run(
         "envelope_growing_reference_per_run": growing.runs,
         "envelope_reference_per_run": envelope.runs,
         "narrow_reference_per_run": narrow.runs,
+        "store_batches_per_run": batches.runs,
     });
     let rows = vec![
         Row::new(
@@ -185,9 +200,59 @@ pub async fn run(
             framework_note,
             format!("SELECT batches of {batch_size} of position and payload only, payload decoded"),
         )
+        .details(details.clone()),
+        Row::new(
+            format!("5. catch-up, {events} events: the store's batch reads alone (diagnostic)"),
+            "events/s",
+            fw.rate(),
+            batches.rate(),
+        )
+        .notes(
+            framework_note_short(batch_size, max_batch_size),
+            "`EventStore::read_batch` in a loop with the runtime's page policy, no delivery: \
+             what the consumer's reads (and the payload decoding) cost without the rest"
+                .to_owned(),
+        )
         .details(details),
     ];
     Ok((rows, note))
+}
+
+fn framework_note_short(batch_size: usize, max_batch_size: usize) -> String {
+    format!("the runtime, batches {batch_size} growing to {max_batch_size}")
+}
+
+/// The store's batch reads of every `Account` event from the start, pages growing as the
+/// runtime's do, each payload decoded, nothing delivered: the read side of a catch-up alone. Fails unless it
+/// read `expected` events.
+async fn store_batches(
+    store: &PostgresEventStore,
+    batch_size: usize,
+    max_batch_size: usize,
+    expected: u64,
+) -> BoxResult<u64> {
+    let filter = eventuate_core::StreamFilter {
+        entity_types: vec!["Account".into()],
+        partition: None,
+    };
+    let (mut after, mut count, mut limit) = (Position::START, 0u64, batch_size);
+    loop {
+        let batch = store.read_batch(after, &filter, limit).await?;
+        let read = batch.items.len();
+        for item in &batch.items {
+            let event: Deposited = item.event().decode()?;
+            count += event.amount;
+        }
+        after = batch.scanned_to;
+        if read < limit {
+            break;
+        }
+        limit = (limit * 4).min(max_batch_size);
+    }
+    if count != expected {
+        return Err(format!("store batches read {count} events, expected {expected}").into());
+    }
+    Ok(count)
 }
 
 /// One catch-up by a new subscriber with a no-op handler: the time from `start()` until it
