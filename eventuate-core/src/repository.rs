@@ -710,7 +710,9 @@ impl Repository {
             events: new_events,
             idempotency: options.idempotency.clone(),
         };
-        match self.store.append(request).await? {
+        // `version` was read from the store (a load, the cache of an earlier append, or the
+        // catch-up of a cached state): the store need not check that it exists.
+        match self.store.append_after_load(request).await? {
             AppendOutcome::Appended {
                 version: new_version,
                 positions,

@@ -298,6 +298,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appends events to one entity, atomically.
     fn append(&self, request: AppendRequest) -> BoxFuture<'_, Result<AppendOutcome>>;
 
+    /// [`EventStore::append`] by a writer that read the entity at the version it expects from
+    /// this store (a load, or an earlier append of its own): what the
+    /// [`Repository`](crate::Repository) does. Events are never deleted, so that version
+    /// exists, and a store may skip checking it (the check that keeps an entity's versions
+    /// free of gaps): the unique version still catches every lost race. Everything else is
+    /// as for `append`. An expected version the caller did not read from the store could
+    /// leave a gap: call `append` for it (clients' versions, hand-built requests).
+    ///
+    /// The default is `append`. The PostgreSQL store saves an index probe and a heap fetch
+    /// per command (about a tenth of a cached command's throughput at 32 tasks).
+    fn append_after_load(&self, request: AppendRequest) -> BoxFuture<'_, Result<AppendOutcome>> {
+        self.append(request)
+    }
+
     /// Loads an entity's events with a version greater than `after_version`, in order.
     /// An unknown entity yields an empty list.
     fn load<'a>(
@@ -508,6 +522,9 @@ pub trait EventStore: Send + Sync + 'static {
 impl<S: EventStore + ?Sized> EventStore for Arc<S> {
     fn append(&self, request: AppendRequest) -> BoxFuture<'_, Result<AppendOutcome>> {
         (**self).append(request)
+    }
+    fn append_after_load(&self, request: AppendRequest) -> BoxFuture<'_, Result<AppendOutcome>> {
+        (**self).append_after_load(request)
     }
     fn load<'a>(
         &'a self,

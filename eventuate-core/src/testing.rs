@@ -39,7 +39,7 @@ macro_rules! store_behaviour_suite {
             stream_order_filter_and_partitions, head_and_count, snapshots,
             duplicate_event_ids_are_rejected, load_with_snapshot, load_under_types,
             concurrent_writers_reader_sees_everything_once,
-            external_command_ids_are_applied_once);
+            external_command_ids_are_applied_once, appends_after_a_load);
     };
     (@cases $factory:expr; $($case:ident),*) => {
         $(
@@ -598,6 +598,111 @@ pub async fn concurrent_appends_one_winner(store: &dyn EventStore) {
     assert_eq!(
         loaded.iter().map(|e| e.entity_version).collect::<Vec<_>>(),
         vec![1, 2, 3]
+    );
+}
+
+/// [`EventStore::append_after_load`], with versions read from the store as the repository
+/// uses it: concurrent writers from one loaded version have one winner and typed conflicts
+/// (the unique version, not the skipped existence check, decides), a stale version is a
+/// conflict, a repeated idempotency key is a duplicate that writes nothing, and the versions
+/// stay 1, 2, 3, ... with no gap.
+pub async fn appends_after_a_load(store: &dyn EventStore) {
+    let id = unique("o");
+    store
+        .append(request(
+            "Order",
+            &id,
+            ExpectedVersion::New,
+            vec![event("A", 0)],
+        ))
+        .await
+        .expect("create");
+    let loaded = store.load("Order", &id, 0).await.expect("load");
+    let version = loaded.last().expect("one event").entity_version;
+    let results = futures_util::future::join_all((0..12).map(|i| {
+        store.append_after_load(request(
+            "Order",
+            &id,
+            ExpectedVersion::Exactly(version),
+            vec![event("B", i), event("C", i)],
+        ))
+    }))
+    .await;
+    let wins = results
+        .iter()
+        .filter(|r| matches!(r, Ok(AppendOutcome::Appended { version: 3, .. })))
+        .count();
+    let conflicts = results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Err(Error::Conflict {
+                    expected: 1,
+                    actual: 3,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert_eq!(wins, 1, "exactly one writer wins: {results:?}");
+    assert_eq!(
+        conflicts, 11,
+        "every loser gets a typed conflict: {results:?}"
+    );
+    // A version read earlier and overtaken since: a conflict naming the current version.
+    let stale = store
+        .append_after_load(request(
+            "Order",
+            &id,
+            ExpectedVersion::Exactly(2),
+            vec![event("D", 0)],
+        ))
+        .await
+        .expect_err("a stale version must conflict");
+    assert!(
+        matches!(
+            stale,
+            Error::Conflict {
+                expected: 2,
+                actual: 3,
+                ..
+            }
+        ),
+        "got {stale:?}"
+    );
+    // With an idempotency key: applied once, then a duplicate that writes nothing.
+    let keyed = |version| AppendRequest {
+        idempotency: Some(IdempotencyKey {
+            subscriber_id: "after-load".into(),
+            triggering_event_id: Uuid::nil(),
+            sequence: 0,
+            command_type: "Ship".into(),
+        }),
+        ..request(
+            "Order",
+            &id,
+            ExpectedVersion::Exactly(version),
+            vec![event("E", 0)],
+        )
+    };
+    let first = store
+        .append_after_load(keyed(3))
+        .await
+        .expect("keyed append");
+    assert!(
+        matches!(first, AppendOutcome::Appended { version: 4, .. }),
+        "got {first:?}"
+    );
+    let again = store
+        .append_after_load(keyed(4))
+        .await
+        .expect("repeated key");
+    assert!(matches!(again, AppendOutcome::Duplicate), "got {again:?}");
+    let loaded = store.load("Order", &id, 0).await.expect("load");
+    assert_eq!(
+        loaded.iter().map(|e| e.entity_version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
     );
 }
 

@@ -9,6 +9,19 @@ use uuid::Uuid;
 
 use super::{CoreResult, PostgresEventStore, backend, get, to_u64};
 
+/// Whether an append to an existing entity checks that the version it builds on exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Guard {
+    /// It does (with the statement's guard; see `sql.rs`): `append`, `append_in`.
+    Checked,
+    /// The caller read that version from this store
+    /// ([`EventStore::append_after_load`](eventuate_core::EventStore::append_after_load)), and a
+    /// single-statement append's transaction is younger than the one that wrote it (it
+    /// committed before the statement's snapshot, and the statement takes its id after):
+    /// the plain insert, whose unique version still catches a lost race.
+    Loaded,
+}
+
 /// How many times an append whose guard failed only because its snapshot was a moment too old
 /// is re-run before giving up (see [`PostgresEventStore::append_in`]).
 const GUARD_ATTEMPTS: u32 = 3;
@@ -36,7 +49,7 @@ impl PostgresEventStore {
         request: AppendRequest,
     ) -> CoreResult<AppendOutcome> {
         self.check(&request)?;
-        self.append_on(conn, &request, true).await
+        self.append_on(conn, &request, true, Guard::Checked).await
     }
 
     pub(super) fn check(&self, request: &AppendRequest) -> CoreResult<()> {
@@ -52,6 +65,7 @@ impl PostgresEventStore {
         conn: &mut PgConnection,
         request: &AppendRequest,
         in_transaction: bool,
+        guard: Guard,
     ) -> CoreResult<AppendOutcome> {
         // The caller has run `check`: payloads are parsed once per append.
         let sql = &self.inner.sql;
@@ -91,11 +105,14 @@ impl PostgresEventStore {
             })?;
         // Fits: entity_hash is 31 bits.
         let hash = i32::try_from(eventuate_core::name::entity_hash(entity_id)).unwrap_or(0);
+        // `append_new` inserts versions from $7 + 1 unconditionally: a create ($7 = 0), or an
+        // update whose base version is known to exist (see `Guard::Loaded`).
+        let checked = guard == Guard::Checked || in_transaction;
         let statements = match (&request.expected, &request.idempotency) {
-            (ExpectedVersion::New, None) => &sql.append_new,
-            (ExpectedVersion::Exactly(_), None) => &sql.append_exactly,
-            (ExpectedVersion::New, Some(_)) => &sql.append_new_key,
-            (ExpectedVersion::Exactly(_), Some(_)) => &sql.append_exactly_key,
+            (ExpectedVersion::Exactly(_), None) if checked => &sql.append_exactly,
+            (ExpectedVersion::Exactly(_), Some(_)) if checked => &sql.append_exactly_key,
+            (_, None) => &sql.append_new,
+            (_, Some(_)) => &sql.append_new_key,
         };
         // Most commands append one event: a plain row is cheaper for the server than UNNEST.
         let single = match request.events.as_slice() {
@@ -299,7 +316,11 @@ impl PostgresEventStore {
         Ok(to_u64(version))
     }
 
-    pub(super) async fn append_pooled(&self, request: AppendRequest) -> CoreResult<AppendOutcome> {
+    pub(super) async fn append_pooled(
+        &self,
+        request: AppendRequest,
+        guard: Guard,
+    ) -> CoreResult<AppendOutcome> {
         // Validate before taking a connection: bad input never waits for the pool.
         self.check(&request)?;
         // Not sent yet: a failure to get a connection writes nothing (a plain `Backend`).
@@ -312,7 +333,7 @@ impl PostgresEventStore {
                 e,
             )
         })?;
-        self.append_on(&mut conn, &request, false).await
+        self.append_on(&mut conn, &request, false, guard).await
     }
 }
 

@@ -7,6 +7,7 @@
 //! below the horizon) and `sql` (every statement, built once per schema).
 
 mod append;
+use append::Guard;
 mod lookup;
 mod read;
 mod sql;
@@ -374,7 +375,14 @@ impl PostgresEventStore {
 
 impl EventStore for PostgresEventStore {
     fn append(&self, request: AppendRequest) -> BoxFuture<'_, CoreResult<AppendOutcome>> {
-        Box::pin(self.append_pooled(request))
+        Box::pin(self.append_pooled(request, Guard::Checked))
+    }
+
+    fn append_after_load(
+        &self,
+        request: AppendRequest,
+    ) -> BoxFuture<'_, CoreResult<AppendOutcome>> {
+        Box::pin(self.append_pooled(request, Guard::Loaded))
     }
 
     fn load<'a>(

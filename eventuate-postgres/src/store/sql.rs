@@ -97,7 +97,9 @@ impl Sql {
         // mapped to `EntityExists`. An update must check that version $7 exists (or it could
         // leave a gap), and that it comes from an older transaction, so that the stream, which
         // orders by transaction id, keeps the entity's versions ascending. For the store's own
-        // single-statement appends that always holds; see `append_in`.
+        // single-statement appends that always holds; see `append_in`. An update by a writer
+        // that read the version from the store (`append_after_load`, the repository) needs
+        // neither, and runs the create's statement from $7 (see `append::Guard::Loaded`).
         let guard_exactly = format!(
             "EXISTS (SELECT 1 FROM {s}.events WHERE entity_type = $5 AND entity_id = $6 \
              AND entity_version = $7 \
