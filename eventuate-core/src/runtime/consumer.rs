@@ -241,13 +241,22 @@ impl Consumer {
         // catch-up saves a round trip per batch. At the head it is saved at once.
         let mut next_save = Instant::now() + poll;
         // While a full batch is delivered, the next one is already being read.
-        let mut prefetch: Option<Prefetch> = None;
         // Far behind, batches grow; at the head they are `batch_size` again.
         let pages = PageSize::new(
             self.shared.options.batch_size,
             self.shared.options.max_batch_size,
         );
         let mut next_limit = pages.first();
+        // The first read does not wait for the replay of parked events: a batch depends only
+        // on the checkpoint and the filter, which the replay leaves alone (it refreshes the
+        // set of blocked entities, applied when the batch is delivered).
+        wakeups.borrow_and_update();
+        let mut prefetch = Some(Prefetch::start(
+            self.shared.store.clone(),
+            self.filter.clone(),
+            self.checkpoint,
+            next_limit,
+        ));
         if let Err(e) = self.replay_parked(stop).await {
             return e;
         }
@@ -255,7 +264,6 @@ impl Consumer {
             if *stop.borrow() {
                 return Interrupt::Stopped;
             }
-            wakeups.borrow_and_update();
             let step = async {
                 if Instant::now() >= next_replay_check {
                     if self
@@ -274,6 +282,8 @@ impl Consumer {
                         (next.result().await?, limit)
                     }
                     _ => {
+                        // Every wake-up so far is answered by this read (see below).
+                        wakeups.borrow_and_update();
                         let limit = next_limit;
                         let batch = self
                             .shared
@@ -285,10 +295,12 @@ impl Consumer {
                 };
                 // A short batch (judged by the limit it was read with) reached the head: wait
                 // instead of reading again. Safe, since the wake-up signal was borrowed before
-                // the read, so an append that landed meanwhile still wakes us at once.
+                // the read started (here, or before its prefetch), so an append that landed
+                // meanwhile still wakes us at once.
                 let at_head = PageSize::at_head(&batch, limit);
                 next_limit = pages.next(&batch, limit);
                 if !at_head {
+                    wakeups.borrow_and_update();
                     prefetch = Some(Prefetch::start(
                         self.shared.store.clone(),
                         self.filter.clone(),
