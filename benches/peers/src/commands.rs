@@ -61,7 +61,7 @@ fn levels(mode: Mode) -> [Level; 2] {
 pub async fn run(sides: &Sides, mode: Mode) -> BoxResult<Vec<Table>> {
     let mut tables = Vec::new();
     for level in levels(mode) {
-        let mut order = sides.all();
+        let mut order = sides.commands();
         let mut results: Vec<(&'static str, Throughput)> = order
             .iter()
             .map(|s| (s.name(), Throughput::default()))
@@ -87,9 +87,9 @@ pub async fn run(sides: &Sides, mode: Mode) -> BoxResult<Vec<Table>> {
         }
         let accounts = level.tasks * level.accounts_per_task;
         let commands = level.tasks * level.commands_per_task;
-        // `order` was rotated; `all()` is in the original order, as `retries_before`.
+        // `order` was rotated; `commands()` is in the original order, as `retries_before`.
         let notes: Vec<String> = sides
-            .all()
+            .commands()
             .iter()
             .zip(&retries_before)
             .filter(|(side, before)| side.retries() > **before)

@@ -71,6 +71,8 @@ pub trait Contender: Send + Sync {
 /// Every side of the command and load workloads, each in its own database on one server.
 pub struct Sides {
     pub raw: Arc<dyn Contender>,
+    /// The cached command's floor; commands only (see [`raw::RawInsertOnly`]).
+    pub raw_insert_only: Arc<dyn Contender>,
     pub eventuate: Arc<dyn Contender>,
     pub eventuate_cached: Arc<dyn Contender>,
     pub cqrs: Arc<dyn Contender>,
@@ -84,6 +86,9 @@ impl Sides {
         let (eventuate, eventuate_cached) = eventuate::EventuateSide::pair(&eventuate_url).await?;
         Ok(Sides {
             raw: Arc::new(raw::RawSide::connect(&env.database("raw").await?).await?),
+            raw_insert_only: Arc::new(
+                raw::RawInsertOnly::connect(&env.database("raw_insert_only").await?).await?,
+            ),
             eventuate: Arc::new(eventuate),
             eventuate_cached: Arc::new(eventuate_cached),
             cqrs: Arc::new(cqrs::CqrsSide::connect(&env.database("cqrs_es").await?).await?),
@@ -107,8 +112,15 @@ impl Sides {
         ]
     }
 
+    /// [`Sides::all`] and the cached command's floor: the command workload's sides.
+    pub fn commands(&self) -> Vec<Arc<dyn Contender>> {
+        let mut sides = self.all();
+        sides.push(self.raw_insert_only.clone());
+        sides
+    }
+
     pub async fn close(&self) {
-        for side in self.all() {
+        for side in self.commands() {
             side.close().await;
         }
     }

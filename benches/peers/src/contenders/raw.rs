@@ -1,7 +1,11 @@
-//! The raw floor: what any library has to do at least, in plain sqlx. A command is one
+//! The raw floors: what any library has to do at least, in plain sqlx. A command is one
 //! SELECT of the account's events (decoded and folded) and one autocommit INSERT of the new
 //! event at the next version, in a table of the usual shape (global sequence, stream id and
-//! version unique, JSON payload).
+//! version unique, JSON payload). The second floor, [`RawInsertOnly`], is the ceiling of a
+//! library with an aggregate cache: the version is known in memory, a command is the INSERT.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -113,5 +117,83 @@ impl Contender for RawSide {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The floor of a cached command: [`RawSide`]'s table and INSERT, each account's version kept
+/// in memory (as an aggregate cache keeps it), so a command never reads.
+pub struct RawInsertOnly {
+    raw: RawSide,
+    versions: Mutex<HashMap<Uuid, i64>>,
+}
+
+impl RawInsertOnly {
+    pub async fn connect(url: &str) -> BoxResult<RawInsertOnly> {
+        Ok(RawInsertOnly {
+            raw: RawSide::connect(url).await?,
+            versions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn version(&self, id: Uuid) -> Option<i64> {
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+    }
+
+    fn set_version(&self, id: Uuid, version: i64) {
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, version);
+    }
+}
+
+#[async_trait]
+impl Contender for RawInsertOnly {
+    fn name(&self) -> &'static str {
+        "raw sqlx, INSERT only"
+    }
+
+    async fn open(&self, id: Uuid) -> BoxResult<()> {
+        self.raw.open(id).await?;
+        self.set_version(id, 1);
+        Ok(())
+    }
+
+    async fn deposit(&self, id: Uuid, amount: u64) -> BoxResult<()> {
+        let version = match self.version(id) {
+            Some(version) => version,
+            None => self.raw.load(id).await?.0,
+        };
+        let payload = serde_json::to_string(&Deposited { amount })?;
+        sqlx::query(
+            "INSERT INTO events (stream_id, version, event_type, payload) \
+             VALUES ($1, $2, 'Deposited', $3::jsonb)",
+        )
+        .bind(id)
+        .bind(version + 1)
+        .bind(payload)
+        .execute(&self.raw.pool)
+        .await?;
+        self.set_version(id, version + 1);
+        Ok(())
+    }
+
+    async fn balance(&self, id: Uuid) -> BoxResult<u64> {
+        self.raw.balance(id).await
+    }
+
+    async fn deposit_many(&self, id: Uuid, count: u64) -> BoxResult<()> {
+        self.raw.deposit_many(id, count).await?;
+        let (version, _) = self.raw.load(id).await?;
+        self.set_version(id, version);
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.raw.close().await;
     }
 }
