@@ -78,14 +78,26 @@ pub(super) async fn balance(shared: &Arc<Shared>) -> Result<()> {
     let mut consumers = shared.consumers.lock().await;
     consumers.retain(|_, h| !h.task.is_finished());
     renew(shared, &mut consumers).await;
-    let members = shared
-        .subscriptions
-        .heartbeat(&shared.member(), ttl)
-        .await?;
-    for registered in &shared.subscribers {
+    // The heartbeat and the subscribers' stored states are independent: read side by side
+    // (what a start-up waits for before its first lease; the states one after the other, so
+    // that many subscribers do not take as many connections at once).
+    let member = shared.member();
+    let (members, states) = tokio::join!(shared.subscriptions.heartbeat(&member, ttl), async {
+        let mut states = Vec::with_capacity(shared.subscribers.len());
+        for registered in &shared.subscribers {
+            states.push(
+                shared
+                    .subscriptions
+                    .subscriber(&registered.subscription.id)
+                    .await?,
+            );
+        }
+        Ok::<_, crate::Error>(states)
+    });
+    let (members, states) = (members?, states?);
+    for (registered, state) in shared.subscribers.iter().zip(states) {
         let id = &registered.subscription.id;
-        let state = shared.subscriptions.subscriber(id).await?;
-        let Some(generation) = agree_on_shape(shared, registered, &state).await? else {
+        let Some((generation, reshaped)) = agree_on_shape(shared, registered, &state).await? else {
             for handle in consumers
                 .values_mut()
                 .filter(|h| h.lease.key.subscriber_id == *id)
@@ -93,6 +105,13 @@ pub(super) async fn balance(shared: &Arc<Shared>) -> Result<()> {
                 handle.stop();
             }
             continue;
+        };
+        // A reshape migrated what it could in its own transaction: read what it left, and
+        // migrate only if something is still pending.
+        let state = if reshaped {
+            shared.subscriptions.subscriber(id).await?
+        } else {
+            state
         };
         let state = if state.migration_pending
             || state.shape.as_ref().map(|s| s.generation) != Some(generation)
@@ -236,7 +255,8 @@ async fn renew(shared: &Shared, consumers: &mut HashMap<(String, u32), ConsumerH
     }
 }
 
-/// Whether this runtime consumes the subscriber, and under which generation. The first time
+/// Whether this runtime consumes the subscriber, under which generation, and whether it
+/// stored that generation itself just now (a reshape, after which `state` is stale). The first time
 /// (at start) it declares its shape: stored as the first generation when there is none, and
 /// adopted when only the types differ (an old-shape consumer is fenced off at once and stops,
 /// so nothing is skipped). A different partition count is never adopted implicitly: the
@@ -246,12 +266,12 @@ async fn agree_on_shape(
     shared: &Arc<Shared>,
     registered: &Registered,
     state: &SubscriberState,
-) -> Result<Option<u64>> {
+) -> Result<Option<(u64, bool)>> {
     let id = &registered.subscription.id;
     let ours = &registered.shape;
     let first = shared.first_declaration(id);
     match &state.shape {
-        Some(stored) if stored.shape == *ours => Ok(Some(stored.generation)),
+        Some(stored) if stored.shape == *ours => Ok(Some((stored.generation, false))),
         Some(stored) if !first || stored.shape.repartitions(ours) => {
             if shared.set_view(
                 id,
@@ -277,7 +297,7 @@ async fn agree_on_shape(
             if state.shape.is_some() {
                 tracing::info!(subscriber = %id, shape = %ours, generation = stored.generation, "adopted this node's shape");
             }
-            Ok(Some(stored.generation))
+            Ok(Some((stored.generation, true)))
         }
     }
 }
