@@ -1693,10 +1693,13 @@ async fn partitions_nobody_holds_are_taken_above_the_fair_share() {
     a.shutdown().await.unwrap();
 }
 
-/// The in-memory event store, recording the limit of every batch read.
+/// The in-memory event store, recording the limit of every batch read; optionally appending
+/// `landing.1` right after the `landing.0`-th read (counted from 1) has read: an append that
+/// lands after a read's snapshot, before the consumer looks at what it read.
 struct Paging {
     inner: InMemoryEventStore,
     limits: Arc<Mutex<Vec<usize>>>,
+    landing: Mutex<Option<(usize, eventuate_core::AppendRequest)>>,
 }
 
 mod paging {
@@ -1735,8 +1738,25 @@ mod paging {
             filter: &'a StreamFilter,
             limit: usize,
         ) -> BoxFuture<'a, R<StreamBatch>> {
-            self.limits.lock().unwrap().push(limit);
-            self.inner.read_batch(after, filter, limit)
+            let read = {
+                let mut limits = self.limits.lock().unwrap();
+                limits.push(limit);
+                limits.len()
+            };
+            let landing = {
+                let mut landing = self.landing.lock().unwrap();
+                match landing.as_ref() {
+                    Some((at, _)) if *at == read => landing.take().map(|(_, request)| request),
+                    _ => None,
+                }
+            };
+            Box::pin(async move {
+                let batch = self.inner.read_batch(after, filter, limit).await?;
+                if let Some(request) = landing {
+                    self.inner.append(request).await?;
+                }
+                Ok(batch)
+            })
         }
         fn head(&self) -> BoxFuture<'_, R<Position>> {
             self.inner.head()
@@ -1777,6 +1797,7 @@ async fn batches_grow_while_far_behind_and_shrink_at_the_head() {
     let paging = Paging {
         inner: store.clone(),
         limits: limits.clone(),
+        landing: Mutex::new(None),
     };
     let recorder = Recorder::new("paging");
     let runtime = Eventuate::from_parts(Arc::new(paging), Arc::new(store.clone()))
@@ -1807,6 +1828,63 @@ async fn batches_grow_while_far_behind_and_shrink_at_the_head() {
     .await;
     let after_head = limits.lock().unwrap()[catch_up.len()..].to_vec();
     assert_eq!(after_head.first(), Some(&4), "{after_head:?}");
+    runtime.shutdown().await.unwrap();
+}
+
+/// An append that lands while the next batch is being read (after the read's snapshot, while
+/// the consumer still delivers the batch before it) wakes the consumer: the wake-up is marked
+/// seen when a read starts, not when the consumer takes its result. Marked at the loop's
+/// next turn, it was swallowed, and the consumer, whose prefetched batch had reached the
+/// head, waited for the poll interval (a minute here) before delivering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_landing_during_a_prefetched_read_is_not_left_for_the_poll() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::new(store.clone());
+    // Opened, then deposits 1..=8: reads of 4 are [Opened, 1, 2, 3], [4, 5, 6, 7], [8]; the
+    // second and third are read ahead, each while the batch before it is delivered.
+    for amount in 1..=8 {
+        deposit(&repo, "a", amount).await;
+    }
+    let deposit_9 = eventuate_core::AppendRequest {
+        entity_type: "Account".into(),
+        entity_id: "a".into(),
+        expected: eventuate_core::ExpectedVersion::Exactly(9),
+        events: vec![eventuate_core::NewEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: "Deposited".into(),
+            payload: serde_json::to_string(&Deposited { amount: 9 }).unwrap(),
+            metadata: Default::default(),
+        }],
+        idempotency: None,
+    };
+    let paging = Paging {
+        inner: store.clone(),
+        limits: Arc::new(Mutex::new(Vec::new())),
+        // Lands just after the third read, which finds [8] only.
+        landing: Mutex::new(Some((3, deposit_9))),
+    };
+    // Slow on 7: the third read (started when the second was taken) is done, and the deposit
+    // has landed, long before the consumer turns to it.
+    let recorder = Recorder {
+        slow_amount: Some(7),
+        ..Recorder::new("landing")
+    };
+    let runtime = Eventuate::from_parts(Arc::new(paging), Arc::new(store.clone()))
+        .options(RuntimeOptions {
+            batch_size: 4,
+            max_batch_size: 4,
+            poll_interval: Duration::from_secs(60),
+            ..fast()
+        })
+        .subscriber(recorder.clone())
+        .start()
+        .unwrap();
+    eventually("the deposit that landed during a read delivered", || {
+        recorder.amounts().len() == 9
+    })
+    .await;
+    let expected: Vec<(String, u64)> = (1..=9).map(|a| ("a".to_owned(), a)).collect();
+    assert_eq!(recorder.amounts(), expected, "every deposit once, in order");
     runtime.shutdown().await.unwrap();
 }
 
