@@ -572,32 +572,39 @@ pub async fn concurrent_appends_one_winner(store: &dyn EventStore) {
         ))
     }))
     .await;
+    one_winner_and_typed_conflicts(&results, 1, 3);
+    let loaded = store.load("Order", &id, 0).await.expect("load");
+    assert_eq!(
+        loaded.iter().map(|e| e.entity_version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
+
+/// Of concurrent appends that all expected `expected`: exactly one appended (up to `actual`),
+/// and every other one is a `Conflict` naming `expected` and `actual`.
+fn one_winner_and_typed_conflicts(
+    results: &[crate::Result<AppendOutcome>],
+    expected: u64,
+    actual: u64,
+) {
     let wins = results
         .iter()
-        .filter(|r| matches!(r, Ok(AppendOutcome::Appended { .. })))
+        .filter(|r| matches!(r, Ok(AppendOutcome::Appended { version, .. }) if *version == actual))
         .count();
     let conflicts = results
         .iter()
         .filter(|r| {
             matches!(
                 r,
-                Err(Error::Conflict {
-                    expected: 1,
-                    actual: 3,
-                    ..
-                })
+                Err(Error::Conflict { expected: e, actual: a, .. }) if *e == expected && *a == actual
             )
         })
         .count();
     assert_eq!(wins, 1, "exactly one writer wins: {results:?}");
     assert_eq!(
-        conflicts, 11,
+        conflicts,
+        results.len() - 1,
         "every loser gets a typed conflict: {results:?}"
-    );
-    let loaded = store.load("Order", &id, 0).await.expect("load");
-    assert_eq!(
-        loaded.iter().map(|e| e.entity_version).collect::<Vec<_>>(),
-        vec![1, 2, 3]
     );
 }
 
@@ -628,28 +635,7 @@ pub async fn appends_after_a_load(store: &dyn EventStore) {
         ))
     }))
     .await;
-    let wins = results
-        .iter()
-        .filter(|r| matches!(r, Ok(AppendOutcome::Appended { version: 3, .. })))
-        .count();
-    let conflicts = results
-        .iter()
-        .filter(|r| {
-            matches!(
-                r,
-                Err(Error::Conflict {
-                    expected: 1,
-                    actual: 3,
-                    ..
-                })
-            )
-        })
-        .count();
-    assert_eq!(wins, 1, "exactly one writer wins: {results:?}");
-    assert_eq!(
-        conflicts, 11,
-        "every loser gets a typed conflict: {results:?}"
-    );
+    one_winner_and_typed_conflicts(&results, 1, 3);
     // A version read earlier and overtaken since: a conflict naming the current version.
     let stale = store
         .append_after_load(request(

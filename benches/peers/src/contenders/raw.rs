@@ -59,6 +59,21 @@ impl RawSide {
         Ok((version, balance))
     }
 
+    /// One `Deposited` event at `version`: one autocommit INSERT.
+    async fn insert_deposit(&self, id: Uuid, version: i64, amount: u64) -> BoxResult<()> {
+        let payload = serde_json::to_string(&Deposited { amount })?;
+        sqlx::query(
+            "INSERT INTO events (stream_id, version, event_type, payload) \
+             VALUES ($1, $2, 'Deposited', $3::jsonb)",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(payload)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn append(&self, id: Uuid, after: i64, events: &[(&str, String)]) -> BoxResult<()> {
         let versions: Vec<i64> = (1..=events.len() as i64).map(|k| after + k).collect();
         let types: Vec<&str> = events.iter().map(|(t, _)| *t).collect();
@@ -90,17 +105,7 @@ impl Contender for RawSide {
 
     async fn deposit(&self, id: Uuid, amount: u64) -> BoxResult<()> {
         let (version, _) = self.load(id).await?;
-        let payload = serde_json::to_string(&Deposited { amount })?;
-        sqlx::query(
-            "INSERT INTO events (stream_id, version, event_type, payload) \
-             VALUES ($1, $2, 'Deposited', $3::jsonb)",
-        )
-        .bind(id)
-        .bind(version + 1)
-        .bind(payload)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.insert_deposit(id, version + 1, amount).await
     }
 
     async fn balance(&self, id: Uuid) -> BoxResult<u64> {
@@ -168,16 +173,7 @@ impl Contender for RawInsertOnly {
             Some(version) => version,
             None => self.raw.load(id).await?.0,
         };
-        let payload = serde_json::to_string(&Deposited { amount })?;
-        sqlx::query(
-            "INSERT INTO events (stream_id, version, event_type, payload) \
-             VALUES ($1, $2, 'Deposited', $3::jsonb)",
-        )
-        .bind(id)
-        .bind(version + 1)
-        .bind(payload)
-        .execute(&self.raw.pool)
-        .await?;
+        self.raw.insert_deposit(id, version + 1, amount).await?;
         self.set_version(id, version + 1);
         Ok(())
     }
