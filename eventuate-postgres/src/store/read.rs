@@ -24,38 +24,25 @@ impl PostgresEventStore {
             .bind(entity_type)
             .bind(entity_id)
             .bind(i64::try_from(after_version).unwrap_or(i64::MAX));
-        let mut events = Vec::new();
-        each_row(query, &self.inner.pool, &context, |row| {
-            events.push(envelope(&row, &context)?);
-            Ok(())
-        })
-        .await?;
-        Ok(events)
+        envelopes(query, &self.inner.pool, &context, 0).await
     }
 
     /// Three columns instead of the envelope's nine: rebuilding an aggregate needs neither
     /// metadata nor positions, and the metadata JSON was most of the bytes and decode time.
+    /// The rows of [`Self::fold`], owned.
     pub(super) async fn load_fold(
         &self,
         entity_type: &str,
         entity_id: &str,
         after_version: u64,
     ) -> CoreResult<Vec<eventuate_core::StoredEvent>> {
-        eventuate_core::name::validate_entity_type(entity_type)?;
-        eventuate_core::name::validate_entity_id(entity_id)?;
-        let context = || format!("load {entity_type} `{entity_id}`");
-        let query = sqlx::query(&self.inner.sql.load_fold)
-            .bind(entity_type)
-            .bind(entity_id)
-            .bind(i64::try_from(after_version).unwrap_or(i64::MAX));
         let mut events = Vec::new();
-        each_row(query, &self.inner.pool, &context, |row| {
-            let version: i64 = get_unchecked(&row, 0, &context)?;
+        self.fold(entity_type, entity_id, after_version, &mut |event| {
             events.push(eventuate_core::StoredEvent {
-                entity_version: to_u64(version),
-                event_type: get_unchecked(&row, 1, &context)?,
-                payload: get_unchecked(&row, 2, &context)?,
-                schema_version: schema_version(get_unchecked(&row, 3, &context)?),
+                entity_version: event.entity_version,
+                event_type: event.event_type.to_owned(),
+                payload: event.payload.to_owned(),
+                schema_version: event.schema_version,
             });
             Ok(())
         })
@@ -63,7 +50,8 @@ impl PostgresEventStore {
         Ok(events)
     }
 
-    /// [`Self::load_fold`]'s rows handed to `apply` as they arrive, borrowed from the row.
+    /// An entity's version, event type, payload and schema version, handed to `apply` as the
+    /// rows arrive, borrowed from the row.
     pub(super) async fn fold(
         &self,
         entity_type: &str,
@@ -207,13 +195,7 @@ impl PostgresEventStore {
         let args = filtered_args(after, limit, filter)
             .map_err(|e| backend(context(), sqlx::Error::Encode(e)))?;
         let query = sqlx::query_with(self.inner.sql.read.of(filter), args);
-        let mut events = Vec::with_capacity(limit.min(4096));
-        each_row(query, &self.inner.pool, &context, |row| {
-            events.push(envelope(&row, &context)?);
-            Ok(())
-        })
-        .await?;
-        Ok(events)
+        envelopes(query, &self.inner.pool, &context, limit.min(4096)).await
     }
 
     /// A batch for a consumer: undecodable rows are handed over instead of failing the read,
@@ -381,6 +363,22 @@ async fn each_row<'q>(
         decode(row)?;
     }
     Ok(())
+}
+
+/// The envelopes of a statement that selects [`EVENT_COLUMNS`], in the order it returns them.
+async fn envelopes<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    pool: &sqlx::PgPool,
+    context: &(dyn Fn() -> String + Sync),
+    capacity: usize,
+) -> CoreResult<Vec<EventEnvelope>> {
+    let mut events = Vec::with_capacity(capacity);
+    each_row(query, pool, context, |row| {
+        events.push(envelope(&row, context)?);
+        Ok(())
+    })
+    .await?;
+    Ok(events)
 }
 
 /// Decodes a row of the columns listed in [`EVENT_COLUMNS`]; a row whose metadata does not
