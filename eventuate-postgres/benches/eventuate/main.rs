@@ -9,6 +9,8 @@
 //!   options: --json PATH (default target/eventuate-bench.json)
 //!            --only commands,bulk,load,delivery,catchup,idle,txview,status
 //!            --diagnose (CPU, commits, WAL, statements and waits per operation; see diag.rs)
+//!            --tracing-info (tracing-subscriber's fmt layer installed at INFO, output
+//!              discarded: what an application that logs at INFO pays)
 //! ```
 //!
 //! Without `DATABASE_URL` it starts a throwaway PostgreSQL with durable settings (fsync and
@@ -67,6 +69,7 @@ const GROUPS: &[&str] = &[
 struct Args {
     quick: bool,
     diagnose: bool,
+    tracing_info: bool,
     json: PathBuf,
     only: Vec<String>,
 }
@@ -75,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         quick: false,
         diagnose: false,
+        tracing_info: false,
         json: default_json_path(),
         only: GROUPS.iter().map(|g| (*g).to_owned()).collect(),
     };
@@ -83,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--diagnose" => args.diagnose = true,
+            "--tracing-info" => args.tracing_info = true,
             "--json" => args.json = it.next().ok_or("--json needs a path")?.into(),
             "--only" => {
                 let list = it.next().ok_or("--only needs a list")?;
@@ -148,6 +153,17 @@ async fn run(args: Args) -> BoxResult<()> {
         "interleaved rounds per comparison: {} (variants alternate, so noise hits both sides)",
         mode.rounds()
     )];
+    if args.tracing_info {
+        // For the whole process: the framework and the floors alike (the floors log nothing).
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .init();
+        notes.push(
+            "tracing: tracing-subscriber's fmt layer at INFO, output discarded (--tracing-info)"
+                .to_owned(),
+        );
+    }
     let only = |group: &str| args.only.iter().any(|g| g == group);
     let section =
         |name: &str| eprintln!("  {name} ... ({:.0} s)", measuring.elapsed().as_secs_f64());
