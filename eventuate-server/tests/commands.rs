@@ -2,11 +2,12 @@
 //! validation), through the router in-process, over the in-memory store and a throwaway
 //! PostgreSQL: every scenario runs on both.
 
+mod http_support;
+
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::StatusCode;
 use eventuate_core::prelude::*;
 use eventuate_core::store::{AppendOutcome, AppendRequest, ExpectedVersion};
 use eventuate_core::{
@@ -17,10 +18,10 @@ use eventuate_postgres::PostgresEventStore;
 use eventuate_postgres::embedded::test_database;
 use eventuate_server::Server;
 use futures_util::future::BoxFuture;
+use http_support::{Reply, get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 // ---------------------------------------------------------------------------------------------
 // The aggregate under test.
@@ -164,51 +165,6 @@ impl Ticket {
 
 // ---------------------------------------------------------------------------------------------
 // Harness.
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-async fn send(
-    router: &Router,
-    method: Method,
-    uri: &str,
-    body: &str,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut request = Request::builder().method(method).uri(uri);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_owned()))
-        .expect("request");
-    let response = router.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("body");
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn post(router: &Router, uri: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
-    send(router, Method::POST, uri, body, headers).await
-}
-
-async fn get(router: &Router, uri: &str) -> Reply {
-    send(router, Method::GET, uri, "", &[]).await
-}
 
 #[track_caller]
 fn assert_error(reply: &Reply, status: StatusCode, code: &str, field: Option<&str>) {

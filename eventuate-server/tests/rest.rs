@@ -1,12 +1,12 @@
 //! The REST API against a throwaway PostgreSQL, through the router in-process
 //! (`tower::ServiceExt::oneshot`), plus the listener's limits over a real socket.
 
+mod http_support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use eventuate_core::runtime::{Running, RuntimeOptions};
 use eventuate_core::store::{AppendOutcome, AppendRequest};
 use eventuate_core::{
@@ -17,56 +17,9 @@ use eventuate_postgres::PostgresEventStore;
 use eventuate_postgres::embedded::test_database;
 use eventuate_server::{Server, ServerOptions};
 use futures_util::future::BoxFuture;
+use http_support::{Reply, get, post, send};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower::ServiceExt;
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-async fn send(
-    router: &Router,
-    method: Method,
-    uri: &str,
-    body: Option<&str>,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut request = Request::builder().method(method).uri(uri);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
-    }
-    let request = request
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
-        .expect("request");
-    let response = router.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("body");
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn post(router: &Router, uri: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
-    send(router, Method::POST, uri, Some(body), headers).await
-}
-
-async fn get(router: &Router, uri: &str) -> Reply {
-    send(router, Method::GET, uri, None, &[]).await
-}
 
 /// Asserts an error answer: status, stable code, and (if given) the field at fault.
 #[track_caller]
