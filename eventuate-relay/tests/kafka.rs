@@ -6,26 +6,26 @@
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventuate_core::runtime::RuntimeOptions;
-use eventuate_core::store::{AppendOutcome, AppendRequest, ExpectedVersion};
-use eventuate_core::subscription_store::SubscriptionStore;
-use eventuate_core::{BatchOutcome, EventEnvelope, EventStore, Eventuate, NewEvent, RetryPolicy};
+use eventuate_core::store::{AppendRequest, ExpectedVersion};
+use eventuate_core::{EventEnvelope, EventStore, Eventuate, NewEvent, RetryPolicy};
 use eventuate_postgres::PostgresEventStore;
 use eventuate_relay::kafka::{KafkaBroker, producer_config};
-use eventuate_relay::{Broker, Message, Relay, RelayOptions, Topics, headers};
+use eventuate_relay::{Relay, RelayOptions, Topics, headers};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::Notify;
 use uuid::Uuid;
+
+use common::*;
 
 const PARTITIONS: i32 = 3;
 
@@ -58,32 +58,6 @@ fn java_partition(key: &[u8], partitions: i32) -> i32 {
     ((h & 0x7fff_ffff) % partitions as u32) as i32
 }
 
-async fn append(store: &PostgresEventStore, entity_type: &str, entity_id: &str, version: u64) {
-    let mut event = NewEvent::new(
-        format!("{entity_type}Changed"),
-        format!("{{\"n\":{version}}}"),
-    );
-    if version % 3 == 2 {
-        event.metadata.causation_id = Some(uuid::Uuid::new_v4());
-        event.metadata.correlation_id = Some(uuid::Uuid::new_v4());
-    }
-    let request = AppendRequest {
-        entity_type: entity_type.into(),
-        entity_id: entity_id.into(),
-        expected: if version == 0 {
-            ExpectedVersion::New
-        } else {
-            ExpectedVersion::Exactly(version)
-        },
-        events: vec![event],
-        idempotency: None,
-    };
-    assert!(matches!(
-        store.append(request).await.unwrap(),
-        AppendOutcome::Appended { .. }
-    ));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_produced_once_keyed_by_entity_on_the_java_clients_partition() {
     let mock = MockCluster::new(3).expect("mock cluster");
@@ -106,7 +80,7 @@ async fn every_event_is_produced_once_keyed_by_entity_on_the_java_clients_partit
         .collect();
     for v in 0..5 {
         for (t, id) in &entities {
-            append(&store, t, id, v).await;
+            append_numbered(&store, t, id, v).await;
         }
     }
     let running = Eventuate::new(store.clone())
@@ -130,7 +104,7 @@ async fn every_event_is_produced_once_keyed_by_entity_on_the_java_clients_partit
         .unwrap();
     for v in 5..10 {
         for (t, id) in &entities {
-            append(&store, t, id, v).await;
+            append_numbered(&store, t, id, v).await;
         }
     }
     running
@@ -232,14 +206,6 @@ fn cluster() -> MockCluster<'static, DefaultProducerContext> {
     mock
 }
 
-async fn store(url: &str) -> PostgresEventStore {
-    PostgresEventStore::builder()
-        .migrate_on_connect(true)
-        .connect(url)
-        .await
-        .unwrap()
-}
-
 fn runtime_options() -> RuntimeOptions {
     RuntimeOptions {
         poll_interval: Duration::from_millis(200),
@@ -254,40 +220,6 @@ fn relay_options() -> RelayOptions {
         ["Order", "Customer"],
         Topics::per_entity_type("events."),
     )
-}
-
-fn entities(n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .flat_map(|i| {
-            [
-                ("Order".to_owned(), format!("order-{i}")),
-                ("Customer".to_owned(), format!("customer-{i}")),
-            ]
-        })
-        .collect()
-}
-
-async fn append_rounds(
-    store: &PostgresEventStore,
-    entities: &[(String, String)],
-    from: u64,
-    rounds: u64,
-) {
-    for v in from..from + rounds {
-        for (t, id) in entities {
-            append(store, t, id, v).await;
-        }
-    }
-}
-
-/// Every stored event of these entities, in stream order.
-async fn stored(store: &PostgresEventStore, entities: &[(String, String)]) -> Vec<EventEnvelope> {
-    let mut all = Vec::new();
-    for (t, id) in entities {
-        all.extend(store.load(t, id, 0).await.unwrap());
-    }
-    all.sort_by_key(|e| e.position);
-    all
 }
 
 /// One message read back.
@@ -493,144 +425,39 @@ async fn all_brokers_down_mid_stream_parks_nothing_counts_no_attempt_and_the_rel
     running.shutdown().await.unwrap();
 }
 
-/// Records what it produced; blocks forever after producing once `block` is set, as a
-/// process that dies between the broker's acknowledgement and its checkpoint.
-#[derive(Clone)]
-struct Recording {
-    inner: Arc<KafkaBroker>,
-    published: Arc<Mutex<Vec<Uuid>>>,
-    block: Arc<AtomicBool>,
-    blocked: Arc<Notify>,
-}
-
-impl Recording {
-    fn new(bootstrap: &str) -> Self {
-        Recording {
-            inner: Arc::new(KafkaBroker::new(
-                producer_config(bootstrap).create().unwrap(),
-            )),
-            published: Arc::default(),
-            block: Arc::default(),
-            blocked: Arc::default(),
-        }
-    }
-}
-
-impl Broker for Recording {
-    async fn publish(&self, messages: &[Message]) -> BatchOutcome {
-        let outcome = self.inner.publish(messages).await;
-        self.published
-            .lock()
-            .unwrap()
-            .extend(messages[..outcome.handled].iter().map(|m| m.event_id));
-        if self.block.load(Ordering::SeqCst) {
-            self.blocked.notify_one();
-            std::future::pending::<()>().await;
-        }
-        outcome
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_dropped_before_its_checkpoint_produces_again_only_what_was_not_checkpointed() {
     let mock = cluster();
     let db = eventuate_postgres::embedded::test_database().await;
     let store = store(&db.url).await;
-    let entities = entities(4);
-    let options_of = || {
-        let mut o = relay_options();
-        o.batch = 16;
-        o
-    };
-    let first = Recording::new(&mock.bootstrap_servers());
-    append_rounds(&store, &entities, 0, 5).await;
-    let running = Eventuate::new(store.clone())
-        .options(runtime_options())
-        .subscriber(Relay::new(first.clone(), options_of()))
-        .start()
-        .unwrap();
-    running
-        .wait_caught_up(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .nothing_parked()
-        .unwrap();
-    // From now on the first relay produces, then never checkpoints: it is dropped (a crash)
-    // while blocked after the broker's acknowledgement.
-    first.block.store(true, Ordering::SeqCst);
-    append_rounds(&store, &entities, 5, 5).await;
-    tokio::time::timeout(Duration::from_secs(30), first.blocked.notified())
-        .await
-        .expect("the first relay produced a run after the checkpoint");
-    drop(running);
-    let events = stored(&store, &entities).await;
-    assert_eq!(events.len(), 80);
-    let checkpoint = store.subscriber("relay").await.unwrap().partitions[0].checkpoint;
-    assert!(
-        checkpoint >= events[39].position && checkpoint < events[40].position,
-        "checkpointed up to the first 40: {checkpoint}"
-    );
-    let not_checkpointed: HashSet<Uuid> = events[40..].iter().map(|e| e.event_id).collect();
-    let produced_unchecked: HashSet<Uuid> = first
-        .published
-        .lock()
-        .unwrap()
-        .iter()
-        .copied()
-        .filter(|id| not_checkpointed.contains(id))
-        .collect();
-    assert!(
-        !produced_unchecked.is_empty(),
-        "the first relay produced events it did not checkpoint"
-    );
-
-    let second = Recording::new(&mock.bootstrap_servers());
-    let running = Eventuate::new(store.clone())
-        .options(runtime_options())
-        .subscriber(Relay::new(second.clone(), options_of()))
-        .start()
-        .unwrap();
-    // `wait_caught_up` counts a partition another node holds as caught up: first wait for
-    // the dropped runtime's lease to expire and this one to take the partition.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !running.status().await.unwrap().iter().all(|s| s.owned) {
-        assert!(Instant::now() < deadline, "the partition was taken over");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    running
-        .wait_caught_up(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .nothing_parked()
-        .unwrap();
-    let reproduced: HashSet<Uuid> = second.published.lock().unwrap().iter().copied().collect();
-    assert_eq!(
-        reproduced, not_checkpointed,
-        "the second relay produces exactly what was not checkpointed"
-    );
+    let bootstrap = mock.bootstrap_servers();
+    let crash = crash_before_checkpoint(&store, runtime_options(), || {
+        KafkaBroker::new(producer_config(&bootstrap).create().unwrap())
+    })
+    .await;
     // Kafka keeps both copies: the duplicates are exactly what the first relay produced after
     // its last checkpoint, so at most the events after that checkpoint.
-    let copies = check_at_least_once_in_order(&read_all(&mock.bootstrap_servers()).await, &events);
+    let copies = check_at_least_once_in_order(&read_all(&bootstrap).await, &crash.events);
     let duplicated: HashSet<Uuid> = copies
         .iter()
         .filter(|(_, n)| **n > 1)
         .map(|(id, _)| *id)
         .collect();
     assert!(copies.values().all(|n| *n <= 2), "at most two copies");
-    assert_eq!(duplicated, produced_unchecked);
-    assert!(duplicated.len() <= not_checkpointed.len());
+    assert_eq!(duplicated, crash.published_unchecked);
+    assert!(duplicated.len() <= crash.not_checkpointed.len());
     eprintln!(
         "duplicates after the crash: {} (events after the last checkpoint: {})",
         duplicated.len(),
-        not_checkpointed.len()
+        crash.not_checkpointed.len()
     );
-    running.shutdown().await.unwrap();
+    crash.running.shutdown().await.unwrap();
 }
 
 /// An event store with an `Order` whose first event is 4 KiB, between events of another
 /// order.
 async fn too_large_setup(store: &PostgresEventStore) {
-    append(store, "Order", "small", 0).await;
+    append_numbered(store, "Order", "small", 0).await;
     let big = NewEvent::new(
         "OrderChanged",
         format!("{{\"blob\":\"{}\"}}", "x".repeat(4096)),
@@ -643,7 +470,7 @@ async fn too_large_setup(store: &PostgresEventStore) {
         idempotency: None,
     };
     store.append(request).await.unwrap();
-    append(store, "Order", "small", 1).await;
+    append_numbered(store, "Order", "small", 1).await;
 }
 
 fn entity_ids(read: &[Produced]) -> Vec<String> {
@@ -680,8 +507,8 @@ async fn a_message_larger_than_the_producer_takes_is_parked_at_once_and_the_rest
     );
     assert_eq!(parked[0].attempts, 1, "parked at once");
     // The entity's next event waits behind it; others flow.
-    append(&store, "Order", "big", 1).await;
-    append(&store, "Order", "small", 2).await;
+    append_numbered(&store, "Order", "big", 1).await;
+    append_numbered(&store, "Order", "small", 2).await;
     let caught_up = running
         .wait_caught_up(Duration::from_secs(30))
         .await
@@ -699,7 +526,7 @@ async fn a_message_the_broker_refuses_as_too_large_is_parked_with_the_brokers_er
     let mock = cluster();
     let db = eventuate_postgres::embedded::test_database().await;
     let store = store(&db.url).await;
-    append(&store, "Order", "small", 0).await;
+    append_numbered(&store, "Order", "small", 0).await;
     let running = Eventuate::new(store.clone())
         .options(runtime_options())
         .subscriber(Relay::kafka_at(&mock.bootstrap_servers(), relay_options()).unwrap())
@@ -716,7 +543,7 @@ async fn a_message_the_broker_refuses_as_too_large_is_parked_with_the_brokers_er
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
     );
-    append(&store, "Order", "big", 0).await;
+    append_numbered(&store, "Order", "big", 0).await;
     let caught_up = running
         .wait_caught_up(Duration::from_secs(30))
         .await
@@ -730,7 +557,7 @@ async fn a_message_the_broker_refuses_as_too_large_is_parked_with_the_brokers_er
         parked[0].error
     );
     assert_eq!(parked[0].attempts, 1, "parked at once");
-    append(&store, "Order", "small", 1).await;
+    append_numbered(&store, "Order", "small", 1).await;
     running
         .wait_caught_up(Duration::from_secs(30))
         .await

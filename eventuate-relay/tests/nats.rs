@@ -5,51 +5,14 @@
 
 mod common;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::stream;
-use eventuate_core::subscription_store::SubscriptionStore;
-use eventuate_core::{BatchOutcome, Eventuate};
+use eventuate_core::Eventuate;
 use eventuate_relay::nats::{NatsBroker, jetstream_with_timeout};
-use eventuate_relay::{Broker, Message, Relay, RelayOptions, Topics};
-use tokio::sync::Notify;
-use uuid::Uuid;
+use eventuate_relay::{Relay, RelayOptions, Topics};
 
 use common::*;
-
-fn entities(n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .flat_map(|i| {
-            [
-                ("Order".to_owned(), format!("order-{i}")),
-                ("Customer".to_owned(), format!("customer-{i}")),
-            ]
-        })
-        .collect()
-}
-
-/// Appends `rounds` events to each entity, round-robin, starting at version `from`.
-async fn append_rounds(
-    store: &eventuate_postgres::PostgresEventStore,
-    entities: &[(String, String)],
-    from: u64,
-    rounds: u64,
-) {
-    for v in from..from + rounds {
-        for (t, id) in entities {
-            append(
-                store,
-                t,
-                id,
-                v,
-                format!("{{\"n\":{v},\"entity\":\"{id}\"}}"),
-            )
-            .await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_published_once_in_entity_order_with_its_headers() {
@@ -200,31 +163,6 @@ async fn a_nats_server_stopped_mid_stream_loses_nothing_and_the_relay_resumes_un
     running.shutdown().await.unwrap();
 }
 
-/// Records what it published; blocks forever after publishing once `block` is set, as a
-/// process that dies between the broker's acknowledgement and its checkpoint.
-#[derive(Clone)]
-struct Recording {
-    inner: NatsBroker,
-    published: Arc<Mutex<Vec<Uuid>>>,
-    block: Arc<Mutex<bool>>,
-    blocked: Arc<Notify>,
-}
-
-impl Broker for Recording {
-    async fn publish(&self, messages: &[Message]) -> BatchOutcome {
-        let outcome = self.inner.publish(messages).await;
-        self.published
-            .lock()
-            .unwrap()
-            .extend(messages[..outcome.handled].iter().map(|m| m.event_id));
-        if *self.block.lock().unwrap() {
-            self.blocked.notify_one();
-            std::future::pending::<()>().await;
-        }
-        outcome
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_dropped_before_its_checkpoint_republishes_only_the_rest_and_jetstream_drops_the_duplicates()
  {
@@ -242,101 +180,14 @@ async fn a_relay_dropped_before_its_checkpoint_republishes_only_the_rest_and_jet
         },
     )
     .await;
-    let entities = entities(4);
-    let options_of = || {
-        let mut o = RelayOptions::new(
-            "relay",
-            ["Order", "Customer"],
-            Topics::per_entity_type("events."),
-        );
-        o.batch = 16;
-        o
-    };
-    let first = Recording {
-        inner: NatsBroker::new(js.clone()),
-        published: Arc::default(),
-        block: Arc::default(),
-        blocked: Arc::default(),
-    };
-    append_rounds(&store, &entities, 0, 5).await;
-    let running = Eventuate::new(store.clone())
-        .options(options())
-        .subscriber(Relay::new(first.clone(), options_of()))
-        .start()
-        .unwrap();
-    running
-        .wait_caught_up(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .nothing_parked()
-        .unwrap();
-    // From now on the first relay publishes, then never checkpoints: it is dropped while
-    // blocked after the broker's acknowledgement.
-    *first.block.lock().unwrap() = true;
-    append_rounds(&store, &entities, 5, 5).await;
-    tokio::time::timeout(Duration::from_secs(30), first.blocked.notified())
-        .await
-        .expect("the first relay published a run after the checkpoint");
-    drop(running);
-    let events = stored(&store, &entities).await;
-    assert_eq!(events.len(), 80);
-    let checkpoint = store.subscriber("relay").await.unwrap().partitions[0].checkpoint;
-    // The checkpoint is past the first 40 events (at the head's horizon), before the rest.
-    assert!(
-        checkpoint >= events[39].position && checkpoint < events[40].position,
-        "checkpointed up to the first 40: {checkpoint}"
-    );
-    let not_checkpointed: HashSet<Uuid> = events[40..].iter().map(|e| e.event_id).collect();
-    let published_unchecked: HashSet<Uuid> = first
-        .published
-        .lock()
-        .unwrap()
-        .iter()
-        .copied()
-        .filter(|id| not_checkpointed.contains(id))
-        .collect();
-    assert!(
-        !published_unchecked.is_empty(),
-        "the first relay published events it did not checkpoint"
-    );
-
-    let second = Recording {
-        inner: NatsBroker::new(js.clone()),
-        published: Arc::default(),
-        block: Arc::default(),
-        blocked: Arc::default(),
-    };
-    let running = Eventuate::new(store.clone())
-        .options(options())
-        .subscriber(Relay::new(second.clone(), options_of()))
-        .start()
-        .unwrap();
-    // `wait_caught_up` counts a partition another node holds as caught up: first wait for
-    // the dropped runtime's lease to expire and this one to take the partition.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !running.status().await.unwrap().iter().all(|s| s.owned) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the partition was taken over"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    running
-        .wait_caught_up(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .nothing_parked()
-        .unwrap();
-    let republished: HashSet<Uuid> = second.published.lock().unwrap().iter().copied().collect();
-    assert_eq!(
-        republished, not_checkpointed,
-        "the second relay publishes exactly what was not checkpointed"
-    );
-    assert!(published_unchecked.is_subset(&republished));
-    check_exactly_once_in_order(&read_stream(&js, "EVENTS").await, &events, |e| {
+    let crash = crash_before_checkpoint(&store, options(), || NatsBroker::new(js.clone())).await;
+    // JetStream drops the re-published duplicates (message ids are event ids, inside the
+    // stream's duplicate window): every event once, in entity order.
+    assert!(crash.published_unchecked.is_subset(&crash.republished));
+    check_exactly_once_in_order(&read_stream(&js, "EVENTS").await, &crash.events, |e| {
         format!("events.{}", e.entity_type)
     });
-    running.shutdown().await.unwrap();
+    crash.running.shutdown().await.unwrap();
 }
 
 /// A stream that takes messages up to 2 KiB, an event store with an `Order` whose first

@@ -1,20 +1,27 @@
-//! A throwaway `nats-server -js` per test, appends, and reading a stream back.
+//! What the relay tests share: a throwaway `nats-server -js` per test, appends, reading a
+//! stream back, and the scenario of a relay that crashes between the broker's acknowledgement
+//! and its checkpoint, for any broker.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use eventuate_core::runtime::RuntimeOptions;
+use eventuate_core::runtime::{Running, RuntimeOptions};
 use eventuate_core::store::{AppendOutcome, AppendRequest, ExpectedVersion};
-use eventuate_core::{EventEnvelope, EventStore, NewEvent, RetryPolicy};
+use eventuate_core::subscription_store::SubscriptionStore;
+use eventuate_core::{BatchOutcome, EventEnvelope, EventStore, Eventuate, NewEvent, RetryPolicy};
 use eventuate_postgres::PostgresEventStore;
+use eventuate_relay::{Broker, Message, Relay, RelayOptions, Topics};
 use futures_util::StreamExt;
+use tokio::sync::Notify;
+use uuid::Uuid;
 
 const INSTALL_HINT: &str = "the NATS relay tests need `nats-server` (2.9 or later, with \
      JetStream). Install it with `apt-get install -y nats-server` (Debian/Ubuntu; the binary \
@@ -369,4 +376,202 @@ pub fn check_exactly_once_in_order(
 
 pub fn remove_dir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `Order` and `Customer` entities, `n` of each.
+pub fn entities(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .flat_map(|i| {
+            [
+                ("Order".to_owned(), format!("order-{i}")),
+                ("Customer".to_owned(), format!("customer-{i}")),
+            ]
+        })
+        .collect()
+}
+
+/// Appends event `version` of an entity with the payload `{"n": version, "entity": id}`.
+pub async fn append_numbered(
+    store: &PostgresEventStore,
+    entity_type: &str,
+    entity_id: &str,
+    version: u64,
+) {
+    let payload = format!("{{\"n\":{version},\"entity\":\"{entity_id}\"}}");
+    append(store, entity_type, entity_id, version, payload).await;
+}
+
+/// Appends `rounds` events to each entity, round-robin, starting at version `from`.
+pub async fn append_rounds(
+    store: &PostgresEventStore,
+    entities: &[(String, String)],
+    from: u64,
+    rounds: u64,
+) {
+    for v in from..from + rounds {
+        for (t, id) in entities {
+            append_numbered(store, t, id, v).await;
+        }
+    }
+}
+
+/// A broker that records the ids it published and, once `block` is set, hangs after the
+/// broker acknowledged a run, before the relay can checkpoint it: a relay dropped then is one
+/// that crashed between the broker's acknowledgement and its checkpoint.
+pub struct Recording<B> {
+    pub inner: Arc<B>,
+    pub published: Arc<Mutex<Vec<Uuid>>>,
+    pub block: Arc<AtomicBool>,
+    pub blocked: Arc<Notify>,
+}
+
+impl<B> Clone for Recording<B> {
+    fn clone(&self) -> Self {
+        Recording {
+            inner: self.inner.clone(),
+            published: self.published.clone(),
+            block: self.block.clone(),
+            blocked: self.blocked.clone(),
+        }
+    }
+}
+
+impl<B: Broker> Recording<B> {
+    pub fn new(inner: B) -> Self {
+        Recording {
+            inner: Arc::new(inner),
+            published: Arc::default(),
+            block: Arc::default(),
+            blocked: Arc::default(),
+        }
+    }
+
+    fn published(&self) -> Vec<Uuid> {
+        self.published.lock().unwrap().clone()
+    }
+}
+
+impl<B: Broker> Broker for Recording<B> {
+    async fn publish(&self, messages: &[Message]) -> BatchOutcome {
+        let outcome = self.inner.publish(messages).await;
+        self.published
+            .lock()
+            .unwrap()
+            .extend(messages[..outcome.handled].iter().map(|m| m.event_id));
+        if self.block.load(Ordering::SeqCst) {
+            self.blocked.notify_one();
+            std::future::pending::<()>().await;
+        }
+        outcome
+    }
+}
+
+/// What [`crash_before_checkpoint`] leaves for the broker's own checks.
+pub struct AfterTheCrash {
+    /// Every stored event, in stream order: 40 checkpointed before the crash, 40 after.
+    pub events: Vec<EventEnvelope>,
+    /// The ids of the events after the first relay's last checkpoint.
+    pub not_checkpointed: HashSet<Uuid>,
+    /// Of those, the ids the first relay published (acknowledged by the broker) before it
+    /// was dropped: not empty.
+    pub published_unchecked: HashSet<Uuid>,
+    /// What the second relay, which took the partition over, published: exactly
+    /// `not_checkpointed`.
+    pub republished: HashSet<Uuid>,
+    /// The second relay's runtime, caught up (shut it down after the checks).
+    pub running: Running,
+}
+
+/// A relay that crashes after the broker acknowledged a run and before its checkpoint, and
+/// the relay that takes over: 4 orders and 4 customers, 5 events each relayed and
+/// checkpointed, 5 more each of which the first relay publishes some and is dropped while
+/// blocked (see [`Recording`]); a second relay (a new runtime, once the first one's lease
+/// expired) publishes again exactly what was not checkpointed. `broker` makes each relay's
+/// broker; the runtimes run with `runtime`.
+pub async fn crash_before_checkpoint<B: Broker>(
+    store: &PostgresEventStore,
+    runtime: RuntimeOptions,
+    broker: impl Fn() -> B,
+) -> AfterTheCrash {
+    let entities = entities(4);
+    let relay_options = || {
+        let mut o = RelayOptions::new(
+            "relay",
+            ["Order", "Customer"],
+            Topics::per_entity_type("events."),
+        );
+        o.batch = 16;
+        o
+    };
+    let first = Recording::new(broker());
+    append_rounds(store, &entities, 0, 5).await;
+    let running = Eventuate::new(store.clone())
+        .options(runtime.clone())
+        .subscriber(Relay::new(first.clone(), relay_options()))
+        .start()
+        .unwrap();
+    running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    // From now on the first relay publishes, then never checkpoints: it is dropped (a
+    // crash) while blocked after the broker's acknowledgement.
+    first.block.store(true, Ordering::SeqCst);
+    append_rounds(store, &entities, 5, 5).await;
+    tokio::time::timeout(Duration::from_secs(30), first.blocked.notified())
+        .await
+        .expect("the first relay published a run after the checkpoint");
+    drop(running);
+    let events = stored(store, &entities).await;
+    assert_eq!(events.len(), 80);
+    let checkpoint = store.subscriber("relay").await.unwrap().partitions[0].checkpoint;
+    // The checkpoint is past the first 40 events (at the head's horizon), before the rest.
+    assert!(
+        checkpoint >= events[39].position && checkpoint < events[40].position,
+        "checkpointed up to the first 40: {checkpoint}"
+    );
+    let not_checkpointed: HashSet<Uuid> = events[40..].iter().map(|e| e.event_id).collect();
+    let published_unchecked: HashSet<Uuid> = first
+        .published()
+        .into_iter()
+        .filter(|id| not_checkpointed.contains(id))
+        .collect();
+    assert!(
+        !published_unchecked.is_empty(),
+        "the first relay published events it did not checkpoint"
+    );
+
+    let second = Recording::new(broker());
+    let running = Eventuate::new(store.clone())
+        .options(runtime)
+        .subscriber(Relay::new(second.clone(), relay_options()))
+        .start()
+        .unwrap();
+    // `wait_caught_up` counts a partition another node holds as caught up: first wait for
+    // the dropped runtime's lease to expire and this one to take the partition.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running.status().await.unwrap().iter().all(|s| s.owned) {
+        assert!(Instant::now() < deadline, "the partition was taken over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+    let republished: HashSet<Uuid> = second.published().into_iter().collect();
+    assert_eq!(
+        republished, not_checkpointed,
+        "the second relay publishes exactly what was not checkpointed"
+    );
+    AfterTheCrash {
+        events,
+        not_checkpointed,
+        published_unchecked,
+        republished,
+        running,
+    }
 }
