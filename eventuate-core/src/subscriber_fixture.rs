@@ -60,6 +60,8 @@ use crate::{EventEnvelope, InMemoryEventStore, NewEvent, Position, Repository, R
 /// A subscriber under test, with an in-memory store of given events.
 pub struct SubscriberFixture<S: Subscriber> {
     subscriber: S,
+    /// The older names of renamed entity types, as the runtime knows them.
+    aliases: crate::runtime::renames::EntityTypeAliases,
     store: InMemoryEventStore,
     repository: Repository,
     /// The last position delivered.
@@ -100,11 +102,32 @@ impl<S: Subscriber> SubscriberFixture<S> {
         let store = InMemoryEventStore::new();
         SubscriberFixture {
             subscriber,
+            aliases: Default::default(),
             repository: Repository::new(store.clone()),
             store,
             delivered_to: Position::START,
             delivered: Vec::new(),
         }
+    }
+
+    /// Makes the aggregate's older entity type names known, as
+    /// [`Eventuate::aggregate`](crate::Eventuate::aggregate) does for the runtime: a
+    /// subscription to its current name then also receives the events stored under the older
+    /// names ([`crate::Aggregate::ENTITY_TYPE_ALIASES`]), and their
+    /// [`EventContext::entity_type`] is the current name (`ctx.event()` keeps the stored row).
+    ///
+    /// # Panics
+    ///
+    /// If a name would then mean two entity types (what [`crate::Eventuate::start`] refuses).
+    pub fn aggregate<A: Aggregate>(mut self) -> Self {
+        self.aliases.add(
+            A::ENTITY_TYPE.to_owned(),
+            A::ENTITY_TYPE_ALIASES.iter().map(|a| (*a).to_owned()),
+        );
+        if let Err(e) = self.aliases.validate() {
+            panic!("{e}");
+        }
+        self
     }
 
     /// The store: append given events of any kind, or look at what the subscriber wrote.
@@ -177,7 +200,10 @@ impl<S: Subscriber> SubscriberFixture<S> {
     ///
     /// If the in-memory store fails to read, which it does not.
     pub async fn deliver(&mut self) -> Delivery {
-        let subscription = self.subscriber.subscription();
+        let mut subscription = self.subscriber.subscription();
+        // As the runtime does: rows under an older name of a subscribed type are delivered,
+        // their context naming the current type.
+        let current_names = self.aliases.widen(&mut subscription);
         let filter = StreamFilter::entity_types(subscription.entity_types.clone());
         let mut results = Vec::new();
         loop {
@@ -198,7 +224,12 @@ impl<S: Subscriber> SubscriberFixture<S> {
                 if event.position <= before || !subscription.handles(&event.event_type) {
                     continue;
                 }
+                let current = current_names.get(&event.entity_type).cloned();
                 let ctx = EventContext::new(self.repository.clone(), &subscription.id, event);
+                let ctx = match current {
+                    Some(current) => ctx.with_current_entity_type(current),
+                    None => ctx,
+                };
                 let result = self.subscriber.handle(&ctx).await;
                 self.delivered.push(ctx.event_id());
                 results.push((ctx.event().clone(), result));

@@ -70,7 +70,7 @@
 mod consumer;
 mod manager;
 mod page;
-mod renames;
+pub(crate) mod renames;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;

@@ -17,15 +17,15 @@ use crate::{Error, Result};
 
 /// Current entity type name -> its older names.
 #[derive(Clone, Debug, Default)]
-pub(super) struct EntityTypeAliases {
+pub(crate) struct EntityTypeAliases {
     aliases: BTreeMap<String, Vec<String>>,
 }
 
 /// For one subscription: stored (older) name -> the current name handlers see.
-pub(super) type CurrentNames = HashMap<String, Arc<str>>;
+pub(crate) type CurrentNames = HashMap<String, Arc<str>>;
 
 impl EntityTypeAliases {
-    pub(super) fn add(&mut self, entity_type: String, aliases: impl IntoIterator<Item = String>) {
+    pub(crate) fn add(&mut self, entity_type: String, aliases: impl IntoIterator<Item = String>) {
         let known = self.aliases.entry(entity_type).or_default();
         for alias in aliases {
             if !known.contains(&alias) {
@@ -36,7 +36,7 @@ impl EntityTypeAliases {
 
     /// Refuses aliases that would make a stored name mean two entity types: an alias that is
     /// also a current name, or an alias of two names.
-    pub(super) fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let mut owner: HashMap<&str, &str> = HashMap::new();
         for (current, aliases) in &self.aliases {
             for alias in aliases {
@@ -62,7 +62,7 @@ impl EntityTypeAliases {
 
     /// Adds the older names of every subscribed current name to the subscription, and returns
     /// which stored name stands for which current one.
-    pub(super) fn widen(&self, subscription: &mut Subscription) -> CurrentNames {
+    pub(crate) fn widen(&self, subscription: &mut Subscription) -> CurrentNames {
         let mut current_names = CurrentNames::new();
         let subscribed = subscription.entity_types.clone();
         for entity_type in &subscribed {
