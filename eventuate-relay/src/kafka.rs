@@ -6,6 +6,10 @@
 //! puts a key on the same partition as the Java client does, so consumers in any language see
 //! each entity's events on one partition, in order.
 
+/// The `rdkafka` this relay is built with: configure producers for [`Relay::kafka`] (and
+/// consumers reading what it produced) with the same version.
+pub use rdkafka;
+
 use eventuate_core::{BatchOutcome, HandlerError};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};

@@ -17,14 +17,15 @@ use eventuate_core::{EventEnvelope, EventStore, Eventuate, NewEvent, RetryPolicy
 use eventuate_postgres::PostgresEventStore;
 use eventuate_relay::kafka::{KafkaBroker, producer_config};
 use eventuate_relay::{Relay, RelayOptions, Topics, headers};
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::message::{Headers, Message as _};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use uuid::Uuid;
 
+use common::kafka::*;
 use common::*;
 
 const PARTITIONS: i32 = 3;
@@ -222,125 +223,6 @@ fn relay_options() -> RelayOptions {
     )
 }
 
-/// One message read back.
-#[derive(Clone, Debug)]
-struct Produced {
-    event_id: Uuid,
-    entity: (String, String),
-    version: u64,
-}
-
-fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
-    m.headers()
-        .and_then(|h| h.iter().find(|h| h.key == name))
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8(v.to_vec()).unwrap())
-}
-
-/// Every message on the topics, each partition from its start up to its high watermark, in
-/// partition order (an entity's messages are on one partition: in the order produced).
-async fn read_all(bootstrap: &str) -> Vec<Produced> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "read-all")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut expected = 0;
-    let mut assignment = TopicPartitionList::new();
-    for topic in TOPICS {
-        for p in 0..PARTITIONS {
-            let (low, high) = tokio::task::block_in_place(|| {
-                consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
-            })
-            .unwrap();
-            expected += high - low;
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (out.len() as i64) < expected {
-        assert!(
-            Instant::now() < deadline,
-            "read {} of {expected} messages",
-            out.len()
-        );
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else {
-            continue;
-        };
-        out.push(Produced {
-            event_id: header(&m, headers::EVENT_ID).unwrap().parse().unwrap(),
-            entity: (
-                header(&m, headers::ENTITY_TYPE).unwrap(),
-                header(&m, headers::ENTITY_ID).unwrap(),
-            ),
-            version: header(&m, headers::ENTITY_VERSION)
-                .unwrap()
-                .parse()
-                .unwrap(),
-        });
-    }
-    out
-}
-
-/// At least once, in entity order: every event is there, nothing else is, and for each
-/// entity a consumer that keeps the first copy of each event id, or the last, sees versions
-/// 1, 2, 3, ... Returns how many copies of each event were read.
-fn check_at_least_once_in_order(
-    read: &[Produced],
-    events: &[EventEnvelope],
-) -> HashMap<Uuid, usize> {
-    let by_id: HashMap<Uuid, &EventEnvelope> = events.iter().map(|e| (e.event_id, e)).collect();
-    let mut copies: HashMap<Uuid, usize> = HashMap::new();
-    let mut per_entity: HashMap<(String, String), Vec<&Produced>> = HashMap::new();
-    for p in read {
-        let event = by_id
-            .get(&p.event_id)
-            .unwrap_or_else(|| panic!("unknown event {}", p.event_id));
-        assert_eq!(
-            (&p.entity.0, &p.entity.1, p.version),
-            (&event.entity_type, &event.entity_id, event.entity_version)
-        );
-        *copies.entry(p.event_id).or_default() += 1;
-        per_entity.entry(p.entity.clone()).or_default().push(p);
-    }
-    for e in events {
-        assert!(
-            copies.contains_key(&e.event_id),
-            "event {} lost",
-            e.event_id
-        );
-    }
-    for (entity, messages) in per_entity {
-        let count = events
-            .iter()
-            .filter(|e| (&e.entity_type, &e.entity_id) == (&entity.0, &entity.1))
-            .count() as u64;
-        let in_order: Vec<u64> = (1..=count).collect();
-        let mut seen = HashSet::new();
-        let first: Vec<u64> = messages
-            .iter()
-            .filter(|m| seen.insert(m.event_id))
-            .map(|m| m.version)
-            .collect();
-        assert_eq!(first, in_order, "{entity:?}, first copies");
-        seen.clear();
-        let mut last: Vec<u64> = messages
-            .iter()
-            .rev()
-            .filter(|m| seen.insert(m.event_id))
-            .map(|m| m.version)
-            .collect();
-        last.reverse();
-        assert_eq!(last, in_order, "{entity:?}, last copies");
-    }
-    copies
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_brokers_down_mid_stream_parks_nothing_counts_no_attempt_and_the_relay_resumes_unaided()
 {
@@ -413,7 +295,10 @@ async fn all_brokers_down_mid_stream_parks_nothing_counts_no_attempt_and_the_rel
     );
     let events = stored(&store, &entities).await;
     assert_eq!(events.len(), 240);
-    let copies = check_at_least_once_in_order(&read_all(&mock.bootstrap_servers()).await, &events);
+    let copies = check_at_least_once_in_order(
+        &read_all(&mock.bootstrap_servers(), &TOPICS, PARTITIONS).await,
+        &events,
+    );
     let duplicates: usize = copies.values().map(|n| n - 1).sum();
     // Messages in flight when the brokers went down may have been stored without their
     // acknowledgement: the relay produces them again (a new message to the idempotent
@@ -437,7 +322,10 @@ async fn a_relay_dropped_before_its_checkpoint_produces_again_only_what_was_not_
     .await;
     // Kafka keeps both copies: the duplicates are exactly what the first relay produced after
     // its last checkpoint, so at most the events after that checkpoint.
-    let copies = check_at_least_once_in_order(&read_all(&bootstrap).await, &crash.events);
+    let copies = check_at_least_once_in_order(
+        &read_all(&bootstrap, &TOPICS, PARTITIONS).await,
+        &crash.events,
+    );
     let duplicated: HashSet<Uuid> = copies
         .iter()
         .filter(|(_, n)| **n > 1)
@@ -515,7 +403,7 @@ async fn a_message_larger_than_the_producer_takes_is_parked_at_once_and_the_rest
         .unwrap();
     assert_eq!(caught_up.parked, vec![("relay".to_owned(), 2)]);
     assert_eq!(
-        entity_ids(&read_all(&mock.bootstrap_servers()).await),
+        entity_ids(&read_all(&mock.bootstrap_servers(), &TOPICS, PARTITIONS).await),
         ["small", "small", "small"]
     );
     running.shutdown().await.unwrap();
@@ -563,7 +451,7 @@ async fn a_message_the_broker_refuses_as_too_large_is_parked_with_the_brokers_er
         .await
         .unwrap();
     assert_eq!(
-        entity_ids(&read_all(&mock.bootstrap_servers()).await),
+        entity_ids(&read_all(&mock.bootstrap_servers(), &TOPICS, PARTITIONS).await),
         ["small", "small"]
     );
     running.shutdown().await.unwrap();

@@ -114,6 +114,88 @@ async fn post(addr: &str, path: &str, body: &Value) -> (u16, Value) {
     (status, json)
 }
 
+/// The binary relaying `Order` and `Customer` to `relay_url` on `shop.<entity type>` (the URL
+/// and layout as flags, the entity types from the environment), once it serves: the process,
+/// its HTTP address, and it has said what it relays.
+fn start_relaying(database_url: &str, relay_url: &str, broker: &str) -> (ServerProcess, String) {
+    let server = ServerProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--stomp-listen",
+            "127.0.0.1:0",
+            "--relay",
+            relay_url,
+            "--relay-prefix",
+            "shop.",
+        ],
+        &[
+            ("DATABASE_URL", database_url),
+            ("EVENTUATE_RELAY_TYPES", "Order,Customer"),
+        ],
+    );
+    let printed = server.until("serving the event store on http://");
+    let at = relay_url
+        .split_once("://")
+        .map_or(
+            relay_url,
+            |(scheme, rest)| {
+                if scheme == "kafka" { rest } else { relay_url }
+            },
+        );
+    assert!(
+        printed.iter().any(|l| l
+            == &format!(
+                "relay: Order, Customer to {broker} at {at} on `shop.<entity type>`, as subscriber `relay`"
+            )),
+        "it says what it relays: {printed:?}"
+    );
+    let addr = printed
+        .last()
+        .unwrap()
+        .trim_start_matches("serving the event store on http://")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    (server, addr)
+}
+
+/// Two orders and a customer created over REST, then three more events each: 12 events.
+async fn append_over_rest(addr: &str) -> Vec<(String, String)> {
+    let mut entities = Vec::new();
+    for (entity_type, id) in [
+        ("Order", "order-1"),
+        ("Customer", "customer-1"),
+        ("Order", "order-2"),
+    ] {
+        let (status, answer) = post(
+            addr,
+            &format!("/entities/{entity_type}"),
+            &json!({"entityId": id, "events": [
+                {"eventType": format!("{entity_type}Created"), "eventData": {"n": 1}}
+            ]}),
+        )
+        .await;
+        assert_eq!(status, 201, "{answer}");
+        entities.push((entity_type.to_owned(), id.to_owned()));
+    }
+    for version in 1..4 {
+        for (entity_type, id) in &entities {
+            let (status, answer) = post(
+                addr,
+                &format!("/entities/{entity_type}/{id}"),
+                &json!({"expectedVersion": version, "events": [
+                    {"eventType": format!("{entity_type}Changed"), "eventData": {"n": version + 1}},
+                ]}),
+            )
+            .await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    }
+    entities
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_with_relay_publishes_events_appended_over_rest_to_jetstream() {
     let nats = NatsServer::start();
@@ -128,71 +210,8 @@ async fn the_binary_with_relay_publishes_events_appended_over_rest_to_jetstream(
         },
     )
     .await;
-    // The relay's URL and layout as flags, its entity types from the environment.
-    let nats_url = nats.url();
-    let server = ServerProcess::start(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--stomp-listen",
-            "127.0.0.1:0",
-            "--relay",
-            &nats_url,
-            "--relay-prefix",
-            "shop.",
-        ],
-        &[
-            ("DATABASE_URL", db.url.as_str()),
-            ("EVENTUATE_RELAY_TYPES", "Order,Customer"),
-        ],
-    );
-    let printed = server.until("serving the event store on http://");
-    assert!(
-        printed.iter().any(|l| l
-            == &format!(
-                "relay: Order, Customer to NATS JetStream at {nats_url} on `shop.<entity type>`, as subscriber `relay`"
-            )),
-        "it says what it relays: {printed:?}"
-    );
-    let addr = printed
-        .last()
-        .unwrap()
-        .trim_start_matches("serving the event store on http://")
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-
-    let mut entities = Vec::new();
-    for (entity_type, id) in [
-        ("Order", "order-1"),
-        ("Customer", "customer-1"),
-        ("Order", "order-2"),
-    ] {
-        let (status, answer) = post(
-            &addr,
-            &format!("/entities/{entity_type}"),
-            &json!({"entityId": id, "events": [
-                {"eventType": format!("{entity_type}Created"), "eventData": {"n": 1}}
-            ]}),
-        )
-        .await;
-        assert_eq!(status, 201, "{answer}");
-        entities.push((entity_type.to_owned(), id.to_owned()));
-    }
-    for version in 1..4 {
-        for (entity_type, id) in &entities {
-            let (status, answer) = post(
-                &addr,
-                &format!("/entities/{entity_type}/{id}"),
-                &json!({"expectedVersion": version, "events": [
-                    {"eventType": format!("{entity_type}Changed"), "eventData": {"n": version + 1}},
-                ]}),
-            )
-            .await;
-            assert_eq!(status, 200, "{answer}");
-        }
-    }
+    let (server, addr) = start_relaying(&db.url, &nats.url(), "NATS JetStream");
+    let entities = append_over_rest(&addr).await;
 
     // Every event reaches the stream (the relay runs in the server's process).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -220,6 +239,49 @@ async fn the_binary_with_relay_publishes_events_appended_over_rest_to_jetstream(
     check_exactly_once_in_order(&read_stream(&js, "EVENTS").await, &events, |e| {
         format!("shop.{}", e.entity_type)
     });
+    assert!(server.terminate().success(), "a clean stop on SIGTERM");
+}
+
+/// `--relay kafka://` (a server built with `--features kafka`) against an in-process
+/// `MockCluster`: the binary, a separate process, produces to its loopback ports.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_with_relay_produces_events_appended_over_rest_to_kafka() {
+    use common::kafka::{check_at_least_once_in_order, read_all};
+    use eventuate_relay::kafka::rdkafka::mocking::MockCluster;
+    use eventuate_relay::kafka::rdkafka::producer::DefaultProducerContext;
+
+    const TOPICS: [&str; 2] = ["shop.Order", "shop.Customer"];
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    for topic in TOPICS {
+        mock.create_topic(topic, 2, 1).unwrap();
+    }
+    let db = eventuate_postgres::embedded::test_database().await;
+    let bootstrap = mock.bootstrap_servers();
+    let (server, addr) = start_relaying(&db.url, &format!("kafka://{bootstrap}"), "Kafka");
+    let entities = append_over_rest(&addr).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let read = loop {
+        let read = read_all(&bootstrap, &TOPICS, 2).await;
+        if read.len() >= 12 {
+            break read;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 12 events on Kafka",
+            read.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let store = store(&db.url).await;
+    let events = stored(&store, &entities).await;
+    assert_eq!(events.len(), 12);
+    let copies = check_at_least_once_in_order(&read, &events);
+    assert!(
+        copies.values().all(|n| *n == 1),
+        "once each in a clean run: {copies:?}"
+    );
     assert!(server.terminate().success(), "a clean stop on SIGTERM");
 }
 

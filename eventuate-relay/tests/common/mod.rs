@@ -23,6 +23,9 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
 const INSTALL_HINT: &str = "the NATS relay tests need `nats-server` (2.9 or later, with \
      JetStream). Install it with `apt-get install -y nats-server` (Debian/Ubuntu; the binary \
      goes to /usr/sbin), or download it from https://github.com/nats-io/nats-server/releases, \
