@@ -10,13 +10,14 @@
 //! feature (which any crate of the build may do) never breaks an aggregate whose types do not
 //! derive `JsonSchema`.
 
-/// `fn event_schemas` of an `EventSet` impl: `("OrderCreated" => OrderCreated, ..)`.
+/// A schema method named `$method` listing `("Name" => Type, ..)`: what both hooks below
+/// expand to with the `schemas` feature.
 #[cfg(feature = "schemas")]
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __eventuate_event_schemas {
-    ($($name:expr => $ty:ty),* $(,)?) => {
-        fn event_schemas(
+macro_rules! __eventuate_schema_list {
+    ($method:ident; $($name:expr => $ty:ty),* $(,)?) => {
+        fn $method(
             generator: &mut $crate::__private::schemars::SchemaGenerator,
         ) -> $crate::__private::Vec<(
             &'static ::core::primitive::str,
@@ -29,6 +30,16 @@ macro_rules! __eventuate_event_schemas {
                 $(($name, (&$crate::__private::SchemaProbe::<$ty>::new()).json_schema(generator))),*
             ]
         }
+    };
+}
+
+/// `fn event_schemas` of an `EventSet` impl: `("OrderCreated" => OrderCreated, ..)`.
+#[cfg(feature = "schemas")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __eventuate_event_schemas {
+    ($($tokens:tt)*) => {
+        $crate::__eventuate_schema_list! { event_schemas; $($tokens)* }
     };
 }
 
@@ -45,20 +56,8 @@ macro_rules! __eventuate_event_schemas {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __eventuate_command_schemas {
-    ($($name:expr => $ty:ty),* $(,)?) => {
-        fn command_schemas(
-            generator: &mut $crate::__private::schemars::SchemaGenerator,
-        ) -> $crate::__private::Vec<(
-            &'static ::core::primitive::str,
-            ::core::option::Option<$crate::__private::schemars::Schema>,
-        )> {
-            #[allow(unused_imports)]
-            use $crate::__private::{SchemaFallback as _, SchemaViaJsonSchema as _};
-            let _ = &generator;
-            $crate::__private::vec![
-                $(($name, (&$crate::__private::SchemaProbe::<$ty>::new()).json_schema(generator))),*
-            ]
-        }
+    ($($tokens:tt)*) => {
+        $crate::__eventuate_schema_list! { command_schemas; $($tokens)* }
     };
 }
 
