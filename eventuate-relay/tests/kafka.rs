@@ -420,12 +420,7 @@ async fn a_message_the_broker_refuses_as_too_large_is_parked_with_the_brokers_er
         .subscriber(Relay::kafka_at(&mock.bootstrap_servers(), relay_options()).unwrap())
         .start()
         .unwrap();
-    running
-        .wait_caught_up(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .nothing_parked()
-        .unwrap();
+    caught_up(&running).await;
     // The broker answers the next produce request with MESSAGE_TOO_LARGE.
     mock.request_errors(
         RDKafkaApiKey::Produce,

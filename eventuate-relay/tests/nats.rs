@@ -63,12 +63,7 @@ async fn every_event_is_published_once_in_entity_order_with_its_headers() {
         .start()
         .unwrap();
     append_rounds(&store, &entities, 5, 5).await;
-    running
-        .wait_caught_up(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .nothing_parked()
-        .unwrap();
+    caught_up(&running).await;
     let events = stored(&store, &entities).await;
     assert_eq!(events.len(), 160);
     check_exactly_once_in_order(&read_stream(&js, "EVENTS").await, &events, |e| {

@@ -418,6 +418,16 @@ pub async fn append_rounds(
     }
 }
 
+/// Waits (30 s at most) until `running` has caught up with nothing parked.
+pub async fn caught_up(running: &Running) {
+    running
+        .wait_caught_up(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .nothing_parked()
+        .unwrap();
+}
+
 /// A broker that records the ids it published and, once `block` is set, hangs after the
 /// broker acknowledged a run, before the relay can checkpoint it: a relay dropped then is one
 /// that crashed between the broker's acknowledgement and its checkpoint.
@@ -513,12 +523,7 @@ pub async fn crash_before_checkpoint<B: Broker>(
         .subscriber(Relay::new(first.clone(), relay_options()))
         .start()
         .unwrap();
-    running
-        .wait_caught_up(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .nothing_parked()
-        .unwrap();
+    caught_up(&running).await;
     // From now on the first relay publishes, then never checkpoints: it is dropped (a
     // crash) while blocked after the broker's acknowledgement.
     first.block.store(true, Ordering::SeqCst);
@@ -559,12 +564,7 @@ pub async fn crash_before_checkpoint<B: Broker>(
         assert!(Instant::now() < deadline, "the partition was taken over");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    running
-        .wait_caught_up(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .nothing_parked()
-        .unwrap();
+    caught_up(&running).await;
     let republished: HashSet<Uuid> = second.published().into_iter().collect();
     assert_eq!(
         republished, not_checkpointed,
