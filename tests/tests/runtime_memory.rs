@@ -1893,3 +1893,58 @@ async fn an_append_landing_during_a_prefetched_read_is_not_left_for_the_poll() {
 async fn several_leases_are_renewed_per_lease_in_memory() {
     eventuate_core::testing::renewing_several_leases(&InMemoryEventStore::new()).await;
 }
+
+/// Records the name and level of every span created on this thread.
+#[derive(Clone, Default)]
+struct SpanLevels {
+    seen: Arc<Mutex<Vec<(&'static str, tracing::Level)>>>,
+}
+
+impl tracing::Subscriber for SpanLevels {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut seen = self.seen.lock().unwrap();
+        seen.push((span.metadata().name(), *span.metadata().level()));
+        tracing::span::Id::from_u64(seen.len() as u64)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Every delivery runs in a `deliver` span at DEBUG, as the README says (at INFO, one span
+/// per event was what a catch-up paid most for in an application that logs).
+#[tokio::test(flavor = "current_thread")]
+async fn every_delivery_runs_in_a_debug_span() {
+    let spans = SpanLevels::default();
+    // The runtime's tasks run on this test's one thread, where the subscriber is the default.
+    let _guard = tracing::subscriber::set_default(spans.clone());
+    let store = InMemoryEventStore::new();
+    let repo = Repository::new(store.clone());
+    deposit(&repo, "a", 1).await;
+    let recorder = Recorder::new("spans");
+    let runtime = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(recorder.clone())
+        .start()
+        .unwrap();
+    eventually("the deposit delivered", || recorder.amounts().len() == 1).await;
+    runtime.shutdown().await.unwrap();
+    let deliveries: Vec<tracing::Level> = spans
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| *name == "deliver")
+        .map(|(_, level)| *level)
+        .collect();
+    assert_eq!(
+        deliveries,
+        [tracing::Level::DEBUG, tracing::Level::DEBUG],
+        "one span per delivery (Opened, Deposited), at DEBUG"
+    );
+}

@@ -106,7 +106,9 @@ impl PostgresEventStore {
         // Fits: entity_hash is 31 bits.
         let hash = i32::try_from(eventuate_core::name::entity_hash(entity_id)).unwrap_or(0);
         // `append_new` inserts versions from $7 + 1 unconditionally: a create ($7 = 0), or an
-        // update whose base version is known to exist (see `Guard::Loaded`).
+        // update whose base version is known to exist (see `Guard::Loaded`). In a caller's
+        // transaction the guard's ordering check is needed whatever the caller read: the
+        // transaction may have taken its id before the version's writer did.
         let checked = guard == Guard::Checked || in_transaction;
         let statements = match (&request.expected, &request.idempotency) {
             (ExpectedVersion::Exactly(_), None) if checked => &sql.append_exactly,
