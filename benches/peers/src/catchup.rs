@@ -8,7 +8,11 @@
 //!   projections), `PgEventListenerConfig::poller(..).with_notifier()` with the default fetch
 //!   size (every pending event in one pass), on a database whose listener tables were set up
 //!   beforehand (`Migrator::init_listener`, then `.uninitialized()`, as its docs allow);
-//! - raw: keyset-paged SELECTs (pages of eventuate's batch size) decoding each payload.
+//! - raw: keyset-paged SELECTs (pages of eventuate's batch size) decoding each payload;
+//! - raw, eventuate's rows: one streaming SELECT of the nine columns eventuate hands a
+//!   subscriber (position, ids, types, payload, metadata), from eventuate's own table, nothing
+//!   decoded but the position: what the database and the driver alone cost for that row
+//!   shape, the ceiling of any reader that delivers eventuate's envelopes.
 //!
 //! Each side has a database of its own holding the same events: accounts of one `Opened` and
 //! 999 `Deposited`, written through the library's own command path. A first, untimed round
@@ -43,6 +47,7 @@ enum Side {
     Eventuate,
     Disintegrate,
     Raw,
+    RawEnvelope,
 }
 
 impl Side {
@@ -51,6 +56,7 @@ impl Side {
             Side::Eventuate => "eventuate",
             Side::Disintegrate => "disintegrate",
             Side::Raw => "raw sqlx",
+            Side::RawEnvelope => RAW_ENVELOPE,
         }
     }
 }
@@ -82,7 +88,12 @@ pub async fn run(env: &Env, mode: Mode) -> BoxResult<Vec<Table>> {
         .await?;
 
     let batch_size = RuntimeOptions::default().batch_size;
-    let mut order = vec![Side::Eventuate, Side::Disintegrate, Side::Raw];
+    let mut order = vec![
+        Side::Eventuate,
+        Side::Disintegrate,
+        Side::Raw,
+        Side::RawEnvelope,
+    ];
     let mut results: Vec<(&'static str, Throughput)> = order
         .iter()
         .map(|s| (s.name(), Throughput::default()))
@@ -103,6 +114,11 @@ pub async fn run(env: &Env, mode: Mode) -> BoxResult<Vec<Table>> {
                     if balance != expected_balance {
                         return Err(format!("raw catch-up: balance {balance}").into());
                     }
+                    (count, t0.elapsed())
+                }
+                Side::RawEnvelope => {
+                    let t0 = Instant::now();
+                    let count = raw_envelope_read(&ev_store).await?;
                     (count, t0.elapsed())
                 }
             };
@@ -293,6 +309,33 @@ async fn disintegrate_catchup(
     let _ = stop.send(());
     running.await??;
     Ok((count.load(Ordering::Acquire), elapsed))
+}
+
+/// The name of the side that reads eventuate's rows without decoding them.
+pub const RAW_ENVELOPE: &str = "raw sqlx, eventuate's rows undecoded";
+
+/// Every row of eventuate's table in one streaming SELECT of the nine envelope columns,
+/// reading only each row's position: the events.
+async fn raw_envelope_read(store: &eventuate_postgres::PostgresEventStore) -> BoxResult<u64> {
+    use futures_util::TryStreamExt;
+    use sqlx::Row;
+    let sql = format!(
+        "SELECT transaction_id, sequence, event_id, entity_type, entity_id, entity_version, \
+           event_type, payload::text, metadata::text FROM \"{}\".events \
+         ORDER BY transaction_id, sequence",
+        store.schema()
+    );
+    let mut rows = sqlx::query(&sql).fetch(store.pool());
+    let (mut count, mut last) = (0u64, (0i64, 0i64));
+    while let Some(row) = rows.try_next().await? {
+        let position: (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if position <= last {
+            return Err("eventuate's rows out of stream order".into());
+        }
+        last = position;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Reads every event in pages of `page`, decoding each payload: (events, balance).

@@ -50,6 +50,7 @@ impl Mode {
 fn main() {
     let mut quick = false;
     let mut json: Option<PathBuf> = None;
+    let mut only = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -57,6 +58,20 @@ fn main() {
             "--json" => match args.next() {
                 Some(path) => json = Some(path.into()),
                 None => usage("--json needs a path"),
+            },
+            "--only" => match args.next() {
+                Some(list) => {
+                    for workload in list.split(',') {
+                        if !WORKLOADS.contains(&workload) {
+                            usage(&format!(
+                                "unknown workload {workload} (one of {})",
+                                WORKLOADS.join(", ")
+                            ));
+                        }
+                        only.push(workload.to_owned());
+                    }
+                }
+                None => usage("--only needs a list of workloads"),
             },
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
@@ -69,17 +84,20 @@ fn main() {
         Ok(runtime) => runtime,
         Err(error) => fail(&format!("cannot start the tokio runtime: {error}")),
     };
-    if let Err(error) = runtime.block_on(run(Mode { quick }, json)) {
+    if let Err(error) = runtime.block_on(run(Mode { quick }, &only, json)) {
         fail(&error.to_string());
     }
 }
+
+/// The workloads `--only` can name.
+const WORKLOADS: [&str; 3] = ["commands", "load", "catchup"];
 
 fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("{problem}");
     }
     eprintln!(
-        "usage: cargo run --release --manifest-path benches/peers/Cargo.toml -- [--quick] [--json PATH]"
+        "usage: cargo run --release --manifest-path benches/peers/Cargo.toml -- [--quick] [--only commands,load,catchup] [--json PATH]"
     );
     std::process::exit(if problem.is_empty() { 0 } else { 2 })
 }
@@ -89,7 +107,9 @@ fn fail(message: &str) -> ! {
     std::process::exit(1)
 }
 
-async fn run(mode: Mode, json: Option<PathBuf>) -> BoxResult<()> {
+/// Runs the workloads named in `only` (all when it is empty).
+async fn run(mode: Mode, only: &[String], json: Option<PathBuf>) -> BoxResult<()> {
+    let runs = |workload: &str| only.is_empty() || only.iter().any(|w| w == workload);
     let env = env::Env::start().await?;
     eprintln!(
         "server: {} ({}); {} mode",
@@ -103,13 +123,19 @@ async fn run(mode: Mode, json: Option<PathBuf>) -> BoxResult<()> {
     let mut report = report::Report::new(&env, mode);
     let sides = contenders::Sides::connect(&env).await?;
 
-    eprintln!("(a) commands/s ...");
-    report.commands = commands::run(&sides, mode).await?;
-    eprintln!("(c) load of a 10,000-event account ...");
-    report.loads = load::run(&sides, mode).await?;
+    if runs("commands") {
+        eprintln!("(a) commands/s ...");
+        report.commands = commands::run(&sides, mode).await?;
+    }
+    if runs("load") {
+        eprintln!("(c) load of a 10,000-event account ...");
+        report.loads = load::run(&sides, mode).await?;
+    }
     sides.close().await;
-    eprintln!("(b) catch-up ...");
-    report.catchup = catchup::run(&env, mode).await?;
+    if runs("catchup") {
+        eprintln!("(b) catch-up ...");
+        report.catchup = catchup::run(&env, mode).await?;
+    }
 
     report.finish();
     println!("{}", report.markdown());

@@ -121,7 +121,10 @@ impl Report {
                     peer: "disintegrate",
                     at_least: 1.0,
                     ratio: a / b,
-                    ceiling: table.rate("raw sqlx").map(|f| ("raw sqlx", f / b)),
+                    // The ceiling of a reader of eventuate's row shape.
+                    ceiling: table
+                        .rate(crate::catchup::RAW_ENVELOPE)
+                        .map(|f| (crate::catchup::RAW_ENVELOPE, f / b)),
                 });
             }
         }
