@@ -316,11 +316,11 @@ pub fn markdown(report: &Report) -> String {
             .map(|(e, share)| format!("{e} {:.0}%", share * 100.0))
             .collect();
         out.push_str(&format!(
-            "| {} ({} ops) | {:.0} µs | {:.0} µs | {:.2} | {:.0} B | {} | {} |\n",
+            "| {} ({} ops) | {} µs | {} µs | {:.2} | {:.0} B | {} | {} |\n",
             p.label,
             p.ops,
-            p.client_cpu_us,
-            p.server_cpu_us,
+            micros(p.client_cpu_us),
+            micros(p.server_cpu_us),
             p.xids,
             p.wal_bytes,
             statements.join("<br>"),
@@ -394,4 +394,13 @@ fn shorten(query: &str) -> String {
     }
     out.push_str(rest);
     out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A CPU time per operation: one decimal below 10 µs (a catch-up's events cost about one).
+fn micros(us: f64) -> String {
+    if us < 10.0 {
+        format!("{us:.2}")
+    } else {
+        format!("{us:.0}")
+    }
 }
