@@ -564,6 +564,13 @@ async fn crash_loop(node_id: Option<uuid::Uuid>) {
         "parked after max_attempts + 1 crashes, by the next run"
     );
     assert_eq!(parked[0].attempts, max_attempts);
+    assert!(
+        parked[0]
+            .error
+            .contains(&format!("stopped {max_attempts} times while handling it")),
+        "the parked record says why: {}",
+        parked[0].error
+    );
     let last = runs.last().unwrap();
     assert!(
         last.amounts().contains(&("b".into(), 2)),
