@@ -247,6 +247,24 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
     result
 }
 
+/// `reset`'s error for a subscriber id that no table of the schema knows (a typo), for the
+/// `parked` commands once they found nothing: an empty answer would hide the typo.
+async fn check_known(store: &PostgresEventStore, subscriber: &str) -> Result<(), Error> {
+    if store
+        .subscriber_ids()
+        .await?
+        .iter()
+        .any(|id| id == subscriber)
+    {
+        Ok(())
+    } else {
+        Err(eventuate_postgres::Error::UnknownSubscriber {
+            subscriber: subscriber.to_owned(),
+        }
+        .into())
+    }
+}
+
 async fn execute(
     store: &PostgresEventStore,
     command: Command,
@@ -413,6 +431,9 @@ async fn parked(
     match action {
         ParkedAction::List { subscriber, json } => {
             let parked = store.parked(&subscriber).await?;
+            if parked.is_empty() {
+                check_known(store, &subscriber).await?;
+            }
             if json {
                 let value: Vec<Value> = parked
                     .iter()
@@ -468,6 +489,9 @@ async fn parked(
                 })?),
             };
             let n = store.request_replay(&subscriber, entity).await?;
+            if n == 0 {
+                check_known(store, &subscriber).await?;
+            }
             writeln!(
                 out,
                 "replay requested for {n} parked event(s) of `{subscriber}`; the consumer \
@@ -487,6 +511,7 @@ async fn parked(
                 )?;
                 Ok(())
             } else {
+                check_known(store, &subscriber).await?;
                 Err(format!("no parked event of `{subscriber}` at {position}").into())
             }
         }

@@ -214,6 +214,19 @@ async fn parked_events_are_listed_replayed_and_skipped() {
     assert!(list.contains("no parked event"), "{list}");
     let again = cli(&db.url, &["parked", "skip", "orders-view", &position]).await;
     assert!(again.unwrap_err().to_string().contains("no parked event"));
+
+    // A subscriber id no table knows (a typo) is an error, as for `reset`, not an empty answer.
+    let unknown = "no subscriber `orders-veiw` is stored in this schema";
+    for args in [
+        &["parked", "list", "orders-veiw"][..],
+        &["parked", "list", "orders-veiw", "--json"],
+        &["parked", "replay", "orders-veiw"],
+        &["parked", "skip", "orders-veiw", &position],
+        &["reset", "orders-veiw", "--to", "now"],
+    ] {
+        let error = cli(&db.url, args).await.unwrap_err().to_string();
+        assert_eq!(error, unknown, "{args:?}");
+    }
     seeded.store.close().await;
 }
 
