@@ -20,10 +20,10 @@ use clap::{Parser, Subcommand};
 use eventuate_core::runtime::SubscriptionStore;
 use eventuate_core::store::StreamFilter;
 use eventuate_core::{EventStore, Position};
-use eventuate_postgres::PostgresEventStore;
 use eventuate_postgres::admin::{
     Horizon, LAG_COUNT_LIMIT, ResetTarget, SubscriberOverview, parse_position,
 };
+use eventuate_postgres::{PostgresEventStore, sqlx};
 use serde_json::{Value, json};
 
 /// What a command can fail with: a message for the operator.
@@ -242,9 +242,63 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         .max_connections(2)
         .connect(&url)
         .await?;
-    let result = execute(&store, cli.command, out).await;
+    let result = match cli.command {
+        // `migrate` is what makes a store of an empty schema.
+        Command::Migrate => execute(&store, cli.command, out).await,
+        command => match check_store(&store).await {
+            Ok(lacking) => execute(&store, command, out)
+                .await
+                .map_err(|e| match lacking {
+                    Some(hint) => format!("{e}\nhint: {hint}").into(),
+                    None => e,
+                }),
+            Err(e) => Err(e),
+        },
+    };
     store.close().await;
     result
+}
+
+/// Before every command but `migrate`: refuses a schema that holds no store (never migrated:
+/// every command would fail on a missing table) with the command that makes one. Otherwise
+/// `Some(hint)` when the schema lacks migrations of this release, added to a command's error
+/// (a missing column or function is then the likely cause). A check that cannot run (a role
+/// that may not read the history) leaves the command to run and fail on its own.
+async fn check_store(store: &PostgresEventStore) -> Result<Option<String>, Error> {
+    let schema = store.schema();
+    let Ok((applied, latest)) = store.migration_status().await else {
+        return Ok(None);
+    };
+    let migrate = format!("eventuate --schema {schema} migrate");
+    if applied.is_empty() {
+        // A store migrated by an earlier release keeps its history in `_sqlx_migrations`:
+        // its `events` table says it is one.
+        let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+        let events: Result<bool, _> = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(format!("{quoted}.events"))
+            .fetch_one(store.pool())
+            .await;
+        if matches!(events, Ok(false)) {
+            return Err(format!(
+                "schema `{schema}` holds no eventuate store (never migrated?): run `{migrate}` \
+                 (with the same --url or DATABASE_URL) to create one, or name the schema that \
+                 holds the store with --schema"
+            )
+            .into());
+        }
+    }
+    let newest = applied.last().copied().unwrap_or(0);
+    Ok((newest < latest).then(|| {
+        format!(
+            "schema `{schema}` lacks migrations of this release (applied: {}; this release \
+             knows up to {latest}): `{migrate}` applies them",
+            if applied.is_empty() {
+                "none recorded in eventuate_migrations".to_owned()
+            } else {
+                format!("up to {newest}")
+            }
+        )
+    }))
 }
 
 /// `reset`'s error for a subscriber id that no table of the schema knows (a typo), for the

@@ -288,6 +288,40 @@ async fn migrate_applies_and_reports_the_versions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_never_migrated_is_named_with_the_command_that_migrates_it() {
+    let db = test_database().await;
+    migrated(&db.url).await.close().await;
+    let expected = "schema `nothere` holds no eventuate store (never migrated?): run \
+                    `eventuate --schema nothere migrate`";
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["parked", "list", "s"],
+        &["parked", "replay", "s"],
+        &["parked", "skip", "s", "1/1"],
+        &["reset", "s", "--to", "now"],
+        &["rebuild", "s"],
+        &["tail", "--limit", "1"],
+        &["horizon"],
+        &["prune", "--older-than", "90d"],
+    ] {
+        let mut argv = vec!["--schema", "nothere"];
+        argv.extend_from_slice(args);
+        let error = cli(&db.url, &argv).await.unwrap_err().to_string();
+        assert!(error.starts_with(expected), "{args:?}: {error}");
+        assert!(!error.contains("PostgresEventStore"), "CLI advice: {error}");
+    }
+    // What it says works.
+    cli(&db.url, &["--schema", "nothere", "migrate"])
+        .await
+        .unwrap();
+    let status = cli(&db.url, &["--schema", "nothere", "status"])
+        .await
+        .unwrap();
+    assert_eq!(status.trim(), "no subscriber stored in schema `nothere`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_one_line_per_event_and_follows_the_stream() {
     let db = test_database().await;
     let store = migrated(&db.url).await;
