@@ -259,6 +259,26 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
     result
 }
 
+/// Whether `error` is a write to a closed pipe (`eventuate ... | head`): the reader has all it
+/// wanted, so the binary ends quietly, with success, as other Unix tools do.
+pub fn is_broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let kind = e
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| {
+                e.downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            });
+        if kind == Some(std::io::ErrorKind::BrokenPipe) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Before every command but `migrate`: refuses a schema that holds no store (never migrated:
 /// every command would fail on a missing table) with the command that makes one. Otherwise
 /// `Some(hint)` when the schema lacks migrations of this release, added to a command's error

@@ -18,6 +18,8 @@ fn main() -> std::process::ExitCode {
     let mut out = stdout.lock();
     match runtime.block_on(eventuate_cli::run(cli, &mut out)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `eventuate ... | head`: the reader went away with what it wanted.
+        Err(e) if eventuate_cli::is_broken_pipe(&*e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The store's errors already say what caused them.
             eprintln!("error: {e}");

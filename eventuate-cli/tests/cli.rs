@@ -322,6 +322,52 @@ async fn a_schema_never_migrated_is_named_with_the_command_that_migrates_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_binary_quietly_with_success() {
+    let db = test_database().await;
+    let seeded = seeded(&db.url).await;
+    // `eventuate status | head -c 0`: the reader is gone before the first write.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_eventuate"))
+        .args(["--url", &db.url, "status"])
+        .env_remove("EVENTUATE_SCHEMA")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert_eq!(stderr, "");
+    // The binary's other errors still fail.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_eventuate"))
+        .args(["--url", &db.url, "--schema", "nothere", "status"])
+        .env_remove("EVENTUATE_SCHEMA")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: schema `nothere`"), "{stderr}");
+
+    let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+    assert!(eventuate_cli::is_broken_pipe(&pipe));
+    // `status --json` writes through serde_json, whose error wraps the pipe's.
+    struct Closed;
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let json = serde_json::to_writer(Closed, &[1]).unwrap_err();
+    assert!(eventuate_cli::is_broken_pipe(&json));
+    let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+    assert!(!eventuate_cli::is_broken_pipe(&other));
+    seeded.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_one_line_per_event_and_follows_the_stream() {
     let db = test_database().await;
     let store = migrated(&db.url).await;
