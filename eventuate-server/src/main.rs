@@ -11,10 +11,15 @@ use std::time::Duration;
 use eventuate_core::{BoxError, Eventuate};
 use eventuate_postgres::PostgresEventStore;
 use eventuate_postgres::embedded::{Options, ThrowawayPostgres};
-use eventuate_server::{Server, ServerOptions};
+use eventuate_server::{Server, ServerOptions, StompOptions};
 use relay::{RelayArgs, RelayConfig};
 
-const USAGE: &str = "\
+/// The `--help` text, with the limits' defaults as [`ServerOptions::default`] has them.
+fn usage() -> String {
+    let defaults = ServerOptions::default();
+    let body_limit = defaults.body_limit;
+    format!(
+        "\
 usage: eventuate-server [--listen ADDR] [--stomp-listen ADDR] [--schema NAME] [--max-connections N]
                         [--body-limit BYTES] [--request-timeout-ms MS] [--idle-timeout-ms MS]
                         [--relay URL --relay-types T1,T2 [--relay-prefix P | --relay-topic NAME]
@@ -27,6 +32,18 @@ PostgreSQL removed at exit.
   --listen ADDR        HTTP address (default 127.0.0.1:8080; env EVENTUATE_LISTEN)
   --stomp-listen ADDR  STOMP address (default 127.0.0.1:61614; env EVENTUATE_STOMP_LISTEN)
   --schema NAME        schema of the store (default public; env EVENTUATE_SCHEMA)
+
+Limits of the HTTP listener:
+  --max-connections N  HTTP connections served at once (default {max_connections}); more wait
+                       in the kernel's backlog. Neither the PostgreSQL connection pool nor
+                       STOMP sessions (their own cap, {stomp}, counts those over WebSocket too)
+  --body-limit BYTES   largest request body (default {body_limit}, {body_mib} MiB); a larger one
+                       is answered 413 `payload_too_large`
+  --request-timeout-ms MS
+                       longest a request may take before it is answered 503 `timeout`
+                       (default {request_timeout})
+  --idle-timeout-ms MS a connection with no traffic for this long is closed; also the time a
+                       client has to send a request's headers (default {idle_timeout})
 
 Relay (a durable subscriber publishing each event, at least once, in entity order):
   --relay URL          nats://host:port (NATS JetStream; the stream capturing the subjects
@@ -42,7 +59,19 @@ Relay (a durable subscriber publishing each event, at least once, in entity orde
 
 environment: DATABASE_URL, EVENTUATE_LISTEN, EVENTUATE_STOMP_LISTEN, EVENTUATE_SCHEMA,
 EVENTUATE_RELAY, EVENTUATE_RELAY_TYPES, EVENTUATE_RELAY_PREFIX, EVENTUATE_RELAY_TOPIC,
-EVENTUATE_RELAY_ID";
+EVENTUATE_RELAY_ID",
+        max_connections = defaults.max_connections,
+        stomp = StompOptions::default().max_connections,
+        body_mib = body_limit as f64 / f64::from(1 << 20),
+        request_timeout = millis(defaults.request_timeout),
+        idle_timeout = millis(defaults.idle_timeout),
+    )
+}
+
+/// `30000, 30 s`.
+fn millis(duration: Duration) -> String {
+    format!("{}, {} s", duration.as_millis(), duration.as_secs_f64())
+}
 
 #[derive(Debug)]
 struct Args {
@@ -121,11 +150,11 @@ fn main() -> ExitCode {
     let args = match parse(&args) {
         Ok(Some(args)) => args,
         Ok(None) => {
-            println!("{USAGE}");
+            println!("{}", usage());
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("error: {e}\n\n{USAGE}");
+            eprintln!("error: {e}\n\n{}", usage());
             return ExitCode::from(2);
         }
     };

@@ -1,0 +1,56 @@
+//! The `eventuate-server` binary's own surface: `--help` and its start-up errors. (Serving is
+//! tested through the library; the binary serving with `--relay` in tests/relay.rs.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use eventuate_server::ServerOptions;
+
+/// Runs the binary to its end, with no store configured: without DATABASE_URL it would start
+/// a throwaway PostgreSQL, which these tests expect it never to reach.
+fn server(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_eventuate-server"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("EVENTUATE_LISTEN")
+        .env_remove("EVENTUATE_STOMP_LISTEN")
+        .env_remove("EVENTUATE_RELAY")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn help_describes_every_limit_with_its_default() {
+    let output = server(&["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    println!("{help}");
+    let defaults = ServerOptions::default();
+    // Each flag has a line of its own, after the usage line, that gives its default.
+    let described = |flag: &str, default: String| {
+        let (_, after) = help
+            .split_once(&format!("\n  {flag}"))
+            .unwrap_or_else(|| panic!("a description of {flag}"));
+        let (description, _) = after.split_once("\n  --").unwrap_or((after, ""));
+        assert!(
+            description.contains(&format!("(default {default}")),
+            "{flag}: {description}"
+        );
+        description.to_owned()
+    };
+    let connections = described("--max-connections", defaults.max_connections.to_string());
+    assert!(
+        connections.contains("HTTP connections") && connections.contains("PostgreSQL"),
+        "what it limits, and what it does not: {connections}"
+    );
+    assert_eq!(defaults.body_limit, 4 << 20);
+    described("--body-limit", "4194304, 4 MiB".into());
+    described("--request-timeout-ms", "30000, 30 s".into());
+    described("--idle-timeout-ms", "60000, 60 s".into());
+    assert_eq!(defaults.request_timeout, Duration::from_secs(30));
+    assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+    for flag in ["--listen", "--stomp-listen", "--schema"] {
+        assert!(help.contains(&format!("\n  {flag} ")), "{flag}");
+    }
+}
