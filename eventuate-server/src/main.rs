@@ -182,7 +182,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Binds `address`; the error names the flag and the address (two listeners, one message).
+async fn bind(address: SocketAddr, flag: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address} ({flag}): {e}"))
+}
+
 async fn run(args: Args, server: &mut Option<ThrowawayPostgres>) -> Result<(), BoxError> {
+    // First, so that a taken port fails at once, before a throwaway PostgreSQL starts or the
+    // store migrates; connections that arrive meanwhile wait in the backlog.
+    let listener = bind(args.listen, "--listen").await?;
+    let stomp_listener = bind(args.stomp_listen, "--stomp-listen").await?;
     let url = match std::env::var("DATABASE_URL") {
         Ok(url) => {
             println!(
@@ -227,8 +238,6 @@ async fn run(args: Args, server: &mut Option<ThrowawayPostgres>) -> Result<(), B
         .options(args.options);
     let stomp = http.stomp(Arc::new(store.clone()));
     let http = http.stomp_over_websocket(&stomp);
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let stomp_listener = tokio::net::TcpListener::bind(args.stomp_listen).await?;
     println!(
         "serving the event store on http://{} (GET /openapi.json) and STOMP on {} (Ctrl-C to stop)",
         listener.local_addr()?,

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eventuate_server::ServerOptions;
 
@@ -52,5 +52,31 @@ fn help_describes_every_limit_with_its_default() {
     assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
     for flag in ["--listen", "--stomp-listen", "--schema"] {
         assert!(help.contains(&format!("\n  {flag} ")), "{flag}");
+    }
+}
+
+#[test]
+fn a_taken_port_fails_at_once_naming_the_flag_and_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    for (args, flag) in [
+        (vec!["--listen", &address], "--listen"),
+        (
+            vec!["--listen", "127.0.0.1:0", "--stomp-listen", &address],
+            "--stomp-listen",
+        ),
+    ] {
+        let started = Instant::now();
+        let output = server(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: cannot listen on {address} ({flag}): ")),
+            "{stderr}"
+        );
+        // Before any store: no throwaway PostgreSQL was started for nothing.
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!stdout.contains("store:"), "{stdout}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
