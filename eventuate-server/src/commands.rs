@@ -61,7 +61,7 @@ use crate::entities::{
     idempotency_header, request_id,
 };
 use crate::error::ApiError;
-use crate::input::{PathParams, Query};
+use crate::input::{Body, PathParams, Query};
 use crate::schemas::{Item, Schemas};
 
 /// The outcome of a dispatched command.
@@ -321,7 +321,7 @@ pub(crate) async fn create(
     PathParams((entity_type, command_type)): PathParams<(String, String)>,
     query: Query,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     query.only(&[])?;
     let endpoint = state.aggregates.get(&entity_type)?.clone();
@@ -359,7 +359,7 @@ pub(crate) async fn send(
     PathParams((entity_type, entity_id, command_type)): PathParams<(String, String, String)>,
     query: Query,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     query.only(&["upsert"])?;
     let endpoint = state.aggregates.get(&entity_type)?.clone();

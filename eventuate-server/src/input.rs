@@ -10,6 +10,42 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
+/// The body limit the router applies ([`crate::ServerOptions::body_limit`]), a request
+/// extension, so that a 413 can say what the limit is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyLimit(pub usize);
+
+/// The request body as bytes; over the body limit a JSON 413 naming the limit (`max`, in
+/// bytes), a body that cannot be read a 400.
+#[derive(Debug)]
+pub(crate) struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = request.extensions().get::<BodyLimit>().copied();
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() != StatusCode::PAYLOAD_TOO_LARGE {
+                    return ApiError::invalid("body", rejection.body_text());
+                }
+                match limit {
+                    Some(BodyLimit(max)) => ApiError::too_large(format!(
+                        "the request body is over the server's limit of {max} bytes"
+                    ))
+                    .with("max", max),
+                    None => ApiError::too_large(format!(
+                        "the request body is over the server's limit: {}",
+                        rejection.body_text()
+                    )),
+                }
+            })?;
+        Ok(Body(bytes))
+    }
+}
+
 /// A JSON object body; anything else is a 400 (413 over the body limit).
 #[derive(Debug)]
 pub(crate) struct JsonObject(pub Map<String, Value>);
@@ -18,18 +54,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::too_large(format!(
-                        "the request body is over the server's limit: {}",
-                        rejection.body_text()
-                    ))
-                } else {
-                    ApiError::invalid("body", rejection.body_text())
-                }
-            })?;
+        let Body(bytes) = Body::from_request(request, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::invalid(
                 "body",

@@ -231,6 +231,7 @@ impl Server {
                 move |request: Request, next: Next| with_timeout(timeout, request, next),
             ))
             .layer(DefaultBodyLimit::max(self.options.body_limit))
+            .layer(axum::Extension(input::BodyLimit(self.options.body_limit)))
             .with_state(self.state.clone())
     }
 

@@ -419,6 +419,17 @@ async fn rejections_and_bad_requests(store: Arc<dyn EventStore>) {
         "nothing written"
     );
 
+    // A body over the listener's limit: a JSON 413 naming the limit, as on /entities.
+    let huge = format!(r#"{{"title": "{}", "priority": 3}}"#, "x".repeat(5 << 20));
+    let over = post(&app, "/aggregates/Ticket/commands/OpenTicket", &huge, &[]).await;
+    assert_error(
+        &over,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    );
+    assert_eq!(over.body["max"], 4 << 20, "{}", over.body);
+
     // An unknown aggregate type: 404 naming the registered ones.
     let unknown = post(&app, "/aggregates/Invoice/i-1/commands/Pay", "{}", &[]).await;
     assert_error(&unknown, StatusCode::NOT_FOUND, "not_found", None);

@@ -285,6 +285,27 @@ async fn create_append_read_and_their_errors() {
         "payload_too_large",
         None,
     );
+    // The answer says what the limit is (the configured one).
+    assert_eq!(
+        reply.body["explanation"],
+        "the request body is over the server's limit of 4194304 bytes"
+    );
+    assert_eq!(reply.body["max"], 4 << 20);
+    let small = Server::new(Arc::new(store.clone()))
+        .options(ServerOptions {
+            body_limit: 1000,
+            ..ServerOptions::default()
+        })
+        .router();
+    let body = json!({ "events": [event("OrderCreated", json!({"blob": "x".repeat(1000)}))] });
+    let reply = post(&small, "/entities/Order", &body.to_string(), &[]).await;
+    assert_error(
+        &reply,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    );
+    assert_eq!(reply.body["max"], 1000, "{}", reply.body);
 
     // A client-chosen event id already stored: 409 duplicate_event.
     let taken = created.body["eventIds"][0].as_str().expect("id").to_owned();
