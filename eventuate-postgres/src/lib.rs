@@ -42,4 +42,7 @@ pub use sqlx;
 pub use context::PgEventContextExt;
 pub use error::{Error, Result};
 pub use migrate::validate_schema;
-pub use store::{DEFAULT_MAX_PAYLOAD_BYTES, PostgresEventStore, PostgresEventStoreBuilder};
+pub use store::{
+    DEFAULT_CONNECT_RETRY_FOR, DEFAULT_MAX_PAYLOAD_BYTES, PostgresEventStore,
+    PostgresEventStoreBuilder,
+};

@@ -214,7 +214,11 @@ impl PostgresEventStore {
                         ),
                     });
                 }
-                Err(e) => return Err(append_failed(context(), e)),
+                Err(e) => {
+                    // A broken connection: the pool's others may be broken too.
+                    self.inner.health.saw(&e);
+                    return Err(append_failed(context(), e));
+                }
             };
             if !rows.is_empty() {
                 let mut stored = Vec::with_capacity(rows.len());
@@ -371,6 +375,9 @@ pub(super) fn append_failed(context: String, e: sqlx::Error) -> eventuate_core::
 
 /// Whether a failed statement may have been executed: the connection failed while the
 /// statement was sent or its answer awaited.
+///
+/// The server ending the session counts too: its FATAL may arrive after the statement
+/// committed and before the answer was read.
 fn may_have_reached_the_database(e: &sqlx::Error) -> bool {
     matches!(
         e,
@@ -380,7 +387,7 @@ fn may_have_reached_the_database(e: &sqlx::Error) -> bool {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Decode(_)
             | sqlx::Error::ColumnDecode { .. }
-    )
+    ) || super::health::session_ended(e)
 }
 
 #[cfg(test)]

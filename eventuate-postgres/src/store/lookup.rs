@@ -11,14 +11,19 @@ impl PostgresEventStore {
         &self,
         key: &IdempotencyKey,
     ) -> CoreResult<Option<Option<CommandFingerprint>>> {
-        let recorded: Option<(Option<String>, Option<String>, Option<String>)> =
-            sqlx::query_as(&self.inner.sql.key_fingerprint)
-                .bind(key.subscriber_id.as_str())
-                .bind(key.triggering_event_id)
-                .bind(i64::from(key.sequence))
-                .fetch_optional(&self.inner.pool)
-                .await
-                .map_err(|e| backend("look up an idempotency key".to_owned(), e))?;
+        let pool = &self.inner.pool;
+        let recorded: Option<(Option<String>, Option<String>, Option<String>)> = self
+            .inner
+            .health
+            .read(pool, || {
+                sqlx::query_as(&self.inner.sql.key_fingerprint)
+                    .bind(key.subscriber_id.as_str())
+                    .bind(key.triggering_event_id)
+                    .bind(i64::from(key.sequence))
+                    .fetch_optional(pool)
+            })
+            .await
+            .map_err(|e| backend("look up an idempotency key".to_owned(), e))?;
         Ok(recorded.map(|columns| match columns {
             (Some(entity_type), Some(entity_id), Some(command_type)) => Some(CommandFingerprint {
                 entity_type,
@@ -44,8 +49,10 @@ impl PostgresEventStore {
                FROM t WHERE t.entity_type IS NOT NULL) \
              SELECT entity_type FROM t WHERE entity_type IS NOT NULL"
         );
-        sqlx::query_scalar(&sql)
-            .fetch_all(&self.inner.pool)
+        let pool = &self.inner.pool;
+        self.inner
+            .health
+            .read(pool, || sqlx::query_scalar(&sql).fetch_all(pool))
             .await
             .map_err(|e| backend("list the stored entity types".to_owned(), e))
     }

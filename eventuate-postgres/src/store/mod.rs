@@ -8,6 +8,8 @@
 
 mod append;
 use append::Guard;
+mod health;
+use health::PoolHealth;
 mod lookup;
 mod read;
 mod sql;
@@ -21,7 +23,7 @@ use eventuate_core::{
 };
 use futures_util::future::BoxFuture;
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgRow};
 use tokio::sync::watch;
 
 use crate::migrate::validate_schema;
@@ -36,12 +38,9 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// The smallest pool [`PostgresEventStoreBuilder::connect`] accepts.
 const MIN_CONNECTIONS: u32 = 1;
 
-/// A pooled connection idle for at least this long is checked (a round trip) before it is
-/// handed out; one back from use more recently is handed out as is. sqlx's default checks
-/// every acquisition, which cost a command (a load and an append) two extra round trips. The
-/// check is what finds connections a database restart broke while the application was quiet;
-/// one that breaks while in use fails its statement with or without the check.
-const CHECK_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long [`PostgresEventStoreBuilder::connect`] keeps trying a server that refuses
+/// connections, by default.
+pub const DEFAULT_CONNECT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Configures and connects a [`PostgresEventStore`].
 ///
@@ -62,6 +61,7 @@ pub struct PostgresEventStoreBuilder {
     max_connections: u32,
     max_payload_bytes: usize,
     migrate_on_connect: bool,
+    connect_retry_for: std::time::Duration,
 }
 
 impl Default for PostgresEventStoreBuilder {
@@ -71,6 +71,7 @@ impl Default for PostgresEventStoreBuilder {
             max_connections: 16,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             migrate_on_connect: false,
+            connect_retry_for: DEFAULT_CONNECT_RETRY_FOR,
         }
     }
 }
@@ -113,7 +114,24 @@ impl PostgresEventStoreBuilder {
         self
     }
 
+    /// How long [`connect`](Self::connect) keeps trying while the server refuses connections
+    /// or is starting up (default [`DEFAULT_CONNECT_RETRY_FOR`], 30 s: a service may start
+    /// before its database). Each failed try is logged at WARN with its cause; when the time
+    /// is up, `connect` returns that cause ([`Error::Connect`], e.g. "Connection refused").
+    /// Errors that waiting cannot mend (authentication, an unknown database, TLS settings)
+    /// are returned at once. Zero: one try.
+    pub fn connect_retry_for(mut self, wait: std::time::Duration) -> Self {
+        self.connect_retry_for = wait;
+        self
+    }
+
     /// Opens a connection pool to `url` and builds the store.
+    ///
+    /// Pooled connections that a database restart broke are found and replaced: one idle
+    /// for a second or more is checked before it is handed out, and every one for a few
+    /// seconds after a statement found a connection broken; a read that failed on a broken
+    /// connection before any row arrived runs again on another. A write that fails so is not
+    /// retried: its outcome is unknown ([`eventuate_core::Error::OutcomeUnknown`]).
     pub async fn connect(self, url: &str) -> Result<PostgresEventStore> {
         validate_schema(&self.schema)?;
         if self.max_connections < MIN_CONNECTIONS {
@@ -123,21 +141,16 @@ impl PostgresEventStoreBuilder {
                 minimum: MIN_CONNECTIONS,
             });
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= CHECK_IDLE_AFTER {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect(url)
-            .await
-            .map_err(|source| Error::Connect { source })?;
-        self.with_pool(pool).await
+        let health = Arc::new(PoolHealth::default());
+        let pool = health::connect_pool(
+            url,
+            self.max_connections,
+            self.connect_retry_for,
+            health.clone(),
+        )
+        .await
+        .map_err(|source| Error::Connect { source })?;
+        self.build(pool, health).await
     }
 
     /// Builds the store on an existing pool (shared with the application's own queries).
@@ -148,7 +161,15 @@ impl PostgresEventStoreBuilder {
     /// user, password and TLS settings). What was set on the pool's
     /// [`PgPoolOptions`] (`after_connect` hooks, timeouts, size) does not apply to that
     /// connection, and the server sees it in addition to the pool's connections.
+    ///
+    /// A read that fails on a broken connection before any row arrived runs again on another
+    /// connection here too; checking connections before they are handed out is the pool's
+    /// own setting.
     pub async fn with_pool(self, pool: PgPool) -> Result<PostgresEventStore> {
+        self.build(pool, Arc::new(PoolHealth::default())).await
+    }
+
+    async fn build(self, pool: PgPool, health: Arc<PoolHealth>) -> Result<PostgresEventStore> {
         validate_schema(&self.schema)?;
         let (appended, _) = watch::channel(0);
         let store = PostgresEventStore {
@@ -158,6 +179,7 @@ impl PostgresEventStoreBuilder {
                 wakeup: std::sync::OnceLock::new(),
                 schema: self.schema,
                 pool,
+                health,
                 max_payload_bytes: self.max_payload_bytes,
                 appended,
                 transaction_ids_checked: AtomicBool::new(false),
@@ -188,6 +210,8 @@ pub struct PostgresEventStore {
 #[derive(Debug)]
 struct Inner {
     pool: PgPool,
+    // What statements found of the pool's connections (see `health`).
+    health: Arc<PoolHealth>,
     schema: String,
     max_payload_bytes: usize,
     sql: Sql,
@@ -277,13 +301,17 @@ impl PostgresEventStore {
     /// not exist yet passes (nothing is stored; `migrate` checks again): `Ok(false)`.
     async fn check_transaction_ids(&self) -> Result<bool> {
         let schema = &self.inner.schema;
-        let row: Option<(i64, Option<i64>)> = match sqlx::query_as(&format!(
+        let sql = format!(
             "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
              (SELECT max(transaction_id) FROM {}.events)",
             quote(schema)
-        ))
-        .fetch_one(&self.inner.pool)
-        .await
+        );
+        let pool = &self.inner.pool;
+        let row: Option<(i64, Option<i64>)> = match self
+            .inner
+            .health
+            .read(pool, || sqlx::query_as(&sql).fetch_one(pool))
+            .await
         {
             Ok(row) => Some(row),
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => None,

@@ -20,11 +20,13 @@ impl PostgresEventStore {
         eventuate_core::name::validate_entity_type(entity_type)?;
         eventuate_core::name::validate_entity_id(entity_id)?;
         let context = || format!("load {entity_type} `{entity_id}`");
-        let query = sqlx::query(&self.inner.sql.load)
-            .bind(entity_type)
-            .bind(entity_id)
-            .bind(i64::try_from(after_version).unwrap_or(i64::MAX));
-        envelopes(query, &self.inner.pool, &context, 0).await
+        let query = || {
+            sqlx::query(&self.inner.sql.load)
+                .bind(entity_type)
+                .bind(entity_id)
+                .bind(i64::try_from(after_version).unwrap_or(i64::MAX))
+        };
+        envelopes(self, query, &context, 0).await
     }
 
     /// Three columns instead of the envelope's nine: rebuilding an aggregate needs neither
@@ -62,11 +64,13 @@ impl PostgresEventStore {
         eventuate_core::name::validate_entity_type(entity_type)?;
         eventuate_core::name::validate_entity_id(entity_id)?;
         let context = || format!("load {entity_type} `{entity_id}`");
-        let query = sqlx::query(&self.inner.sql.load_fold)
-            .bind(entity_type)
-            .bind(entity_id)
-            .bind(i64::try_from(after_version).unwrap_or(i64::MAX));
-        each_row(query, &self.inner.pool, &context, |row| {
+        let query = || {
+            sqlx::query(&self.inner.sql.load_fold)
+                .bind(entity_type)
+                .bind(entity_id)
+                .bind(i64::try_from(after_version).unwrap_or(i64::MAX))
+        };
+        each_row(self, query, &context, |row| {
             let version: i64 = get_unchecked(&row, 0, &context)?;
             apply(eventuate_core::StoredEventRef {
                 entity_version: to_u64(version),
@@ -89,13 +93,15 @@ impl PostgresEventStore {
         eventuate_core::name::validate_entity_type(entity_type)?;
         eventuate_core::name::validate_entity_id(entity_id)?;
         let context = || format!("load {entity_type} `{entity_id}` with its snapshot");
-        let query = sqlx::query(&self.inner.sql.load_snapshot_and_fold)
-            .bind(entity_type)
-            .bind(entity_id)
-            .bind(i64::from(snapshot_version));
+        let query = || {
+            sqlx::query(&self.inner.sql.load_snapshot_and_fold)
+                .bind(entity_type)
+                .bind(entity_id)
+                .bind(i64::from(snapshot_version))
+        };
         let mut snapshot = None;
         let mut events = Vec::new();
-        each_row(query, &self.inner.pool, &context, |row| {
+        each_row(self, query, &context, |row| {
             let row = &row;
             let kind: i32 = get(row, 0, &context)?;
             let version: i64 = get(row, 1, &context)?;
@@ -136,15 +142,15 @@ impl PostgresEventStore {
         }
         eventuate_core::name::validate_entity_id(entity_id)?;
         let context = || format!("load `{entity_id}` under [{}]", entity_types.join(", "));
-        let rows = sqlx::query(&self.inner.sql.load_under_types)
-            .bind(entity_types)
-            .bind(entity_id)
-            .bind(snapshot_version.map(i64::from))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| backend(context(), e))?;
+        let query = || {
+            sqlx::query(&self.inner.sql.load_under_types)
+                .bind(entity_types)
+                .bind(entity_id)
+                .bind(snapshot_version.map(i64::from))
+        };
         let mut found: Vec<TypedHistory> = Vec::new();
-        for row in &rows {
+        each_row(self, query, &context, |row| {
+            let row = &row;
             let kind: i32 = get(row, 0, &context)?;
             let entity_type: String = get(row, 1, &context)?;
             let version: i64 = get(row, 2, &context)?;
@@ -177,7 +183,9 @@ impl PostgresEventStore {
                     schema_version: schema_version(get(row, 5, &context)?),
                 });
             }
-        }
+            Ok(())
+        })
+        .await?;
         found.sort_by_key(|h| entity_types.iter().position(|t| *t == h.entity_type));
         Ok(found)
     }
@@ -194,8 +202,8 @@ impl PostgresEventStore {
         let context = || format!("read the event stream after position {after}");
         let args = filtered_args(after, limit, filter)
             .map_err(|e| backend(context(), sqlx::Error::Encode(e)))?;
-        let query = sqlx::query_with(self.inner.sql.read.of(filter), args);
-        envelopes(query, &self.inner.pool, &context, limit.min(4096)).await
+        let query = || sqlx::query_with(self.inner.sql.read.of(filter), args.clone());
+        envelopes(self, query, &context, limit.min(4096)).await
     }
 
     /// A batch for a consumer: undecodable rows are handed over instead of failing the read,
@@ -221,13 +229,13 @@ impl PostgresEventStore {
         } else {
             &self.inner.sql.batch
         };
-        let query = sqlx::query_with(statement.of(filter), args);
+        let query = || sqlx::query_with(statement.of(filter), args.clone());
         let mut items = Vec::with_capacity(limit.min(4096));
         // The newest event's transaction below the horizon (none: no event below it).
         let mut newest_final: Option<i64> = None;
         // The horizon's row and the event rows, in whatever order the server sends them (the
         // events keep theirs).
-        each_row(query, &self.inner.pool, &context, |row| {
+        each_row(self, query, &context, |row| {
             let sequence: Option<i64> = get_unchecked(&row, 2, &context)?;
             if sequence.is_some() {
                 items.push(stream_item(&row, 1, &context)?);
@@ -260,9 +268,14 @@ impl PostgresEventStore {
         let context = || format!("count the events after position {after}");
         let args = filtered_args(after, limit, filter)
             .map_err(|e| backend(context(), sqlx::Error::Encode(e)))?;
-        let query = sqlx::query_scalar_with(self.inner.sql.count.of(filter), args);
-        let count: i64 = query
-            .fetch_one(&self.inner.pool)
+        let pool = &self.inner.pool;
+        let count: i64 = self
+            .inner
+            .health
+            .read(pool, || {
+                sqlx::query_scalar_with(self.inner.sql.count.of(filter), args.clone())
+                    .fetch_one(pool)
+            })
             .await
             .map_err(|e| backend(context(), e))?;
         Ok(to_u64(count))
@@ -270,8 +283,13 @@ impl PostgresEventStore {
 
     pub(super) async fn read_head(&self) -> CoreResult<Position> {
         let context = || "read the head of the event stream".to_owned();
-        let row = sqlx::query(&self.inner.sql.head)
-            .fetch_optional(&self.inner.pool)
+        let pool = &self.inner.pool;
+        let row = self
+            .inner
+            .health
+            .read(pool, || {
+                sqlx::query(&self.inner.sql.head).fetch_optional(pool)
+            })
             .await
             .map_err(|e| backend(context(), e))?;
         match row {
@@ -325,11 +343,17 @@ impl PostgresEventStore {
         eventuate_core::name::validate_entity_type(entity_type)?;
         eventuate_core::name::validate_entity_id(entity_id)?;
         let context = || format!("load the snapshot of {entity_type} `{entity_id}`");
-        let row = sqlx::query(&self.inner.sql.load_snapshot)
-            .bind(entity_type)
-            .bind(entity_id)
-            .bind(i64::from(snapshot_version))
-            .fetch_optional(&self.inner.pool)
+        let pool = &self.inner.pool;
+        let row = self
+            .inner
+            .health
+            .read(pool, || {
+                sqlx::query(&self.inner.sql.load_snapshot)
+                    .bind(entity_type)
+                    .bind(entity_id)
+                    .bind(i64::from(snapshot_version))
+                    .fetch_optional(pool)
+            })
             .await
             .map_err(|e| backend(context(), e))?;
         let Some(row) = row else {
@@ -347,33 +371,58 @@ impl PostgresEventStore {
     }
 }
 
-/// Runs `query` and hands each row to `decode` as it arrives. A row is dropped once decoded
-/// instead of all being collected first: the rows' bytes are slices of the connection's read
-/// buffer, and while any is alive the buffer cannot be reused, so collecting a long result
-/// makes the connection allocate fresh buffers as it reads.
+/// A statement, built anew for each run (a read may run again, see [`each_row`]).
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Runs the statement `query` builds and hands each row to `decode` as it arrives. A row is
+/// dropped once decoded instead of all being collected first: the rows' bytes are slices of
+/// the connection's read buffer, and while any is alive the buffer cannot be reused, so
+/// collecting a long result makes the connection allocate fresh buffers as it reads.
+///
+/// A run that fails on a broken connection before any row arrived runs again on another
+/// connection (see [`super::health`]): `decode` has seen nothing yet.
 async fn each_row<'q>(
-    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    pool: &sqlx::PgPool,
+    store: &PostgresEventStore,
+    query: impl Fn() -> Query<'q>,
     context: &(dyn Fn() -> String + Sync),
     mut decode: impl FnMut(PgRow) -> CoreResult<()> + Send,
 ) -> CoreResult<()> {
     use futures_util::TryStreamExt;
-    let mut rows = query.fetch(pool);
-    while let Some(row) = rows.try_next().await.map_err(|e| backend(context(), e))? {
-        decode(row)?;
+    let inner = &store.inner;
+    let mut retries = inner.health.read_retries(&inner.pool);
+    'run: loop {
+        let mut rows = query().fetch(&inner.pool);
+        let mut seen = false;
+        loop {
+            match rows.try_next().await {
+                Ok(Some(row)) => {
+                    seen = true;
+                    decode(row)?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) if !seen && inner.health.saw(&e) && retries > 0 => {
+                    retries -= 1;
+                    tracing::debug!(error = %e, "a read found its connection broken; reading again on another");
+                    continue 'run;
+                }
+                Err(e) => {
+                    inner.health.saw(&e);
+                    return Err(backend(context(), e));
+                }
+            }
+        }
     }
-    Ok(())
 }
 
 /// The envelopes of a statement that selects [`EVENT_COLUMNS`], in the order it returns them.
 async fn envelopes<'q>(
-    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    pool: &sqlx::PgPool,
+    store: &PostgresEventStore,
+    query: impl Fn() -> Query<'q>,
     context: &(dyn Fn() -> String + Sync),
     capacity: usize,
 ) -> CoreResult<Vec<EventEnvelope>> {
     let mut events = Vec::with_capacity(capacity);
-    each_row(query, pool, context, |row| {
+    each_row(store, query, context, |row| {
         events.push(envelope(&row, context)?);
         Ok(())
     })
