@@ -135,10 +135,15 @@ impl App {
 
     /// The dispatcher with the subscribers of this process's role, not started yet.
     pub fn runtime(&self) -> Eventuate {
-        let mut runtime = match &self.store {
+        let runtime = match &self.store {
             Store::Postgres(store) => Eventuate::new(store.clone()),
             Store::Memory(store) => Eventuate::new(store.clone()),
         };
+        // The entity types the subscribers may name: a subscription to a type the runtime is
+        // told of is not warned about while no event of it is stored yet (a fresh database).
+        let mut runtime = runtime
+            .aggregate::<crate::customer::Customer>()
+            .aggregate::<crate::order::Order>();
         if self.role.customers() {
             let tables = self.tables.clone();
             runtime = runtime
