@@ -488,6 +488,45 @@ async fn a_panicking_handler_is_a_failure_not_a_dead_consumer() {
     runtime.shutdown().await.unwrap();
 }
 
+/// Parked-event operations name a subscriber: a misspelt id is an error, not an empty
+/// answer; one registered by another runtime on the same store (another process) is known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_event_operations_refuse_an_unknown_subscriber() {
+    let store = InMemoryEventStore::new();
+    let worker = Eventuate::new(store.clone())
+        .options(fast())
+        .subscriber(Recorder::new("recorder"))
+        .start()
+        .unwrap();
+    worker
+        .wait_caught_up(Duration::from_secs(5))
+        .await
+        .unwrap();
+    // An operations process that runs no subscriber itself.
+    let admin = Eventuate::new(store).options(fast()).start().unwrap();
+    for runtime in [&worker, &admin] {
+        assert!(runtime.parked("recorder").await.unwrap().is_empty());
+        assert_eq!(runtime.replay("recorder", None).await.unwrap(), 0);
+        let misspelt = [
+            runtime.parked("recoder").await.map(|_| ()),
+            runtime.replay("recoder", None).await.map(|_| ()),
+            runtime
+                .skip_parked("recoder", eventuate_core::Position::new(1, 1))
+                .await
+                .map(|_| ()),
+        ];
+        for outcome in misspelt {
+            let error = outcome.expect_err("an unknown subscriber");
+            assert!(
+                matches!(&error, eventuate_core::Error::Config(m) if m.contains("`recoder`")),
+                "{error:?}"
+            );
+        }
+    }
+    admin.shutdown().await.unwrap();
+    worker.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_keeps_crashing_the_process_gets_parked() {
     crash_loop(None).await;

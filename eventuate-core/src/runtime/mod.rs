@@ -820,13 +820,18 @@ impl Running {
         self.shared.entity_type_warnings().await
     }
 
-    /// A subscriber's parked events.
+    /// A subscriber's parked events. The subscriber may run in another process; one that
+    /// is neither registered here nor stored (a misspelt id) is [`Error::Config`], not an
+    /// empty list.
     pub async fn parked(&self, subscriber_id: &str) -> Result<Vec<ParkedEvent>> {
+        self.known_subscriber(subscriber_id).await?;
         self.shared.subscriptions.parked(subscriber_id).await
     }
 
-    /// Requests a replay of a subscriber's parked events (all, or one entity's).
+    /// Requests a replay of a subscriber's parked events (all, or one entity's); an unknown
+    /// subscriber is an error, as for [`Self::parked`].
     pub async fn replay(&self, subscriber_id: &str, entity: Option<(&str, &str)>) -> Result<u64> {
+        self.known_subscriber(subscriber_id).await?;
         self.shared
             .subscriptions
             .request_replay(subscriber_id, entity)
@@ -835,12 +840,37 @@ impl Running {
 
     /// Drops a subscriber's parked event at `position` for good (see
     /// [`SubscriptionStore::skip_parked`]: fenced, its entity flows again); `false` when no
-    /// such event is parked.
+    /// such event is parked. An unknown subscriber is an error, as for [`Self::parked`].
     pub async fn skip_parked(&self, subscriber_id: &str, position: Position) -> Result<bool> {
+        self.known_subscriber(subscriber_id).await?;
         self.shared
             .subscriptions
             .skip_parked(subscriber_id, position)
             .await
+    }
+
+    /// Fails unless `subscriber_id` is registered with this runtime or stored (declared by a
+    /// runtime here or in another process).
+    async fn known_subscriber(&self, subscriber_id: &str) -> Result<()> {
+        if self
+            .shared
+            .subscribers
+            .iter()
+            .any(|r| r.subscription.id == subscriber_id)
+            || self
+                .shared
+                .subscriptions
+                .subscriber(subscriber_id)
+                .await?
+                .shape
+                .is_some()
+        {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "no subscriber `{subscriber_id}` is registered with this runtime or stored in its \
+             store (a misspelt id?)"
+        )))
     }
 
     /// Makes this node's shape of a registered subscriber the stored one: the explicit step a
