@@ -12,7 +12,7 @@
 //! | 409 | `entity_exists` | a create names an entity that has events (`actualVersion`) |
 //! | 409 | `entity_under_several_types` | the entity has events under two of its aggregate's names (an entity type alias): keep one history (`storedUnder`) |
 //! | 409 | `duplicate_event` | a client-chosen `eventId` is already stored |
-//! | 413 | `payload_too_large` | the body is over the listener's limit, or an event over the store's |
+//! | 413 | `payload_too_large` | the body is over the server's limit (`max`, in bytes), the request has more than [`crate::entities::MAX_EVENTS_PER_APPEND`] events, or an event is over the store's limit (`size`, `max`) |
 //! | 422 | `idempotency_key_reused` | an idempotency key already used for a different request |
 //! | 422 | `rejected` | a command's handler refused it: `reason` (its `Display`), `rejection` (its JSON, when it is `Serialize`) |
 //! | 422 | `no_events` | a command that was to create an entity produced no events |

@@ -70,7 +70,11 @@ pub fn document() -> Value {
     let write_errors = json!({
         "400": error_response("invalid_input: the field at fault is in `field`"),
         "409": error_response("optimistic_lock_error (with actualVersion), entity_exists, duplicate_event"),
-        "413": error_response("payload_too_large: the body, or an event over the store's limit"),
+        "413": error_response(&format!(
+            "payload_too_large: the body over the server's limit (`max`, in bytes), more than \
+             {} events in one request, or an event over the store's limit (`size`, `max`)",
+            crate::entities::MAX_EVENTS_PER_APPEND
+        )),
         "422": error_response("idempotency_key_reused"),
         "503": error_response("store_unavailable, outcome_unknown or timeout; see Retry-After"),
     });

@@ -306,6 +306,30 @@ async fn create_append_read_and_their_errors() {
         None,
     );
     assert_eq!(reply.body["max"], 1000, "{}", reply.body);
+    // More events than one request may carry: 413 too, naming the cap.
+    let many: Vec<Value> = (0..1001)
+        .map(|_| event("OrderCreated", json!({})))
+        .collect();
+    let reply = post(
+        &app,
+        "/entities/Order",
+        &json!({ "events": many }).to_string(),
+        &[],
+    )
+    .await;
+    assert_error(
+        &reply,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    );
+    assert!(
+        reply.body["explanation"]
+            .as_str()
+            .is_some_and(|e| e.contains("at most 1000 per request")),
+        "{}",
+        reply.body
+    );
 
     // A client-chosen event id already stored: 409 duplicate_event.
     let taken = created.body["eventIds"][0].as_str().expect("id").to_owned();
