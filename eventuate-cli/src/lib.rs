@@ -26,6 +26,9 @@ use eventuate_postgres::admin::{
 use eventuate_postgres::{PostgresEventStore, sqlx};
 use serde_json::{Value, json};
 
+/// How long a command keeps trying a database that refuses connections.
+const CONNECT_RETRY_FOR: Duration = Duration::from_secs(3);
+
 /// What a command can fail with: a message for the operator.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -240,6 +243,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
     let store = PostgresEventStore::builder()
         .schema(&cli.schema)
         .max_connections(2)
+        // An operator at a terminal wants an answer: a short restart is waited out, a server
+        // that is down is named within seconds (a service's default is 30 s).
+        .connect_retry_for(CONNECT_RETRY_FOR)
         .connect(&url)
         .await?;
     let result = match cli.command {

@@ -287,6 +287,19 @@ async fn migrate_applies_and_reports_the_versions() {
     assert_eq!(out, again);
 }
 
+/// A database that is down is named within seconds (the library's default retry window,
+/// meant for services starting with their database, is 30 s).
+#[tokio::test]
+async fn a_database_that_refuses_connections_is_named_within_seconds() {
+    let t0 = std::time::Instant::now();
+    let error = cli("postgres://postgres@127.0.0.1:1/app", &["status"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_never_migrated_is_named_with_the_command_that_migrates_it() {
     let db = test_database().await;

@@ -498,10 +498,7 @@ async fn parked_event_operations_refuse_an_unknown_subscriber() {
         .subscriber(Recorder::new("recorder"))
         .start()
         .unwrap();
-    worker
-        .wait_caught_up(Duration::from_secs(5))
-        .await
-        .unwrap();
+    worker.wait_caught_up(Duration::from_secs(5)).await.unwrap();
     // An operations process that runs no subscriber itself.
     let admin = Eventuate::new(store).options(fast()).start().unwrap();
     for runtime in [&worker, &admin] {
