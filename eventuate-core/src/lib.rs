@@ -333,6 +333,32 @@ pub mod __private {
         }
     }
 
+    /// An event returned by a `#[command_handler]` method (one event, an element of a `Vec` or
+    /// of a tuple), converted into its aggregate's event set `E`: exactly `Into<E>`, named here
+    /// so that a type that is not one of `E`'s events is reported at the handler's return type,
+    /// saying so, instead of as a missing `From` impl at the macro.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not an event of `{E}`: a command handler returns events of its \
+                   aggregate",
+        label = "no variant of `{E}` holds `{Self}`",
+        note = "add a variant `{Self}({Self})` to `{E}`, or return one of its events",
+        note = "a command handler returns `Result<R, Error>` where `R` is one event, a `Vec` of \
+                events or a tuple of events (`()` for none), each of a type that a variant of \
+                `{E}` holds, or `{E}` itself"
+    )]
+    pub trait IntoEvent<E> {
+        /// The event as a value of the set.
+        fn into_event(self) -> E;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<E, T: Into<E>> IntoEvent<E> for T {
+        #[inline]
+        fn into_event(self) -> E {
+            self.into()
+        }
+    }
+
     /// Whether `name` is one of the type names of the event set `S`, for an `#[event_handler]`
     /// subscribed to an aggregate type. The bound `T: EventOf<S>` is the compile-time check that
     /// the handler takes one of the aggregate's events.

@@ -6,7 +6,7 @@
 //! The `*_fallback` functions generate what is emitted next to a `compile_error!`: stub impls
 //! that keep the rest of the user's crate type-checking, so one mistake is one error.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::{Ident, Type};
 
@@ -400,19 +400,37 @@ fn command_body(command: &CommandFn<'_>) -> TokenStream {
         // taken by value is cloned; the assertion is spanned at the command type.
         quote_spanned!(at(cmd)=> <#cmd as #p::CloneCommand>::clone_command(command))
     };
+    // Each event goes through `IntoEvent` (exactly `Into`) at its type in the return type: one
+    // that is not an event of the aggregate is reported there, saying so. A one-event or tuple
+    // element type is named (`<T as IntoEvent<E>>::into_event`, so the whole type is underlined)
+    // unless it is opaque (`impl Into<E>` cannot be named in a body). Otherwise, and for the
+    // items of a `Vec<T>` (whatever its `IntoIterator` yields, as before), `Self` is inferred
+    // from the value; rustc then reports at the value, so that identifier is located at the type.
     let event = quote!(<Self as #p::Aggregate>::Event);
-    let into = |ty: &Type, value: TokenStream| quote_spanned!(at(ty)=> ::core::convert::Into::<#event>::into(#value));
+    let inferred = |ty: &Type, value: &str| {
+        let span = at(ty);
+        let value = Ident::new(value, span);
+        quote_spanned!(span=> #p::IntoEvent::<#event>::into_event(#value))
+    };
+    let into = |ty: &Type, value: &str| {
+        if mentions_impl(ty.to_token_stream()) {
+            return inferred(ty, value);
+        }
+        let value = Ident::new(value, at(ty));
+        quote_spanned!(at(ty)=> <#ty as #p::IntoEvent<#event>>::into_event(#value))
+    };
     let events = match &command.output {
         Output::One(ty) => {
-            let one = into(ty, quote!(output));
+            let one = into(ty, "output");
             quote!(#p::Vec::from([#one]))
         }
         Output::Many(elem) => {
-            let into_event = quote_spanned!(at(elem)=> ::core::convert::Into::<#event>::into);
+            let one = inferred(elem, "event");
+            let event = Ident::new("event", at(elem));
             quote! {
                 ::core::iter::Iterator::collect(::core::iter::Iterator::map(
                     ::core::iter::IntoIterator::into_iter(output),
-                    #into_event,
+                    |#event| #one,
                 ))
             }
         }
@@ -427,7 +445,7 @@ fn command_body(command: &CommandFn<'_>) -> TokenStream {
             let converted = elems
                 .iter()
                 .zip(&bindings)
-                .map(|(ty, binding)| into(ty, binding.to_token_stream()));
+                .map(|(ty, binding)| into(ty, &binding.to_string()));
             quote! {{
                 let (#(#bindings,)*) = output;
                 #p::Vec::from([#(#converted),*])
@@ -440,6 +458,16 @@ fn command_body(command: &CommandFn<'_>) -> TokenStream {
             ::core::result::Result::Err(error) => ::core::result::Result::Err(error),
         }
     }
+}
+
+/// Whether a type has an `impl Trait` in it (`impl Into<E>`, `Vec<impl Into<E>>`): such a
+/// type can be returned, but not named in the generated body.
+fn mentions_impl(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|token| match token {
+        TokenTree::Ident(ident) => ident == "impl",
+        TokenTree::Group(group) => mentions_impl(group.stream()),
+        _ => false,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 /// - Every other method is a command handler: `fn name(&self, command: Command) ->
 ///   Result<R, Error>`, or with `command: &Command`. A handler decides; it does not mutate the
 ///   state (its events do, through `#[apply]`) and is not `async`. `R` is one event (any type
-///   with `Into<Event>`), a `Vec` of events, or a tuple of events (in order). A command taken by
+///   with `Into<Event>`), a `Vec` of events, or a tuple of events (in order); a type that is not
+///   an event of the aggregate is reported at that type, in the return type. A command taken by
 ///   value must be `Clone`: the repository may run the handler again after a concurrency
 ///   conflict. `Error` must implement `std::error::Error + Send + Sync + 'static`.
 ///
@@ -178,7 +179,8 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 ///     type Error = OrderError;
 ///     fn handle(&self, command: &CreateOrder) -> Result<Vec<OrderEvent>, OrderError> {
 ///         match Self::create(self, <CreateOrder as CloneCommand>::clone_command(command)) {
-///             Ok(output) => Ok(Vec::from([Into::<OrderEvent>::into(output)])),
+///             // `IntoEvent` is `Into`, with an error message that names the aggregate's events.
+///             Ok(output) => Ok(Vec::from([<OrderCreated as IntoEvent<OrderEvent>>::into_event(output)])),
 ///             Err(error) => Err(error),
 ///         }
 ///     }
@@ -187,7 +189,7 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 ///     type Error = OrderError;
 ///     fn handle(&self, command: &ApproveOrder) -> Result<Vec<OrderEvent>, OrderError> {
 ///         match Self::approve(self, command) {
-///             Ok(output) => Ok(output.into_iter().map(Into::<OrderEvent>::into).collect()),
+///             Ok(output) => Ok(output.into_iter().map(|event| IntoEvent::<OrderEvent>::into_event(event)).collect()),
 ///             Err(error) => Err(error),
 ///         }
 ///     }
