@@ -359,6 +359,27 @@ pub mod __private {
         }
     }
 
+    /// The event type of an `#[apply]` method, checked to be one of the aggregate's event set
+    /// `S` (an [`EventOf<S>`], as `#[derive(Events)]` declares each of its events): an `Apply`
+    /// impl for any other type is never called. Named here so that the mistake is reported at
+    /// the method's event type, saying so.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not an event of `{S}`: an `#[apply]` method takes one of its \
+                   aggregate's events",
+        label = "no variant of `{S}` holds `{Self}`",
+        note = "the aggregate applies each event of `{S}` with the `#[apply]` method for its \
+                type, so a method for any other type would never run",
+        note = "add a variant `{Self}({Self})` to `{S}` (an event set written by hand declares \
+                its events with `impl EventOf<{S}> for {Self} {{}}`), or remove this method"
+    )]
+    pub trait AppliedEvent<S> {
+        /// Names the check (`const _: () = <T as AppliedEvent<S>>::CHECKED;`).
+        const CHECKED: () = ();
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<S: EventSet, T: EventOf<S>> AppliedEvent<S> for T {}
+
     /// Whether `name` is one of the type names of the event set `S`, for an `#[event_handler]`
     /// subscribed to an aggregate type. The bound `T: EventOf<S>` is the compile-time check that
     /// the handler takes one of the aggregate's events.

@@ -349,6 +349,12 @@ pub(crate) fn command_impl(self_ty: &Type, plan: &CommandPlan<'_>, stub: bool) -
         } else {
             quote!(Self::#method(self, event))
         };
+        // Spanned at the event type: one that is not an event of the aggregate (its `Apply`
+        // impl would never be called) is reported there, with `AppliedEvent`'s message. Also
+        // in the stubs, so that it is reported with the block's other mistakes.
+        let checked = quote_spanned!(at(event)=>
+            <#event as #p::AppliedEvent<<#self_ty as #p::Aggregate>::Event>>::CHECKED
+        );
         quote! {
             #[automatically_derived]
             impl #p::Apply<#event> for #self_ty {
@@ -357,6 +363,8 @@ pub(crate) fn command_impl(self_ty: &Type, plan: &CommandPlan<'_>, stub: bool) -
                     #body
                 }
             }
+
+            const _: () = #checked;
         }
     });
     let commands = plan.commands.iter().map(|command| {

@@ -140,7 +140,9 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 /// `#[apply]` methods.
 ///
 /// - `#[apply] fn name(&mut self, event: &Event)` applies one event type to the state
-///   (a misspelling such as `#[aply]` is reported with the right spelling).
+///   (a misspelling such as `#[aply]` is reported with the right spelling). `Event` must be
+///   one of the aggregate's events (`EventOf<A::Event>`, as `#[derive(Events)]` declares
+///   them): a method for another type would never run, and is reported at that type.
 /// - Every other method is a command handler: `fn name(&self, command: Command) ->
 ///   Result<R, Error>`, or with `command: &Command`. A handler decides; it does not mutate the
 ///   state (its events do, through `#[apply]`) and is not `async`. `R` is one event (any type
@@ -197,6 +199,8 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 /// impl Apply<OrderCreated> for Order {
 ///     fn apply(&mut self, event: &OrderCreated) { Self::on_created(self, event) }
 /// }
+/// // `OrderCreated` is one of `Order`'s events (`AppliedEvent` holds for each `EventOf` the set).
+/// const _: () = <OrderCreated as AppliedEvent<<Order as Aggregate>::Event>>::CHECKED;
 /// ```
 #[proc_macro_attribute]
 pub fn command_handler(args: TokenStream, input: TokenStream) -> TokenStream {
