@@ -159,7 +159,7 @@ impl PostgresEventStoreBuilder {
     /// does not take a connection of this pool either: it opens one connection of its own
     /// with the pool's connect options ([`PgPool::connect_options`]: same server, database,
     /// user, password and TLS settings). What was set on the pool's
-    /// [`PgPoolOptions`] (`after_connect` hooks, timeouts, size) does not apply to that
+    /// [`PgPoolOptions`](sqlx::postgres::PgPoolOptions) (`after_connect` hooks, timeouts, size) does not apply to that
     /// connection, and the server sees it in addition to the pool's connections.
     ///
     /// A read that fails on a broken connection before any row arrived runs again on another
