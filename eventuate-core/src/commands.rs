@@ -168,7 +168,24 @@ impl std::error::Error for CommandDecodeError {
 }
 
 /// Decodes one command from JSON text, naming the field at fault (used by the generated code).
+/// `{}` that does not decode is tried as `null`: a command without fields (a unit struct) is
+/// `null` in JSON, and many HTTP clients send `{}` for "no body".
 pub fn decode_json<C: serde::de::DeserializeOwned>(payload: &str) -> Result<C, CommandDecodeError> {
+    let decoded = decode_exactly(payload);
+    if decoded.is_err()
+        && payload
+            .trim()
+            .strip_prefix('{')
+            .and_then(|p| p.strip_suffix('}'))
+            .is_some_and(|p| p.trim().is_empty())
+        && let Ok(command) = decode_exactly("null")
+    {
+        return Ok(command);
+    }
+    decoded
+}
+
+fn decode_exactly<C: serde::de::DeserializeOwned>(payload: &str) -> Result<C, CommandDecodeError> {
     let mut deserializer = serde_json::Deserializer::from_str(payload);
     let value = serde_path_to_error::deserialize::<_, C>(&mut deserializer).map_err(|e| {
         CommandDecodeError::Json {
@@ -266,4 +283,33 @@ pub async fn dispatch<A: CommandSet>(
         },
     )?;
     Ok(run.await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Close;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Assign {
+        #[allow(dead_code)]
+        assignee: String,
+    }
+
+    #[test]
+    fn an_empty_object_is_a_command_without_fields() {
+        assert!(decode_json::<Close>("null").is_ok());
+        assert!(decode_json::<Close>("{}").is_ok());
+        assert!(decode_json::<Close>(" { } ").is_ok());
+        assert!(decode_json::<Close>(r#"{"x": 1}"#).is_err());
+        // A command with fields still says which one is missing.
+        match decode_json::<Assign>("{}") {
+            Err(CommandDecodeError::Json { error, .. }) => {
+                assert!(error.to_string().contains("assignee"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

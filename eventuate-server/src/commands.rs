@@ -3,7 +3,7 @@
 //! registered with [`crate::Server::aggregate`] (those with `#[command_handler(dispatch)]`).
 //!
 //! The body is the command as JSON (an empty body is `null`, what a unit struct such as
-//! `struct ApproveOrder;` decodes from). The command runs through the repository
+//! `struct ApproveOrder;` decodes from; `{}` is taken as `null` for such a command). The command runs through the repository
 //! ([`eventuate_core::commands::dispatch`]): load, decide, append, retried on concurrency
 //! conflicts. Which repository call it becomes:
 //!
@@ -129,8 +129,25 @@ impl<A: CommandSet> Endpoint for Registered<A> {
             if !A::COMMAND_TYPES.contains(&command_type) {
                 return Err(unknown_command::<A>(command_type));
             }
-            self.schemas
-                .check(Item::Command, command_type, "body", body)?;
+            // `{}` for a command without fields (a unit struct, whose JSON is `null`): what
+            // many HTTP clients send for "no body". Taken as `null` when the schema refuses it
+            // and takes `null` (without a schema, the decoding falls back the same way).
+            let body = match self
+                .schemas
+                .check(Item::Command, command_type, "body", body)
+            {
+                Ok(()) => body,
+                Err(_)
+                    if body.as_object().is_some_and(serde_json::Map::is_empty)
+                        && self
+                            .schemas
+                            .check(Item::Command, command_type, "body", &Value::Null)
+                            .is_ok() =>
+                {
+                    &Value::Null
+                }
+                Err(e) => return Err(e),
+            };
             let payload = body.to_string();
             match commands::dispatch::<A>(repository, target, command_type, &payload, options).await
             {

@@ -286,6 +286,16 @@ async fn create_update_and_preconditions(store: Arc<dyn EventStore>) {
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
     assert_eq!(again.body["entityVersion"], 3);
     assert_eq!(again.body["events"], json!([]));
+    // `{}`, what many HTTP clients send for "no body", is taken as `null` too.
+    let empty_object = post(
+        &app,
+        &format!("/aggregates/Ticket/{id}/commands/CloseTicket"),
+        "{}",
+        &[],
+    )
+    .await;
+    assert_eq!(empty_object.status, StatusCode::OK, "{}", empty_object.body);
+    assert_eq!(empty_object.body["entityVersion"], 3);
 
     // Without a precondition the entity must exist.
     let missing = post(
