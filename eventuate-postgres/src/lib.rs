@@ -43,6 +43,6 @@ pub use context::PgEventContextExt;
 pub use error::{Error, Result};
 pub use migrate::validate_schema;
 pub use store::{
-    DEFAULT_CONNECT_RETRY_FOR, DEFAULT_MAX_PAYLOAD_BYTES, PostgresEventStore,
-    PostgresEventStoreBuilder,
+    DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_CONNECT_RETRY_FOR, DEFAULT_MAX_PAYLOAD_BYTES,
+    PostgresEventStore, PostgresEventStoreBuilder,
 };

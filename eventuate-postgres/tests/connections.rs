@@ -188,3 +188,58 @@ async fn an_unknown_database_fails_at_once() {
         "the cause is named: {error}"
     );
 }
+
+/// While the database is down, a command waits the pool's acquire timeout and then says why
+/// no connection could be made (sqlx alone says only "pool timed out"); once it is back,
+/// commands succeed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_commands_say_why_and_work_again_after() {
+    use eventuate_postgres::embedded::{Options, ThrowawayPostgres};
+    let server = tokio::task::spawn_blocking(|| ThrowawayPostgres::start(Options::default()))
+        .await
+        .unwrap()
+        .expect("a server of its own");
+    let db = server.create_database().await.unwrap();
+    let store = PostgresEventStore::builder()
+        .max_connections(POOL)
+        .acquire_timeout(Duration::from_millis(500))
+        .migrate_on_connect(true)
+        .connect(&db.url)
+        .await
+        .expect("connect");
+    fill_the_pool(&store).await;
+    tokio::task::block_in_place(|| server.stop()).unwrap();
+    let append = |n: u32| {
+        store.append(AppendRequest {
+            entity_type: "Order".into(),
+            entity_id: format!("d-{n}"),
+            expected: ExpectedVersion::New,
+            events: vec![NewEvent::new("Touched", "{}")],
+            idempotency: None,
+        })
+    };
+    for n in 0..3 {
+        let load = store
+            .load("Order", "d-0", 0)
+            .await
+            .expect_err("the server is down");
+        let written = append(n).await.expect_err("the server is down");
+        for error in [load, written] {
+            let chain = format!("{error}: {:?}", std::error::Error::source(&error));
+            assert!(
+                chain.to_lowercase().contains("refused") || chain.contains("No such file"),
+                "attempt {n}: the cause is named: {chain}"
+            );
+        }
+    }
+    tokio::task::block_in_place(|| server.restart()).unwrap();
+    for n in 10..10 + 2 * POOL {
+        append(n)
+            .await
+            .unwrap_or_else(|e| panic!("write {n} after the restart: {e}"));
+    }
+    store
+        .load("Order", "d-10", 0)
+        .await
+        .expect("a read after the restart");
+}

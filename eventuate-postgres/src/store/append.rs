@@ -330,15 +330,19 @@ impl PostgresEventStore {
         // Validate before taking a connection: bad input never waits for the pool.
         self.check(&request)?;
         // Not sent yet: a failure to get a connection writes nothing (a plain `Backend`).
-        let mut conn = self.inner.pool.acquire().await.map_err(|e| {
-            backend(
-                format!(
-                    "append to {} `{}`: no database connection",
-                    request.entity_type, request.entity_id
-                ),
-                e,
-            )
-        })?;
+        let mut conn = match self.inner.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let e = super::health::explain_timeout(&self.inner.pool, e).await;
+                return Err(backend(
+                    format!(
+                        "append to {} `{}`: no database connection",
+                        request.entity_type, request.entity_id
+                    ),
+                    e,
+                ));
+            }
+        };
         self.append_on(&mut conn, &request, false, guard).await
     }
 }

@@ -90,9 +90,30 @@ impl PoolHealth {
                     retries -= 1;
                     tracing::debug!(error = %e, "a read found its connection broken; reading again on another");
                 }
-                other => return other,
+                Err(e) => return Err(explain_timeout(pool, e).await),
+                ok => return ok,
             }
         }
+    }
+}
+
+/// `e`, or, when it is sqlx's "pool timed out" (no connection within the pool's acquire
+/// timeout) and connecting now fails, that failure ("Connection refused", "the database
+/// system is starting up", ...): the cause the pool retried behind the timeout. The probe
+/// waits a few seconds at most, and only runs on this failure path.
+pub(super) async fn explain_timeout(pool: &PgPool, e: sqlx::Error) -> sqlx::Error {
+    if !matches!(e, sqlx::Error::PoolTimedOut) {
+        return e;
+    }
+    let options = pool.connect_options();
+    match tokio::time::timeout(Duration::from_secs(5), options.connect()).await {
+        Ok(Err(cause)) => cause,
+        Ok(Ok(connection)) => {
+            // The server answers: the pool was busy, the timeout is the cause.
+            let _ = sqlx::Connection::close(connection).await;
+            e
+        }
+        Err(_) => e,
     }
 }
 
@@ -134,6 +155,7 @@ pub(super) async fn connect_pool(
     url: &str,
     max_connections: u32,
     retry_for: Duration,
+    acquire_timeout: Duration,
     health: std::sync::Arc<PoolHealth>,
 ) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
@@ -162,6 +184,7 @@ pub(super) async fn connect_pool(
     }
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
         .test_before_acquire(false)
         .before_acquire(move |conn, meta| {
             let check = meta.idle_for >= CHECK_IDLE_AFTER || health.suspect();

@@ -42,6 +42,9 @@ const MIN_CONNECTIONS: u32 = 1;
 /// connections, by default.
 pub const DEFAULT_CONNECT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long a statement waits for a pooled connection, by default (sqlx's default).
+pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Configures and connects a [`PostgresEventStore`].
 ///
 /// ```no_run
@@ -62,6 +65,7 @@ pub struct PostgresEventStoreBuilder {
     max_payload_bytes: usize,
     migrate_on_connect: bool,
     connect_retry_for: std::time::Duration,
+    acquire_timeout: std::time::Duration,
 }
 
 impl Default for PostgresEventStoreBuilder {
@@ -72,6 +76,7 @@ impl Default for PostgresEventStoreBuilder {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             migrate_on_connect: false,
             connect_retry_for: DEFAULT_CONNECT_RETRY_FOR,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
         }
     }
 }
@@ -125,6 +130,16 @@ impl PostgresEventStoreBuilder {
         self
     }
 
+    /// How long a statement waits for a pooled connection (default
+    /// [`DEFAULT_ACQUIRE_TIMEOUT`], 30 s, sqlx's): while the database is down, every command
+    /// waits this long before it fails. The error then names why no connection could be made
+    /// ("Connection refused", ...) rather than only that the pool timed out. Ignored by
+    /// [`with_pool`](Self::with_pool) (set it on the pool).
+    pub fn acquire_timeout(mut self, wait: std::time::Duration) -> Self {
+        self.acquire_timeout = wait;
+        self
+    }
+
     /// Opens a connection pool to `url` and builds the store.
     ///
     /// Pooled connections that a database restart broke are found and replaced: one idle
@@ -146,6 +161,7 @@ impl PostgresEventStoreBuilder {
             url,
             self.max_connections,
             self.connect_retry_for,
+            self.acquire_timeout,
             health.clone(),
         )
         .await
