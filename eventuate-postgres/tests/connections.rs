@@ -243,3 +243,26 @@ async fn while_the_database_is_down_commands_say_why_and_work_again_after() {
         .await
         .expect("a read after the restart");
 }
+
+/// A pool whose every connection is in use times out as such: the server answers, so no
+/// other cause is looked for (and no connection is opened beside the pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_times_out_as_such() {
+    let db = test_database().await;
+    let store = PostgresEventStore::builder()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(300))
+        .migrate_on_connect(true)
+        .connect(&db.url)
+        .await
+        .expect("connect");
+    let held = store.pool().acquire().await.unwrap();
+    let error = store
+        .load("Order", "b-1", 0)
+        .await
+        .expect_err("the only connection is held");
+    let chain = format!("{error}: {:?}", std::error::Error::source(&error));
+    assert!(chain.contains("timed out"), "{chain}");
+    drop(held);
+    store.load("Order", "b-1", 0).await.expect("free again");
+}

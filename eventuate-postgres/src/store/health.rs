@@ -70,6 +70,30 @@ impl PoolHealth {
         broken
     }
 
+    /// `e`, or, when it is sqlx's "pool timed out" (no connection within the pool's acquire
+    /// timeout) while the pool could not open the connections it may (a full pool whose
+    /// connections are all in use keeps the timeout as its cause) and connecting now fails,
+    /// that failure ("Connection refused", "the database system is starting up", ...): the
+    /// cause the pool retried behind the timeout. The probe waits a few seconds at most and
+    /// only runs on this failure path.
+    pub(super) async fn explain_timeout(&self, pool: &PgPool, e: sqlx::Error) -> sqlx::Error {
+        if !matches!(e, sqlx::Error::PoolTimedOut)
+            || pool.size() >= pool.options().get_max_connections()
+        {
+            return e;
+        }
+        let options = pool.connect_options();
+        match tokio::time::timeout(Duration::from_secs(5), options.connect()).await {
+            Ok(Err(cause)) => cause,
+            Ok(Ok(connection)) => {
+                // The server answers: the pool was busy, the timeout is the cause.
+                let _ = sqlx::Connection::close(connection).await;
+                e
+            }
+            Err(_) => e,
+        }
+    }
+
     /// How often a read that failed on a broken connection before any row arrived may run
     /// again: once for every connection of `pool` and one more, bounded.
     pub(super) fn read_retries(&self, pool: &PgPool) -> u32 {
@@ -90,30 +114,10 @@ impl PoolHealth {
                     retries -= 1;
                     tracing::debug!(error = %e, "a read found its connection broken; reading again on another");
                 }
-                Err(e) => return Err(explain_timeout(pool, e).await),
+                Err(e) => return Err(self.explain_timeout(pool, e).await),
                 ok => return ok,
             }
         }
-    }
-}
-
-/// `e`, or, when it is sqlx's "pool timed out" (no connection within the pool's acquire
-/// timeout) and connecting now fails, that failure ("Connection refused", "the database
-/// system is starting up", ...): the cause the pool retried behind the timeout. The probe
-/// waits a few seconds at most, and only runs on this failure path.
-pub(super) async fn explain_timeout(pool: &PgPool, e: sqlx::Error) -> sqlx::Error {
-    if !matches!(e, sqlx::Error::PoolTimedOut) {
-        return e;
-    }
-    let options = pool.connect_options();
-    match tokio::time::timeout(Duration::from_secs(5), options.connect()).await {
-        Ok(Err(cause)) => cause,
-        Ok(Ok(connection)) => {
-            // The server answers: the pool was busy, the timeout is the cause.
-            let _ = sqlx::Connection::close(connection).await;
-            e
-        }
-        Err(_) => e,
     }
 }
 

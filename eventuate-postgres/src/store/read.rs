@@ -407,7 +407,7 @@ async fn each_row<'q>(
                 }
                 Err(e) => {
                     inner.health.saw(&e);
-                    let e = super::health::explain_timeout(&inner.pool, e).await;
+                    let e = inner.health.explain_timeout(&inner.pool, e).await;
                     return Err(backend(context(), e));
                 }
             }
