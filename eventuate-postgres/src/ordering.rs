@@ -46,7 +46,9 @@
 //! worker (which never writes user tables). Everything it cannot identify (a prepared
 //! transaction, a transaction that ended after the snapshot was taken) still holds the horizon
 //! back. The look-up is an init-plan over the backend status array, computed once per
-//! statement (a fraction of a millisecond).
+//! statement (a fraction of a millisecond). The horizon, and with it `head()`, can therefore
+//! sit lower for a moment than an earlier statement saw (a transaction of another database
+//! ended in between); consumers keep the furthest position they reached, so this only delays.
 //!
 //! That refinement is exact only because the running list is complete: every transaction that
 //! could still write a row below xmax is in it. Its result lies between xmin and xmax, and it
