@@ -12,9 +12,12 @@
 //!   other idle connections are dead too, so they are dropped at their next acquisition
 //!   instead of each failing one more command.
 //! - **A read that failed on a broken connection before any row arrived is run again** on
-//!   another connection (`read::each_row`, [`PoolHealth::read`]): nothing was handed to the caller yet,
-//!   and reading twice changes nothing. Writes are not retried (their outcome is unknown, see
-//!   `append::append_failed`); they only raise the alarm.
+//!   another connection (`read::each_row`, [`PoolHealth::read`]): nothing was handed to the
+//!   caller yet, and reading twice changes nothing. Writes are not retried (their outcome is
+//!   unknown, see `append::append_failed`); they only raise the alarm.
+//! - **A statement that got no connection names why** ([`PoolHealth::explain_timeout`]): when
+//!   the pool could not open one, the error is what connecting fails with now, not sqlx's
+//!   "pool timed out".
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
