@@ -14,18 +14,41 @@ use sqlx::Connection;
 
 const POOL: u32 = 4;
 
+/// sqlx's default wait for a pooled connection (the store's default too).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A migrated store on `url` with a pool of `connections`, whose statements wait at most
+/// `acquire_timeout` for one.
+async fn store_with(url: &str, connections: u32, acquire_timeout: Duration) -> PostgresEventStore {
+    PostgresEventStore::builder()
+        .max_connections(connections)
+        .acquire_timeout(acquire_timeout)
+        .migrate_on_connect(true)
+        .connect(url)
+        .await
+        .expect("connect")
+}
+
+/// Creates `Order` `id` with one event.
+async fn create(store: &PostgresEventStore, id: String) -> eventuate_core::Result<AppendOutcome> {
+    store
+        .append(AppendRequest {
+            entity_type: "Order".into(),
+            entity_id: id,
+            expected: ExpectedVersion::New,
+            events: vec![NewEvent::new("Touched", "{}")],
+            idempotency: None,
+        })
+        .await
+}
+
 /// Every pooled connection's session is ended by the server (as a restart or a failover
 /// does) right after use, so none is idle long enough to be checked before it is handed out:
 /// the next commands (a load, then an append) and stream reads must all succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_reads_survive_sessions_the_server_ended() {
     let db = test_database().await;
-    let store = PostgresEventStore::builder()
-        .max_connections(POOL)
-        .migrate_on_connect(true)
-        .connect(&db.url)
-        .await
-        .expect("connect");
+    let store = store_with(&db.url, POOL, WAIT).await;
     let mut observer = sqlx::PgConnection::connect(&db.url).await.unwrap();
     for round in 0..3 {
         // Every connection of the pool in use at once, then back in the pool.
@@ -76,24 +99,11 @@ async fn commands_and_reads_survive_sessions_the_server_ended() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_write_found_its_connection_broken_the_next_writes_do_not() {
     let db = test_database().await;
-    let store = PostgresEventStore::builder()
-        .max_connections(POOL)
-        .migrate_on_connect(true)
-        .connect(&db.url)
-        .await
-        .expect("connect");
+    let store = store_with(&db.url, POOL, WAIT).await;
     let mut observer = sqlx::PgConnection::connect(&db.url).await.unwrap();
     fill_the_pool(&store).await;
     end_other_sessions(&mut observer).await;
-    let append = |n: u32| {
-        store.append(AppendRequest {
-            entity_type: "Order".into(),
-            entity_id: format!("w-{n}"),
-            expected: ExpectedVersion::New,
-            events: vec![NewEvent::new("Touched", "{}")],
-            idempotency: None,
-        })
-    };
+    let append = |n: u32| create(&store, format!("w-{n}"));
     let first = append(0)
         .await
         .expect_err("the first write met a broken connection");
@@ -200,24 +210,10 @@ async fn while_the_database_is_down_commands_say_why_and_work_again_after() {
         .unwrap()
         .expect("a server of its own");
     let db = server.create_database().await.unwrap();
-    let store = PostgresEventStore::builder()
-        .max_connections(POOL)
-        .acquire_timeout(Duration::from_millis(500))
-        .migrate_on_connect(true)
-        .connect(&db.url)
-        .await
-        .expect("connect");
+    let store = store_with(&db.url, POOL, Duration::from_millis(500)).await;
     fill_the_pool(&store).await;
     tokio::task::block_in_place(|| server.stop()).unwrap();
-    let append = |n: u32| {
-        store.append(AppendRequest {
-            entity_type: "Order".into(),
-            entity_id: format!("d-{n}"),
-            expected: ExpectedVersion::New,
-            events: vec![NewEvent::new("Touched", "{}")],
-            idempotency: None,
-        })
-    };
+    let append = |n: u32| create(&store, format!("d-{n}"));
     for n in 0..3 {
         let load = store
             .load("Order", "d-0", 0)
@@ -249,13 +245,7 @@ async fn while_the_database_is_down_commands_say_why_and_work_again_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_pool_times_out_as_such() {
     let db = test_database().await;
-    let store = PostgresEventStore::builder()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_millis(300))
-        .migrate_on_connect(true)
-        .connect(&db.url)
-        .await
-        .expect("connect");
+    let store = store_with(&db.url, 1, Duration::from_millis(300)).await;
     let held = store.pool().acquire().await.unwrap();
     let error = store
         .load("Order", "b-1", 0)
