@@ -145,7 +145,32 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
     }))
 }
 
+/// Logs to stderr what `RUST_LOG` lets through: `info` when it is unset; otherwise a
+/// default level and `target=level` pairs (`warn,eventuate_core=debug`).
+fn install_logging() -> Result<(), String> {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            directives.parse::<Targets>().map_err(|e| {
+                format!("RUST_LOG `{directives}` is not `level` or `target=level` pairs: {e}")
+            })?
+        }
+        _ => Targets::new().with_default(tracing::Level::INFO),
+    };
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .try_init()
+        .map_err(|e| format!("cannot install the log: {e}"))
+}
+
 fn main() -> ExitCode {
+    if let Err(e) = install_logging() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args = match parse(&args) {
         Ok(Some(args)) => args,

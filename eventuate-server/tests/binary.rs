@@ -80,3 +80,46 @@ fn a_taken_port_fails_at_once_naming_the_flag_and_the_address() {
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
+
+/// The binary logs: a database that refuses connections is retried with a WARN line naming
+/// the cause, on stderr, while it waits (it said nothing for 30 s).
+#[test]
+fn the_binary_logs_its_warnings_to_stderr() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventuate-server"))
+        .args(["--listen", "127.0.0.1:0", "--stomp-listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/app")
+        .env_remove("RUST_LOG")
+        .env_remove("EVENTUATE_RELAY")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains("WARN") && line.to_lowercase().contains("refused");
+                seen.push(line);
+                if found {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "a WARN naming the cause; stderr: {seen:#?}");
+}
