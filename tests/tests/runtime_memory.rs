@@ -1991,3 +1991,89 @@ async fn every_delivery_runs_in_a_debug_span() {
         "one span per delivery (Opened, Deposited), at DEBUG"
     );
 }
+
+/// Counts the events it is handed, taking 0.3 ms each, and hangs on the `hang_at`-th.
+struct Pacer {
+    calls: Arc<AtomicU32>,
+    hang_at: u32,
+}
+
+impl Subscriber for Pacer {
+    fn subscription(&self) -> Subscription {
+        Subscription::new("pacer", ["Ledger"])
+    }
+
+    async fn handle(&self, _ctx: &EventContext) -> Result<(), HandlerError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.hang_at {
+            std::future::pending::<()>().await;
+        }
+        std::thread::sleep(Duration::from_micros(300));
+        Ok(())
+    }
+}
+
+/// A consumer far behind reads batches of thousands of events; it saves its checkpoint
+/// within a batch once a poll interval, so a crash in the middle of one re-delivers about a
+/// poll interval's worth (QA: a `kill -9` re-delivered almost three poll intervals, the
+/// checkpoint having been saved only between batches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_batch_saves_its_checkpoint_as_it_goes() {
+    use eventuate_core::runtime::SubscriptionStore;
+    use eventuate_core::store::{AppendRequest, ExpectedVersion, StreamFilter};
+    let store = InMemoryEventStore::new();
+    for chunk in 0..3 {
+        store
+            .append(AppendRequest {
+                entity_type: "Ledger".into(),
+                entity_id: format!("l-{chunk}"),
+                expected: ExpectedVersion::New,
+                events: (0..1000)
+                    .map(|_| eventuate_core::NewEvent::new("Entry", "{}"))
+                    .collect(),
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+    }
+    let calls = Arc::new(AtomicU32::new(0));
+    let hang_at = 2500;
+    let runtime = Eventuate::new(store.clone())
+        .options(RuntimeOptions {
+            lease_ttl: Duration::from_secs(5),
+            ..fast()
+        })
+        .subscriber(Pacer {
+            calls: calls.clone(),
+            hang_at,
+        })
+        .start()
+        .unwrap();
+    eventually("the handler reaches the event it hangs on", || {
+        calls.load(Ordering::SeqCst) >= hang_at
+    })
+    .await;
+    // Batches of 16, 64, 256, 1,024, then one of every remaining event (1,360 to 3,000):
+    // saved only between batches, the checkpoint would stay at the 1,360th event.
+    let state = SubscriptionStore::subscriber(&store, "pacer")
+        .await
+        .unwrap();
+    let checkpoint = state.partitions[0].checkpoint;
+    let stream = store
+        .read_stream(
+            eventuate_core::Position::START,
+            &StreamFilter::default(),
+            10_000,
+        )
+        .await
+        .unwrap();
+    let saved = stream
+        .iter()
+        .take_while(|e| e.position <= checkpoint)
+        .count();
+    assert!(
+        saved >= 2300 && saved < hang_at as usize,
+        "the checkpoint covers {saved} events while the handler hangs on the {hang_at}th"
+    );
+    drop(runtime);
+}

@@ -104,6 +104,9 @@ impl Drop for Prefetch {
     }
 }
 
+/// How many events a consumer delivers between two looks at the clock for its checkpoint save.
+const SAVE_CHECK_EVERY: u32 = 32;
+
 /// Sleeps for `pause`, or less if the consumer is told to stop meanwhile: whether it was.
 async fn pause_unless_stopped(stop: &watch::Receiver<bool>, pause: Duration) -> bool {
     let mut stop = stop.clone();
@@ -320,9 +323,21 @@ impl Consumer {
                 }
                 let delivered_any = !batch.items.is_empty();
                 let mut items = batch.items.into_iter().peekable();
+                let mut since_clock = 0u32;
                 while let Some(item) = items.next() {
                     if *stop.borrow() {
                         return Ok(at_head);
+                    }
+                    // A batch can hold thousands of events: the checkpoint is saved within
+                    // it once a poll interval, so a crash delivers at most about a poll
+                    // interval's worth again (the clock is read every few events).
+                    since_clock += 1;
+                    if since_clock >= SAVE_CHECK_EVERY {
+                        since_clock = 0;
+                        if Instant::now() >= next_save {
+                            self.save().await?;
+                            next_save = Instant::now() + poll;
+                        }
                     }
                     match item {
                         StreamItem::Event(event) if self.joins_run(&event) => {
