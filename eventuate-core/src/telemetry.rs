@@ -19,7 +19,7 @@
 //! | `eventuate_command_conflict_retries_total` | counter | `entity_type` | concurrency conflicts that made the repository load and process a command again |
 //! | `eventuate_command_duration_seconds` | histogram | `entity_type` | a command's time in the repository, load to append, retries included |
 //! | `eventuate_deliveries_total` | counter | `subscriber` | events a handler handled successfully (replays included) |
-//! | `eventuate_delivery_retries_total` | counter | `subscriber` | failed handler attempts that are retried (a last failed attempt, which parks the event, is not one) |
+//! | `eventuate_delivery_retries_total` | counter | `subscriber` | retries: failed handler attempts that are made again, and pauses because what a handler needs is unavailable (a last failed attempt, which parks the event, is not one); `status()`'s `retried` counts the same |
 //! | `eventuate_parked_total` | counter | `subscriber` | events parked (including those parked behind an earlier parked event of their entity) |
 //! | `eventuate_delivery_latency_seconds` | histogram | `subscriber` | from the event's metadata timestamp (set when the command produced it) to its handler's success |
 //! | `eventuate_subscriber_lag` | gauge | `subscriber`, `partition` | events behind the head (capped at [`crate::runtime::LAG_COUNT_LIMIT`]), set by [`crate::runtime::Running::status`] |

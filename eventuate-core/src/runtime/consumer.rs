@@ -495,7 +495,7 @@ impl Consumer {
                     // Not the event's fault: not an attempt (but a retry, in the counts).
                     attempts -= 1;
                     outages += 1;
-                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    self.count_retry();
                     let pause = retry.backoff(outages);
                     tracing::warn!(position = %position, error = %error, ?pause, "what the handler needs is unavailable; retrying without counting an attempt");
                     if pause_unless_stopped(stop, pause).await {
@@ -503,11 +503,10 @@ impl Consumer {
                     }
                 }
                 Some(Failure { error: e, .. }) => {
-                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(position = %position, attempt = attempts, error = %e, "handler failed");
                     last_error = Some(e.to_string());
                     if attempts < retry.max_attempts {
-                        crate::telemetry::retried(&self.lease.key.subscriber_id);
+                        self.count_retry();
                         if pause_unless_stopped(stop, retry.backoff(attempts)).await {
                             return Err(Interrupt::Stopped);
                         }
@@ -546,6 +545,13 @@ impl Consumer {
                 Err(f) => failure = Some(f),
             }
         }
+    }
+
+    /// Counts a retry (a failed attempt that will be made again, or a pause because what the
+    /// handler needs is unavailable) in `status()` and in the retries metric alike.
+    fn count_retry(&self) {
+        self.counters.retried.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::retried(&self.lease.key.subscriber_id);
     }
 
     /// Counts a handled event and moves past it.
@@ -901,7 +907,7 @@ impl Consumer {
                 // Not the event's fault: try the rest of the run again after a pause, without
                 // counting an attempt (but a retry, in the counts).
                 outages += 1;
-                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                self.count_retry();
                 let pause = self.registered.subscription.retry.backoff(outages);
                 tracing::warn!(error = %error, ?pause, "what the handler needs is unavailable; retrying the run without counting an attempt");
                 let mut stop_rx = stop.clone();
@@ -920,14 +926,13 @@ impl Consumer {
                 self.park(event, 1, failure.error.to_string()).await?;
                 continue;
             }
-            self.counters.retried.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(position = %event.position, error = %failure.error, "handler failed in a batch");
             let retry = self.registered.subscription.retry;
             if retry.max_attempts <= 1 {
                 self.park(event, 1, failure.error.to_string()).await?;
                 continue;
             }
-            crate::telemetry::retried(&self.lease.key.subscriber_id);
+            self.count_retry();
             let mut stop_rx = stop.clone();
             tokio::select! {
                 _ = tokio::time::sleep(retry.backoff(1)) => {}
