@@ -32,6 +32,7 @@ pub use fixture::AggregateFixture;
 pub use memory::InMemoryEventStore;
 pub use repository::{
     CommandOptions, Committed, EXTERNAL_COMMANDS, Loaded, Repository, RepositoryOptions,
+    decode_event,
 };
 pub use runtime::Eventuate;
 pub use store::{
