@@ -89,10 +89,21 @@ impl std::fmt::Display for DecodeError {
         match self {
             DecodeError::UnknownType => f.write_str("unknown event type"),
             DecodeError::Json(e) => write!(f, "{e}"),
+            DecodeError::Version { stored, current } if stored > current => write!(
+                f,
+                "stored with schema version {stored}, newer than this release's version \
+                 {current} of the event: written by a newer release (roll back the writer, or \
+                 deploy this one's successor)"
+            ),
+            DecodeError::Version { stored: 0, current } => write!(
+                f,
+                "stored with schema version 0, which no event has (versions start at 1; this \
+                 release reads version {current})"
+            ),
             DecodeError::Version { stored, current } => write!(
                 f,
-                "stored with schema version {stored}, which the event (now at version \
-                 {current}) cannot read: no upcaster chain from it"
+                "stored with schema version {stored}, older than every upcaster of the event \
+                 (now at version {current}): add `upcast(from = {stored}, ..)`"
             ),
             DecodeError::Upcast { from, message } => {
                 write!(f, "the upcaster from version {from} failed: {message}")
@@ -334,5 +345,33 @@ pub trait InitialState: Sized {
 impl<T: Default> InitialState for T {
     fn initial_state() -> Self {
         T::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecodeError;
+
+    /// A version that does not decode says which way it is off, and what to do.
+    #[test]
+    fn a_version_error_says_why() {
+        let newer = DecodeError::Version {
+            stored: 7,
+            current: 3,
+        }
+        .to_string();
+        assert!(newer.contains("written by a newer release"), "{newer}");
+        let older = DecodeError::Version {
+            stored: 1,
+            current: 3,
+        }
+        .to_string();
+        assert!(older.contains("add `upcast(from = 1, ..)`"), "{older}");
+        let zero = DecodeError::Version {
+            stored: 0,
+            current: 3,
+        }
+        .to_string();
+        assert!(zero.contains("no event has"), "{zero}");
     }
 }

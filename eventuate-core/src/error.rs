@@ -193,7 +193,7 @@ pub enum Error {
     /// no upcaster chain from it (a newer writer, or an upcaster removed), or an upcaster
     /// refused the payload.
     #[error(
-        "cannot upcast {event_type} of {entity_type} `{entity_id}` at version {version}: {source}"
+        "cannot upcast {event_type} of {entity_type} `{entity_id}` (entity version {version}): {source}"
     )]
     Upcast {
         /// Entity type.

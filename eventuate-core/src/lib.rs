@@ -80,47 +80,37 @@ pub mod __private {
     pub use std::vec::Vec;
 
     /// Decodes the delivered event for a handler; a payload that does not decode is a
-    /// permanent failure (retrying cannot fix it), naming entity, position and type.
+    /// permanent failure (retrying cannot fix it). The runtime names subscriber, entity,
+    /// position and type around it ([`crate::Error::Handler`]), so the error is the cause
+    /// alone (it was wrapped twice, and parked records said it all twice).
     pub fn decode_for_handler<T: serde::de::DeserializeOwned>(
         ctx: &EventContext,
     ) -> Result<T, HandlerError> {
-        let event = ctx.event();
-        serde_json::from_str(&event.payload).map_err(|source| {
-            HandlerError::permanent(crate::Error::Handler {
-                subscriber: ctx.subscriber_id().to_owned(),
-                entity_type: event.entity_type.clone(),
-                entity_id: event.entity_id.clone(),
-                event_type: event.event_type.clone(),
-                position: event.position,
-                source: Box::new(source),
-            })
-        })
+        serde_json::from_str(&ctx.event().payload).map_err(does_not_decode::<T>)
+    }
+
+    /// The permanent failure of a payload that does not decode into `T`.
+    fn does_not_decode<T>(e: serde_json::Error) -> HandlerError {
+        let name = std::any::type_name::<T>();
+        let name = name.rsplit("::").next().unwrap_or(name);
+        HandlerError::permanent(format!("the payload does not decode into `{name}`: {e}"))
     }
 
     /// Decodes the delivered event for a handler of a subscriber checked against an aggregate
     /// (`subscribe = Order`): the payload is first upcast from its stored schema version
-    /// through the aggregate's event set `S`, so the handler sees the current shape.
+    /// through the aggregate's event set `S`, so the handler sees the current shape. Failures
+    /// as for [`decode_for_handler`].
     pub fn decode_for_handler_in<S: EventSet, T: serde::de::DeserializeOwned>(
         ctx: &EventContext,
     ) -> Result<T, HandlerError> {
         let event = ctx.event();
-        let fail = |source: Box<dyn std::error::Error + Send + Sync>| {
-            HandlerError::permanent(crate::Error::Handler {
-                subscriber: ctx.subscriber_id().to_owned(),
-                entity_type: event.entity_type.clone(),
-                entity_id: event.entity_id.clone(),
-                event_type: event.event_type.clone(),
-                position: event.position,
-                source,
-            })
-        };
         let payload = match S::schema(&event.event_type) {
             Some(schema) => schema
                 .upcast(event.metadata.schema_version.unwrap_or(1), &event.payload)
-                .map_err(|e| fail(Box::new(e)))?,
+                .map_err(HandlerError::permanent)?,
             None => std::borrow::Cow::Borrowed(event.payload.as_str()),
         };
-        serde_json::from_str(&payload).map_err(|e| fail(Box::new(e)))
+        serde_json::from_str(&payload).map_err(does_not_decode::<T>)
     }
 
     /// The stored names a checked subscriber asks for: each handled name and its aliases in

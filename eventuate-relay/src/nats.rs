@@ -122,14 +122,19 @@ fn classify(message: &Message, error: jetstream::context::PublishError) -> Handl
             }),
         _ => false,
     };
+    // The source's text, unless the error's own already holds it (async-nats's publish
+    // errors do: it was printed twice).
+    let shown = error.to_string();
+    let source = std::error::Error::source(&error)
+        .map(|s| s.to_string())
+        .filter(|s| !shown.contains(s.as_str()))
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
     let text = format!(
-        "NATS JetStream did not take event {} on `{}` ({} bytes): {error}{}",
+        "NATS JetStream did not take event {} on `{}` ({} bytes): {shown}{source}",
         message.event_id,
         message.topic,
         message.value.len(),
-        std::error::Error::source(&error)
-            .map(|s| format!(": {s}"))
-            .unwrap_or_default()
     );
     if too_large {
         HandlerError::permanent(text)
