@@ -108,6 +108,31 @@ impl Subscriber for View {
     }
 }
 
+/// A subscriber whose first delivery finds what it needs unavailable (a broker down).
+#[derive(Clone, Default)]
+struct Outage {
+    failed_once: Arc<AtomicBool>,
+}
+
+impl Subscriber for Outage {
+    fn subscription(&self) -> Subscription {
+        Subscription::new("meter-outage", ["Meter"])
+            .partitions(1)
+            .retry(RetryPolicy {
+                max_attempts: 2,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(10),
+            })
+    }
+
+    async fn handle(&self, _ctx: &EventContext) -> Result<(), HandlerError> {
+        if !self.failed_once.swap(true, Ordering::SeqCst) {
+            return Err(HandlerError::unavailable("the broker is down"));
+        }
+        Ok(())
+    }
+}
+
 fn options() -> RuntimeOptions {
     RuntimeOptions {
         poll_interval: Duration::from_millis(50),
@@ -149,6 +174,7 @@ async fn metrics_after_a_known_workload() {
             .options(options())
             .aggregate::<Meter>()
             .subscriber(view.clone())
+            .subscriber(Outage::default())
             .start()
             .expect("start"),
     );
@@ -252,6 +278,20 @@ async fn metrics_after_a_known_workload() {
             "{name}{labels:?} in:\n{text}"
         );
     }
+    // A pause while what a handler needs is unavailable is a retry, in the metric as in
+    // `status()`.
+    let outage = ("subscriber", "meter-outage");
+    assert_eq!(
+        sample(&text, "eventuate_delivery_retries_total", &[outage]),
+        Some(1.0),
+        "in:\n{text}"
+    );
+    let status = running.status().await.expect("status");
+    let outage_status = status
+        .iter()
+        .find(|s| s.subscriber_id == "meter-outage")
+        .expect("the outage subscriber's partition");
+    assert_eq!(outage_status.retried, 1, "{status:?}");
     for absent in [
         "eventuate_lease_takeovers_total",
         "eventuate_lease_losses_total",
