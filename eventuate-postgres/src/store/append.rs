@@ -333,7 +333,7 @@ impl PostgresEventStore {
         let mut conn = match self.inner.pool.acquire().await {
             Ok(conn) => conn,
             Err(e) => {
-                let e = self.inner.health.explain_timeout(&self.inner.pool, e).await;
+                let e = self.inner.health.failed(&self.inner.pool, e).await;
                 return Err(backend(
                     format!(
                         "append to {} `{}`: no database connection",

@@ -113,14 +113,29 @@ impl PoolHealth {
         let mut retries = self.read_retries(pool);
         loop {
             match read().await {
-                Err(e) if self.saw(&e) && retries > 0 => {
-                    retries -= 1;
-                    tracing::debug!(error = %e, "a read found its connection broken; reading again on another");
-                }
-                Err(e) => return Err(self.explain_timeout(pool, e).await),
+                Err(e) if self.retry_read_after(&e, &mut retries) => {}
+                Err(e) => return Err(self.failed(pool, e).await),
                 ok => return ok,
             }
         }
+    }
+
+    /// Whether a read that failed with `e` before handing anything over runs again: the
+    /// connection was broken (recorded) and `retries` is not spent (then one is taken).
+    pub(super) fn retry_read_after(&self, e: &sqlx::Error, retries: &mut u32) -> bool {
+        if !self.saw(e) || *retries == 0 {
+            return false;
+        }
+        *retries -= 1;
+        tracing::debug!(error = %e, "a read found its connection broken; reading again on another");
+        true
+    }
+
+    /// The error a statement that will not run again ends with: recorded, and a pool timeout
+    /// explained ([`Self::explain_timeout`]).
+    pub(super) async fn failed(&self, pool: &PgPool, e: sqlx::Error) -> sqlx::Error {
+        self.saw(&e);
+        self.explain_timeout(pool, e).await
     }
 }
 

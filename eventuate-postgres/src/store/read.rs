@@ -400,15 +400,14 @@ async fn each_row<'q>(
                     decode(row)?;
                 }
                 Ok(None) => return Ok(()),
-                Err(e) if !seen && inner.health.saw(&e) && retries > 0 => {
-                    retries -= 1;
-                    tracing::debug!(error = %e, "a read found its connection broken; reading again on another");
+                Err(e) if !seen && inner.health.retry_read_after(&e, &mut retries) => {
                     continue 'run;
                 }
                 Err(e) => {
-                    inner.health.saw(&e);
-                    let e = inner.health.explain_timeout(&inner.pool, e).await;
-                    return Err(backend(context(), e));
+                    return Err(backend(
+                        context(),
+                        inner.health.failed(&inner.pool, e).await,
+                    ));
                 }
             }
         }
